@@ -1,0 +1,133 @@
+"""One forward and one backward pass that capture every stage's tokens and their gradients.
+
+Forward hooks keep the output of the patch embedding (before the position embedding), of the position
+embedding, of every block and of the final norm (the "encoder output"); ``torch.autograd.grad`` then gives
+the gradient of the explained class's logit with respect to each, so parameters' ``.grad`` stay untouched.
+Hooks are removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .layout import MAP_STAGE_ENCODER, TokenLayout, layout_of, stage_names
+
+__all__ = ["Capture", "capture", "STAGE_PATCH_EMBED", "STAGE_EMBED"]
+
+STAGE_PATCH_EMBED = "patch_embed"
+STAGE_EMBED = "embed"
+
+
+@dataclass
+class Capture:
+    """What one forward+backward pass of one image saw.
+
+    Attributes:
+        layout: the token layout for this input.
+        target: the explained class c.
+        logits: (num_classes,) logits of the clean image.
+        prob: softmax probability of ``target``.
+        tokens: stage -> tokens. ``'patch_embed'``: (gh*gw, D) before the position embedding; ``'embed'``,
+            ``'0'..'L-1'``, ``'encoder'``: (N, D).
+        grads: stage -> d logits[target] / d tokens, same shapes.
+    """
+
+    layout: TokenLayout
+    target: int
+    logits: torch.Tensor
+    prob: float
+    tokens: dict[str, torch.Tensor]
+    grads: dict[str, torch.Tensor]
+
+    @property
+    def stages(self) -> list[str]:
+        """Every captured stage in forward order."""
+        return [STAGE_PATCH_EMBED, STAGE_EMBED, *stage_names(self.layout.depth)]
+
+    @property
+    def map_stages(self) -> list[str]:
+        """The stages maps are computed at: blocks and the encoder output."""
+        return stage_names(self.layout.depth)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _module_outputs(model: nn.Module) -> dict[str, nn.Module]:
+    modules = {STAGE_PATCH_EMBED: model.patch_embed, STAGE_EMBED: model.pos_drop}
+    modules.update({str(k): block for k, block in enumerate(model.blocks)})
+    modules[MAP_STAGE_ENCODER] = model.norm
+    return modules
+
+
+def capture(model: nn.Module, x: torch.Tensor, target: int | None = None) -> Capture:
+    """Run one forward and one backward pass of a normalised image and keep every stage.
+
+    Args:
+        model: a timm VisionTransformer (checked by :func:`audit.layout.check_supported`).
+        x: the normalised model input, (C, H, W) or (1, C, H, W).
+        target: the class to explain; defaults to the clean image's top-1.
+
+    Returns:
+        A :class:`Capture` with tokens and gradients on the model's device, detached.
+    """
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"x: expected one image (C, H, W) or (1, C, H, W), got shape {tuple(x.shape)}")
+    layout = layout_of(model, (int(x.shape[-2]), int(x.shape[-1])))
+    outputs: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def keep(stage: str):
+        def hook(_module, _inputs, output):
+            outputs[stage] = output
+
+        return hook
+
+    try:
+        for stage, module in _module_outputs(model).items():
+            handles.append(module.register_forward_hook(keep(stage)))
+        with _eval_mode(model), torch.enable_grad():
+            x_in = x.detach().clone().requires_grad_(True)
+            logits = model(x_in)
+            if isinstance(logits, (tuple, list)):
+                raise ValueError("model returned a tuple of predictions; put it in eval mode")
+            num_classes = logits.shape[-1]
+            if target is None:
+                target = int(logits[0].argmax())
+            elif not 0 <= int(target) < num_classes:
+                raise ValueError(f"target: class {target} is out of range for a model with {num_classes} classes")
+            stages = list(outputs)
+            grads = torch.autograd.grad(logits[0, int(target)], [outputs[s] for s in stages], allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    tokens: dict[str, torch.Tensor] = {}
+    gradients: dict[str, torch.Tensor] = {}
+    for stage, grad in zip(stages, grads):
+        value = outputs[stage].detach()[0]
+        value = value.reshape(-1, value.shape[-1])  # dynamic_img_size patch embeddings are (gh, gw, D)
+        tokens[stage] = value
+        gradients[stage] = torch.zeros_like(value) if grad is None else grad.detach()[0].reshape(value.shape)
+    logits = logits.detach()[0]
+    return Capture(
+        layout=layout,
+        target=int(target),
+        logits=logits,
+        prob=float(logits.float().softmax(-1)[int(target)]),
+        tokens=tokens,
+        grads=gradients,
+    )

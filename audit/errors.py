@@ -1,0 +1,27 @@
+"""Errors a user can act on.
+
+Every error raised for bad input names the input, what was wrong and what to do, in one line, so that a
+command-line front end can print ``str(err)`` and move on to the next input.
+"""
+
+from __future__ import annotations
+
+
+class AuditError(Exception):
+    """Base class of every error vit-audit raises on purpose."""
+
+
+class ModelLoadError(AuditError, ValueError):
+    """A model name that timm does not know, or pretrained weights that cannot be fetched."""
+
+
+class CheckpointError(AuditError, ValueError):
+    """A checkpoint that is missing, unreadable, unsafe, or does not fit the architecture."""
+
+
+class UnsupportedModelError(AuditError, TypeError):
+    """A model that is not a plain ViT token sequence (e.g. Swin, ConvNeXt)."""
+
+
+class ImageError(AuditError, ValueError):
+    """An image that cannot be read or does not fit the model."""

@@ -1,0 +1,262 @@
+"""Load a timm ViT from a name and a local checkpoint, safely and offline.
+
+A checkpoint never executes code: ``.safetensors`` files are read with safetensors, and pickled files
+(``.pth``, ``.pt``, ``.bin``, ``.ckpt``) only through ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ModelLoadError
+from .layout import TokenLayout, check_supported, layout_of
+
+__all__ = ["LoadedModel", "load_model", "read_state_dict", "sha256_of"]
+
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+NESTING_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema")
+MAX_LISTED = 5
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to audit, with everything needed to reproduce how it was loaded.
+
+    Attributes:
+        name: the timm model name as given.
+        model: the model, in eval mode.
+        checkpoint: the checkpoint path as given, or None (random init or timm's pretrained weights).
+        checkpoint_sha256: hex digest of the checkpoint file, or None.
+        data_config: timm's resolved data config (input_size, interpolation, mean, std, crop_pct, crop_mode).
+        num_classes: classifier outputs.
+        class_names: a name per class where known (ImageNet-1k models), else None.
+    """
+
+    name: str
+    model: nn.Module
+    checkpoint: str | None
+    checkpoint_sha256: str | None
+    data_config: dict[str, Any]
+    num_classes: int
+    class_names: list[str] | None = field(default=None, repr=False)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        _, height, width = self.data_config["input_size"]
+        return int(height), int(width)
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.data_config["mean"])
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.data_config["std"])
+
+    @property
+    def layout(self) -> TokenLayout:
+        return layout_of(self.model, self.input_size)
+
+    def class_name(self, index: int) -> str:
+        """A readable name for class ``index`` (the index itself when no names are known)."""
+        if self.class_names is not None and 0 <= index < len(self.class_names):
+            return self.class_names[index]
+        return str(index)
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _unwrap(obj: Any, path: str, use_ema: bool) -> dict[str, torch.Tensor]:
+    """Find the state dict inside the usual nestings and strip ``module.`` prefixes."""
+    order = ("model_ema", "state_dict_ema", "state_dict", "model") if use_ema else NESTING_KEYS
+    while isinstance(obj, dict):
+        nested = next((key for key in order if isinstance(obj.get(key), dict)), None)
+        if nested is None:
+            break
+        obj = obj[nested]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path!r} holds a {type(obj).__name__}, not a state dict of tensors")
+    tensors = {}
+    for key, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            tensors[key[len("module."):] if key.startswith("module.") else key] = value
+    if not tensors:
+        raise CheckpointError(f"checkpoint {path!r} holds no tensors; pass a model state dict")
+    return tensors
+
+
+def read_state_dict(path: str | os.PathLike[str], use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """Read a state dict without ever executing code from the file.
+
+    Args:
+        path: a ``.safetensors`` file, or a pickled ``.pth/.pt/.bin/.ckpt`` read with ``weights_only=True``.
+        use_ema: prefer ``model_ema``/``state_dict_ema`` over ``state_dict``/``model`` when a file has both.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, holds anything but plain tensors, or no tensors.
+    """
+    label = os.fspath(path)
+    file = Path(path)
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint {label!r} not found: pass the path of a .safetensors or .pth file")
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return _unwrap(load_file(str(file), device="cpu"), label, use_ema)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {label!r} is not a readable safetensors file ({err})") from None
+    if file.suffix not in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"checkpoint {label!r}: unknown file type {file.suffix!r}; use .safetensors (preferred) or "
+            f"{', '.join(PICKLE_SUFFIXES)}"
+        )
+    try:
+        obj = torch.load(str(file), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint {label!r} refused: it holds objects other than tensors, which could run code when "
+            f"unpickled ({first}); re-save it as a state dict of tensors, preferably with safetensors"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {label!r} is not a readable PyTorch file ({first})") from None
+    return _unwrap(obj, label, use_ema)
+
+
+def _infer_num_classes(state_dict: dict[str, torch.Tensor], path: str) -> int:
+    head = state_dict.get("head.weight")
+    if head is None or head.ndim != 2:
+        raise CheckpointError(
+            f"checkpoint {path!r} has no classifier ('head.weight'); vit-audit explains a class score, so the "
+            "checkpoint must include the classification head"
+        )
+    return int(head.shape[0])
+
+
+def _fit_report(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> str | None:
+    """One line listing the first missing/unexpected keys and shape mismatches, or None when it fits."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    mismatched = [
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(value.shape)
+    ]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if items:
+            more = f", ... (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
+            parts.append(f"{len(items)} {label} ({', '.join(items[:MAX_LISTED])}{more})")
+    return "; ".join(parts) or None
+
+
+def _class_names(num_classes: int) -> list[str] | None:
+    if num_classes not in (1000, 11221, 21841, 21843):
+        return None
+    try:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo("imagenet-1k" if num_classes == 1000 else "imagenet-22k")
+        return [info.index_to_description(i) for i in range(num_classes)]
+    except Exception:  # names are a nicety; a timm without them must not stop the audit
+        return None
+
+
+def load_model(
+    name: str,
+    checkpoint: str | os.PathLike[str] | None = None,
+    *,
+    pretrained: bool = False,
+    num_classes: int | None = None,
+    use_ema: bool = False,
+    class_names: list[str] | None = None,
+    **model_kwargs: Any,
+) -> LoadedModel:
+    """Build timm model ``name`` and load its weights, with no network access unless ``pretrained=True``.
+
+    Args:
+        name: a timm model name, optionally with a pretrained tag (``vit_tiny_patch16_224.augreg_in21k_ft_in1k``);
+            the tag selects the preprocessing (mean, std, crop) timm registers for those weights.
+        checkpoint: a local ``.safetensors`` (preferred) or ``.pth/.pt/.bin/.ckpt`` file. ``num_classes`` is
+            inferred from its head. Loaded strictly.
+        pretrained: use timm's own pretrained weights instead (needs the network).
+        num_classes: classifier size when there is no checkpoint.
+        use_ema: prefer EMA weights in a checkpoint that has both.
+        class_names: readable class names; ImageNet names are filled in for 1000-class models.
+        **model_kwargs: passed to ``timm.create_model`` (e.g. ``img_size``, ``dynamic_img_size``).
+
+    Raises:
+        ModelLoadError: unknown model name, or pretrained weights that cannot be fetched.
+        CheckpointError: see :func:`read_state_dict`; or a checkpoint that does not fit the architecture.
+        UnsupportedModelError: the model is not a plain ViT.
+    """
+    import timm
+
+    if checkpoint is not None and pretrained:
+        raise ValueError("pretrained: pass either a checkpoint or pretrained=True, not both")
+    if not timm.is_model(name.split(".", 1)[0]):
+        close = timm.list_models(f"*{name.split('.', 1)[0].split('_')[0]}*")[:MAX_LISTED]
+        hint = f"; similar names: {', '.join(close)}" if close else ""
+        raise ModelLoadError(f"model {name!r} is not a timm model name{hint}")
+
+    state_dict = None
+    label = None if checkpoint is None else os.fspath(checkpoint)
+    if label is not None:
+        state_dict = read_state_dict(label, use_ema=use_ema)
+        num_classes = _infer_num_classes(state_dict, label)
+    kwargs = dict(model_kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except Exception as err:
+        if not pretrained:
+            raise ModelLoadError(f"model {name!r} could not be built with {kwargs} ({err})") from None
+        raise ModelLoadError(
+            f"model {name!r}: timm's pretrained weights could not be fetched ({type(err).__name__}); this needs "
+            "the network: pass a local checkpoint file instead"
+        ) from None
+    check_supported(model, name)
+
+    if state_dict is not None:
+        problem = _fit_report(model, state_dict)
+        if problem:
+            raise CheckpointError(f"checkpoint {label!r} does not fit model {name!r}: {problem}")
+        model.load_state_dict(state_dict, strict=True)
+    model.eval()
+
+    from timm.data import resolve_model_data_config
+
+    data_config = resolve_model_data_config(model)
+    classes = int(model.num_classes)
+    names = class_names if class_names is not None else _class_names(classes)
+    if names is not None and len(names) != classes:
+        raise ValueError(f"class_names: {len(names)} names given for a model with {classes} classes")
+    return LoadedModel(
+        name=name,
+        model=model,
+        checkpoint=label,
+        checkpoint_sha256=sha256_of(label) if label is not None else None,
+        data_config=data_config,
+        num_classes=classes,
+        class_names=names,
+    )

@@ -1,0 +1,243 @@
+"""MoRF / LeRF faithfulness curves (Samek et al. 2017; Utkin et al. 2024, Figs. 10-13).
+
+The recipe, by default: upsample the map bilinearly (``align_corners=False``) to the model input H x W; rank
+pixels by value (MoRF: descending, LeRF: ascending; ties keep row-major order in both); image k = 0..steps has
+the first ``round(k * H * W / steps)`` ranked pixels (half rounds up) replaced by grey (127, 127, 127) / 255 in
+PIXEL space, all channels, and is then normalised with the model's mean/std; y_k is the softmax probability of
+the explained class; AUC is the trapezoid over x = k / steps on [0, 1]; ABPC = AUC_LeRF - AUC_MoRF.
+
+With ``unit='patch'`` whole grid cells are ranked and removed instead of pixels.
+
+Perturbed images of many maps go through the model together in batches under ``torch.inference_mode``; the
+clean image (k = 0) and the fully removed image (k = steps) are the same for every map and are evaluated once.
+Identical maps (e.g. a Gaussian baseline at every stage) are scored once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .images import normalize
+
+__all__ = ["PerturbationConfig", "Curves", "faithfulness_curves", "auc", "removal_counts", "pixel_ranks",
+           "ORDERS", "SCORE_DIRECTION"]
+
+ORDERS = ("morf", "lerf")
+UNITS = ("pixel", "patch")
+GREY = 127 / 255
+# Which way is better for each score (Quantus' convention of declaring it on every metric).
+SCORE_DIRECTION = {"morf_auc": "lower", "lerf_auc": "higher", "abpc": "higher"}
+
+
+@dataclass(frozen=True)
+class PerturbationConfig:
+    """How curves are made; recorded beside every curve.
+
+    Attributes:
+        steps: removal steps; a curve has ``steps + 1`` points.
+        fill: pixel-space value written into removed pixels, one per channel or one for all.
+        unit: ``'pixel'`` or ``'patch'`` (whole grid cells).
+        batch_size: perturbed images per forward pass.
+        amp: ``None`` for float32, or ``'bfloat16'`` / ``'float16'`` autocast (faster, slightly different
+            numbers; recorded).
+    """
+
+    steps: int = 20
+    fill: float | tuple[float, ...] = GREY
+    unit: str = "pixel"
+    batch_size: int = 64
+    amp: str | None = None
+    auc_rule: str = field(default="trapezoid over x = k/steps on [0, 1]", init=False)
+    interpolation: str = field(default="bilinear, align_corners=False", init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps: expected a positive integer, got {self.steps!r}")
+        if self.unit not in UNITS:
+            raise ValueError(f"unit: expected one of {UNITS}, got {self.unit!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {self.batch_size!r}")
+        if self.amp not in (None, "bfloat16", "float16"):
+            raise ValueError(f"amp: expected None, 'bfloat16' or 'float16', got {self.amp!r}")
+        fills = self.fill if isinstance(self.fill, tuple) else (self.fill,)
+        if not all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in fills):
+            raise ValueError(f"fill: expected pixel values in [0, 1], got {self.fill!r}")
+
+    def describe(self) -> dict:
+        """Everything that defines the curves, for results files and captions."""
+        return asdict(self)
+
+
+@dataclass
+class Curves:
+    """MoRF and LeRF curves of one map.
+
+    Attributes:
+        morf: ``steps + 1`` probabilities, most relevant removed first.
+        lerf: ``steps + 1`` probabilities, least relevant removed first.
+    """
+
+    morf: np.ndarray
+    lerf: np.ndarray
+
+    @property
+    def morf_auc(self) -> float:
+        return auc(self.morf)
+
+    @property
+    def lerf_auc(self) -> float:
+        return auc(self.lerf)
+
+    @property
+    def abpc(self) -> float:
+        """Area between the perturbation curves: LeRF AUC - MoRF AUC (higher is more faithful)."""
+        return self.lerf_auc - self.morf_auc
+
+
+def auc(curve: np.ndarray) -> float:
+    """Trapezoid area under ``curve`` over x = k / steps on [0, 1]."""
+    y = np.asarray(curve, dtype=np.float64)
+    steps = len(y) - 1
+    return float((y[:-1] + y[1:]).sum() / (2 * steps))
+
+
+def removal_counts(total: int, steps: int) -> list[int]:
+    """How many units image k removes: round(k * total / steps), halves rounded up, exact in integers."""
+    return [(2 * k * total + steps) // (2 * steps) for k in range(steps + 1)]
+
+
+def _stable_ranks(values: torch.Tensor, descending: bool) -> torch.Tensor:
+    """rank[i] = position of element i in a stable sort (ties keep their index order)."""
+    flat = values.flatten()
+    order = torch.sort(flat, descending=descending, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(flat.numel(), device=flat.device)
+    return ranks
+
+
+def pixel_ranks(
+    values: torch.Tensor, order: str, size: tuple[int, int], grid: tuple[int, int], patch: tuple[int, int],
+    unit: str = "pixel",
+) -> torch.Tensor:
+    """Removal rank of every pixel (H*W,) for a map; removed at step k iff rank < count_k.
+
+    For ``unit='patch'``, all pixels of a cell share the cell's rank and the count is in cells; pixels that no
+    cell covers get a rank no count reaches.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order: expected one of {ORDERS}, got {order!r}")
+    descending = order == "morf"
+    height, width = size
+    values = values.double()
+    if unit == "pixel":
+        if tuple(values.shape) != (height, width):
+            values = F.interpolate(values[None, None], size=(height, width), mode="bilinear", align_corners=False)
+        return _stable_ranks(values, descending)
+    if tuple(values.shape) != tuple(grid):
+        values = F.interpolate(values[None, None], size=grid, mode="bilinear", align_corners=False)
+    cell = _stable_ranks(values, descending).reshape(grid)
+    ph, pw = patch
+    full = cell.repeat_interleave(ph, 0).repeat_interleave(pw, 1)[:height, :width]
+    ranks = torch.full((height, width), grid[0] * grid[1], dtype=cell.dtype)
+    ranks[: full.shape[0], : full.shape[1]] = full
+    return ranks.flatten()
+
+
+def _amp_context(device: torch.device, amp: str | None):
+    if amp is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, amp))
+
+
+def faithfulness_curves(
+    model: nn.Module,
+    pixel: torch.Tensor,
+    maps: Mapping[str, torch.Tensor],
+    target: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    patch: tuple[int, int],
+    grid: tuple[int, int],
+    config: PerturbationConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, Curves], dict[str, float]]:
+    """MoRF and LeRF curves of many maps of one image, batched.
+
+    Args:
+        model: the classifier (eval mode), on the device the work runs on.
+        pixel: (C, H, W) image in [0, 1] before normalisation.
+        maps: ``{key: (h, w) map}``; any h, w (upsampled to H x W, or resized to the grid for ``unit='patch'``).
+        target: the class whose probability is tracked.
+        mean, std: the model's normalisation.
+        patch, grid: the model's patch size and grid for this input (``unit='patch'``).
+        config: the recipe; defaults to :class:`PerturbationConfig()`.
+        progress: called with (images done, images total) after each batch.
+
+    Returns:
+        ``({key: Curves}, {"clean": p, "removed": p})``: the curves and the probabilities of the clean image
+        and of the fully removed image, shared by every curve.
+    """
+    config = config or PerturbationConfig()
+    device = next(model.parameters()).device
+    chans, height, width = pixel.shape
+    steps = config.steps
+    fill = torch.as_tensor(config.fill, dtype=torch.float32).expand(chans).reshape(chans, 1)
+    flat_pixel = pixel.reshape(chans, -1).float()
+    units = height * width if config.unit == "pixel" else grid[0] * grid[1]
+    counts = removal_counts(units, steps)
+
+    # One rank vector per distinct (map, order); identical maps share their curves.
+    distinct: dict[tuple, int] = {}
+    owner: dict[str, int] = {}
+    ranks: list[torch.Tensor] = []
+    for key, values in maps.items():
+        values = values.detach().cpu()
+        signature = (tuple(values.shape), values.double().numpy().tobytes())
+        if signature not in distinct:
+            distinct[signature] = len(ranks) // 2
+            for order in ORDERS:
+                ranks.append(pixel_ranks(values, order, (height, width), grid, patch, config.unit))
+        owner[key] = distinct[signature]
+    # Two shared rows first: the clean image (nothing ever removed) and the fully removed image.
+    never = torch.full((height * width,), height * width + 1, dtype=torch.int64)
+    if config.unit == "patch":
+        everything = pixel_ranks(torch.zeros(grid), "morf", (height, width), grid, patch, "patch")
+        everything = torch.where(everything < units, 0, never)
+    else:
+        everything = torch.zeros(height * width, dtype=torch.int64)
+    rank_table = torch.stack([never, everything, *ranks]).to(device=device, dtype=torch.int32)
+    # Jobs: (row in rank_table, units removed); interior steps only for the maps' own rows.
+    jobs = [(0, 0), (1, 1)] + [(2 + row, counts[k]) for row in range(len(ranks)) for k in range(1, steps)]
+    job_rows = torch.tensor([row for row, _ in jobs], device=device)
+    job_counts = torch.tensor([count for _, count in jobs], device=device, dtype=torch.int32)
+    flat_pixel, fill = flat_pixel.to(device), fill.to(device)
+
+    probs = np.empty(len(jobs), dtype=np.float64)
+    with torch.inference_mode(), _amp_context(device, config.amp):
+        for start in range(0, len(jobs), config.batch_size):
+            stop = min(start + config.batch_size, len(jobs))
+            masks = rank_table[job_rows[start:stop]] < job_counts[start:stop, None]
+            images = torch.where(masks[:, None, :], fill, flat_pixel).reshape(stop - start, chans, height, width)
+            logits = model(normalize(images, mean, std))
+            probs[start:stop] = logits.float().softmax(-1)[:, target].double().cpu().numpy()
+            if progress is not None:
+                progress(stop, len(jobs))
+
+    clean, removed = probs[0], probs[1]
+    interior = probs[2:].reshape(len(ranks), steps - 1) if ranks else np.empty((0, steps - 1))
+    curves: dict[str, Curves] = {}
+    for key, index in owner.items():
+        morf = np.concatenate([[clean], interior[2 * index], [removed]])
+        lerf = np.concatenate([[clean], interior[2 * index + 1], [removed]])
+        curves[key] = Curves(morf=morf, lerf=lerf)
+    if not math.isfinite(clean):
+        raise ValueError("the model gave a non-finite probability for the clean image")
+    return curves, {"clean": float(clean), "removed": float(removed)}

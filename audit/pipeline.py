@@ -1,0 +1,146 @@
+"""The whole audit of one image, and of an image set: capture, restore, map, perturb, summarise.
+
+A bad image does not stop an image set: its error is recorded (one line naming it) and the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .capture import Capture, capture
+from .errors import AuditError
+from .images import PreparedImage, normalize, prepare_image
+from .layout import normalize_stage
+from .maps import METHODS, MapResult, compute_maps
+from .models import LoadedModel
+from .perturb import Curves, PerturbationConfig, faithfulness_curves
+from .restore import PatchInverse, Restoration, restore
+from .stats import N_BOOTSTRAP, Summary, summarize
+
+__all__ = ["ImageAudit", "audit_image", "audit_images", "summarize_audits"]
+
+
+@dataclass
+class ImageAudit:
+    """Everything measured on one image.
+
+    Attributes:
+        image: the prepared image (name, source, pixel tensor).
+        target: the explained class; ``prob``: its softmax probability on the clean image.
+        maps: ``{"<method>@<stage>": MapResult}`` for every map stage.
+        curves: ``{"<method>@<stage>": Curves}`` for the rankable maps of the measured stages.
+        restorations: ``{reading: {stage: Restoration}}``.
+        removed_prob: probability of the class on the fully removed (all-fill) image.
+        error: set instead of the rest when the image could not be audited.
+    """
+
+    image: PreparedImage | None
+    source: str
+    target: int = -1
+    prob: float = float("nan")
+    maps: dict[str, MapResult] = field(default_factory=dict)
+    curves: dict[str, Curves] = field(default_factory=dict)
+    restorations: dict[str, dict[str, Restoration]] = field(default_factory=dict)
+    removed_prob: float = float("nan")
+    capture: Capture | None = field(default=None, repr=False)
+    error: str | None = None
+
+
+def audit_image(
+    loaded: LoadedModel,
+    image: str | os.PathLike[str] | PreparedImage | Any,
+    *,
+    methods: Sequence[str] = METHODS,
+    stages: Iterable[int | str] | None = None,
+    act: str = "gelu",
+    config: PerturbationConfig | None = None,
+    seed: int = 0,
+    target: int | None = None,
+    device: str | torch.device = "cpu",
+    keep_capture: bool = False,
+    inverse: PatchInverse | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImageAudit:
+    """Audit one image: one forward+backward capture, both restorations, every map, MoRF/LeRF curves.
+
+    Args:
+        loaded: from :func:`audit.models.load_model`.
+        image: a path, a PIL image / uint8 array, or an already :class:`PreparedImage`.
+        methods: maps to compute (names from :data:`audit.maps.METHODS`); computed at every stage.
+        stages: the stages whose maps are scored by MoRF/LeRF (block indices and/or ``'encoder'``); default all.
+        act: activation of the gradient maps.
+        config: the MoRF/LeRF recipe.
+        seed: seed of the ``random`` baseline.
+        target: class to explain; default the clean image's top-1.
+        device: where the model runs.
+        keep_capture: keep the raw tokens and gradients in the result (memory: 2 x stages x N x D floats).
+        inverse: a precomputed :class:`PatchInverse` of the model (saves its pseudo-inverse per image).
+        progress: forwarded to :func:`audit.perturb.faithfulness_curves`.
+    """
+    prepared = image if isinstance(image, PreparedImage) else prepare_image(image, loaded.data_config)
+    device = torch.device(device)
+    model = loaded.model.to(device)
+    pixel = prepared.pixel.to(device)
+    cap = capture(model, normalize(pixel, loaded.mean, loaded.std), target=target)
+    maps = compute_maps(model, cap, methods=methods, act=act, seed=seed, image=prepared.name)
+    measured = set(cap.map_stages if stages is None else (normalize_stage(s, cap.layout.depth) for s in stages))
+    scored = {key: m.values for key, m in maps.items() if m.stage in measured and m.rankable}
+    curves, shared = faithfulness_curves(
+        model, pixel, scored, cap.target, loaded.mean, loaded.std,
+        patch=cap.layout.patch_size, grid=cap.layout.grid, config=config, progress=progress,
+    )
+    restorations = restore(cap, model, prepared.pixel, loaded.mean, loaded.std, inverse=inverse)
+    return ImageAudit(
+        image=prepared,
+        source=prepared.source,
+        target=cap.target,
+        prob=cap.prob,
+        maps=maps,
+        curves=curves,
+        restorations=restorations,
+        removed_prob=shared["removed"],
+        capture=cap if keep_capture else None,
+    )
+
+
+def audit_images(
+    loaded: LoadedModel,
+    images: Iterable[str | os.PathLike[str] | PreparedImage],
+    on_image: Callable[[int, ImageAudit], None] | None = None,
+    **options: Any,
+) -> list[ImageAudit]:
+    """Audit many images with the same options; an image that fails is recorded with its one-line error.
+
+    Args:
+        loaded: the model.
+        images: paths or prepared images.
+        on_image: called with (index, result) after each image, e.g. to print progress.
+        **options: as for :func:`audit_image`.
+    """
+    options.setdefault("inverse", PatchInverse(loaded.model))
+    results = []
+    for index, image in enumerate(images):
+        source = image.source if isinstance(image, PreparedImage) else os.fspath(image)
+        try:
+            result = audit_image(loaded, image, **options)
+        except AuditError as err:
+            result = ImageAudit(image=None, source=source, error=str(err))
+        results.append(result)
+        if on_image is not None:
+            on_image(index, result)
+    return results
+
+
+def summarize_audits(results: Iterable[ImageAudit], seed: int = 0, n_boot: int = N_BOOTSTRAP) -> list[Summary]:
+    """Mean MoRF AUC, LeRF AUC and ABPC per (method, stage) over the audited images, with bootstrap CIs."""
+    records = []
+    for result in results:
+        for key, curve in result.curves.items():
+            method, stage = key.split("@", 1)
+            records.append((method, stage, curve.morf_auc, curve.lerf_auc))
+    return summarize(records, seed=seed, n_boot=n_boot)
