@@ -37,6 +37,8 @@ ACTIVATIONS = {
     "identity": lambda t: t,
 }
 CONSTANT_RTOL = 1e-6
+# A gradient map whose sums are all below this fraction of the size of their terms is float32 rounding noise.
+CANCEL_RTOL = 1e-4
 
 
 @dataclass
@@ -109,38 +111,51 @@ def _token_scores(model: nn.Module, tokens: torch.Tensor, target: int) -> torch.
     return score
 
 
-def _zero_grad_reason(cap: Capture, stage: str, where: str) -> str:
-    at = "the encoder output" if stage == MAP_STAGE_ENCODER else f"block {stage}"
-    return f"gradient does not reach {where} at {at}"
+def _where(stage: str) -> str:
+    return "the encoder output" if stage == MAP_STAGE_ENCODER else f"block {stage}"
+
+
+def _gradient_map(
+    method: str, stage: str, tokens: torch.Tensor, grads: torch.Tensor, act, cap: Capture, zero_reason: str
+) -> MapResult:
+    """m_i = act(sum_j tokens_ij grads_ij), flagged degenerate when the sums are zero or cancel to rounding error.
+
+    ``grads`` is either each token's own gradient (``grad``) or the class token's, broadcast (``grad_cls``).
+    """
+    terms = tokens.double() * grads.double()
+    sums = terms.sum(-1)
+    values = act(sums).float()
+    result = MapResult(method, stage, cap.layout.to_grid(values))
+    magnitude = float(terms.abs().sum(-1).max())
+    if magnitude == 0.0:
+        result.degenerate, result.reason = True, zero_reason
+    elif float(sums.abs().max()) <= CANCEL_RTOL * magnitude:
+        result.degenerate = True
+        result.reason = (
+            f"gradient x token cancels to float rounding at {_where(stage)} (|sum| <= "
+            f"{float(sums.abs().max()) / magnitude:.1e} of its terms): the class score does not change when these "
+            "tokens are rescaled (e.g. they reach the head only through a LayerNorm)"
+        )
+    return result
 
 
 def _grad_map(cap: Capture, stage: str, act, model: nn.Module) -> MapResult:
     layout = cap.layout
     tokens, grads = layout.patch_tokens(cap.tokens[stage]), layout.patch_tokens(cap.grads[stage])
-    values = act((tokens.double() * grads.double()).sum(-1)).float()
-    result = MapResult("grad", stage, layout.to_grid(values))
-    if is_constant(values):
-        reason = f"map is constant ({float(values[0]):.3g} everywhere)"
-        if not torch.any(grads):
-            reason = _zero_grad_reason(cap, stage, "patch tokens")
-            if getattr(model, "global_pool", None) == "token" and getattr(model, "attn_pool", None) is None:
-                reason += ": the head reads only the class token"
-        result.degenerate, result.reason = True, reason
-    return result
+    reason = f"gradient does not reach patch tokens at {_where(stage)}"
+    if getattr(model, "global_pool", None) == "token" and getattr(model, "attn_pool", None) is None:
+        reason += ": the head reads only the class token"
+    return _gradient_map("grad", stage, tokens, grads, act, cap, reason)
 
 
 def _grad_cls_map(cap: Capture, stage: str, act) -> MapResult:
     layout = cap.layout
     if not layout.has_class_token:
         return MapResult("grad_cls", stage, None, reason="not applicable: the model has no class token")
-    cls_grad = cap.grads[stage][0].double()
-    values = act(layout.patch_tokens(cap.tokens[stage]).double() @ cls_grad).float()
-    result = MapResult("grad_cls", stage, layout.to_grid(values))
-    if is_constant(values):
-        result.degenerate = True
-        result.reason = (_zero_grad_reason(cap, stage, "the class token") if not torch.any(cls_grad)
-                         else f"map is constant ({float(values[0]):.3g} everywhere)")
-    return result
+    tokens = layout.patch_tokens(cap.tokens[stage])
+    cls_grad = cap.grads[stage][0].expand_as(tokens)
+    reason = f"gradient does not reach the class token at {_where(stage)}"
+    return _gradient_map("grad_cls", stage, tokens, cls_grad, act, cap, reason)
 
 
 def _center(grid: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,62 @@
+"""Check that the audit gives the same numbers on CUDA as on the CPU, and time both.
+
+    python benchmarks/cuda_check.py --checkpoint ../shared/models/vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors
+
+Needs a CUDA device. TF32 is switched off so that float32 means float32 on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import skimage.data
+import torch
+
+from audit import audit_image, load_model, prepare_image
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="vit_tiny_patch16_224.augreg_in21k_ft_in1k")
+    parser.add_argument("--checkpoint", required=True)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("cuda_check: no CUDA device")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    worst = {"prob": 0.0, "map": 0.0, "auc": 0.0, "restore": 0.0}
+    for name in ("chelsea", "coffee", "astronaut"):
+        results = {}
+        for device in ("cpu", "cuda"):
+            loaded = load_model(args.model, args.checkpoint)
+            image = prepare_image(getattr(skimage.data, name)(), loaded.data_config, name=name)
+            audit_image(loaded, image, device=device, stages=["encoder"])  # warm-up
+            start = time.perf_counter()
+            results[device] = audit_image(loaded, image, device=device)
+            print(f"{name} {device}: class {results[device].target} p={results[device].prob:.4f} "
+                  f"{len(results[device].curves)} maps scored in {time.perf_counter() - start:.2f} s")
+        cpu, gpu = results["cpu"], results["cuda"]
+        assert cpu.target == gpu.target, (name, cpu.target, gpu.target)
+        worst["prob"] = max(worst["prob"], abs(cpu.prob - gpu.prob))
+        for key, m in cpu.maps.items():
+            if m.values is None:
+                continue
+            other = gpu.maps[key].values.cpu()
+            scale = float(m.values.abs().max()) or 1.0
+            worst["map"] = max(worst["map"], float((m.values - other).abs().max()) / scale)
+            assert m.degenerate == gpu.maps[key].degenerate, key
+        for key, c in cpu.curves.items():
+            g = gpu.curves[key]
+            worst["auc"] = max(worst["auc"], abs(c.morf_auc - g.morf_auc), abs(c.lerf_auc - g.lerf_auc))
+        for stage, r in cpu.restorations["inverse"].items():
+            other = gpu.restorations["inverse"][stage].image
+            worst["restore"] = max(worst["restore"], float(np.abs(r.image.numpy() - other.numpy()).max()))
+    print("largest CPU/CUDA differences:", {k: f"{v:.2e}" for k, v in worst.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""Shared fixtures: timm's tiny ViTs of every token layout, and the real ViT-Ti from ``../shared``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from hypothesis import settings
+
+from audit import load_model
+
+settings.register_profile("ci", deadline=None, max_examples=40, derandomize=True, print_blob=True)
+settings.register_profile("dev", deadline=None, max_examples=20)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VIT_AUDIT_SHARED", ROOT.parent / "shared"))
+VIT_TINY_NAME = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+VIT_TINY_FILE = SHARED / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
+IMAGENET_DIR = SHARED / "images" / "imagenet-persian-cat"
+
+# Tiny models of every plain-ViT token layout timm has (name -> create_model kwargs).
+TINY_MODELS = {
+    # class token, 'token' pooling, dynamic image size
+    "test_vit": dict(model_name="test_vit", num_classes=10),
+    # no class token, one register token, average pooling
+    "test_vit2": dict(model_name="test_vit2", num_classes=10),
+    # no class token, one register token, attention-pooling head
+    "test_vit3": dict(model_name="test_vit3", num_classes=10),
+    # class + distillation token, two heads
+    "deit_distilled": dict(model_name="deit_tiny_distilled_patch16_224", num_classes=10, img_size=64, depth=2),
+    # class token + 4 registers (DINOv2 with registers), patch 14
+    "dinov2_reg4": dict(model_name="vit_small_patch14_reg4_dinov2", num_classes=10, img_size=56, depth=2,
+                        embed_dim=48, num_heads=2),
+    # D / C = 16 is a square and D = C * P * P: both restorations apply, the inverse is exact
+    "square": dict(model_name="vit_tiny_patch16_224", num_classes=7, img_size=32, patch_size=4, embed_dim=48,
+                   depth=2, num_heads=2),
+}
+
+
+def make_tiny(key: str, seed: int = 0) -> torch.nn.Module:
+    """Build a tiny model with seeded random weights, in eval mode."""
+    kwargs = dict(TINY_MODELS[key])
+    name = kwargs.pop("model_name")
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    # Random init leaves heads and layer scales near zero; give every parameter some size so maps are not flat.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    return model
+
+
+def input_size_of(model: torch.nn.Module) -> tuple[int, int]:
+    size = model.patch_embed.img_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+@pytest.fixture(scope="session", params=list(TINY_MODELS))
+def tiny(request) -> tuple[str, torch.nn.Module]:
+    """(key, model) for every tiny layout."""
+    return request.param, make_tiny(request.param)
+
+
+def require_shared(path: Path) -> Path:
+    """The shared test data; its absence is a failure, not a skip (set VIT_AUDIT_SHARED to point at it)."""
+    if not path.exists():
+        pytest.fail(f"test data {path} is missing: put the shared folder beside the checkout or set VIT_AUDIT_SHARED")
+    return path
+
+
+@pytest.fixture(scope="session")
+def vit_tiny():
+    """The real pretrained ImageNet ViT-Ti/16 from ../shared/models."""
+    return load_model(VIT_TINY_NAME, require_shared(VIT_TINY_FILE))
+
+
+@pytest.fixture(scope="session")
+def imagenet_photos() -> list[Path]:
+    photos = sorted(require_shared(IMAGENET_DIR).glob("*.JPEG"))
+    assert len(photos) == 41, f"expected the 41 shared ImageNet photos, found {len(photos)}"
+    return photos

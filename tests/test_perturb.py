@@ -1,0 +1,148 @@
+"""MoRF / LeRF curves (Figs. 10-13): the default recipe against an independent one-forward-per-image version."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from audit import PerturbationConfig, auc, faithfulness_curves
+from audit.perturb import pixel_ranks, removal_counts
+from conftest import make_tiny
+from reference import ref_auc, ref_curve
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+@pytest.fixture(scope="module")
+def square():
+    """A 32 x 32 model with patch 4 (8 x 8 grid): cheap enough for per-image reference forwards."""
+    return make_tiny("square")
+
+
+def _pixel(seed=0, size=32):
+    return torch.rand(3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _curves(model, pixel, maps, target, **config):
+    return faithfulness_curves(model, pixel, maps, target, MEAN, STD, patch=(4, 4), grid=(8, 8),
+                               config=PerturbationConfig(**config))
+
+
+@pytest.mark.parametrize("unit", ["pixel", "patch"])
+def test_curves_match_the_reference(square, unit):
+    pixel = _pixel()
+    maps = {
+        "grid": torch.randn(8, 8, generator=torch.Generator().manual_seed(1)),
+        "coarse": torch.randn(3, 5, generator=torch.Generator().manual_seed(2)),  # another shape, resized
+        "ties": torch.tensor([[0.0, 1.0] * 4] * 8),  # many ties: stable order decides
+    }
+    curves, shared = _curves(square, pixel, maps, target=2, unit=unit, batch_size=7)
+    for key, values in maps.items():
+        for order in ("morf", "lerf"):
+            expected = ref_curve(square, pixel, MEAN, STD, values.numpy(), 2, order, unit=unit)
+            got = getattr(curves[key], order)
+            assert got.shape == (21,)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=f"{key} {order}")
+            assert getattr(curves[key], f"{order}_auc") == pytest.approx(ref_auc(expected), abs=1e-6)
+    assert curves["grid"].morf[0] == shared["clean"] and curves["grid"].lerf[-1] == shared["removed"]
+
+
+def test_fill_is_grey_in_pixel_space_then_normalised(square):
+    """The fully removed image is grey (127/255 on every channel) after normalisation, not 127/255 normalised."""
+    pixel = _pixel()
+    _, shared = _curves(square, pixel, {"m": torch.randn(8, 8)}, target=0)
+    grey = torch.full((1, 3, 32, 32), 127 / 255)
+    with torch.no_grad():
+        expected = square((grey - 0.5) / 0.5).softmax(-1)[0, 0].item()
+    assert shared["removed"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_batch_size_does_not_change_the_curves(square):
+    pixel = _pixel(3)
+    maps = {f"m{i}": torch.randn(8, 8, generator=torch.Generator().manual_seed(i)) for i in range(3)}
+    small, _ = _curves(square, pixel, maps, target=1, batch_size=5)
+    large, _ = _curves(square, pixel, maps, target=1, batch_size=200)
+    for key in maps:
+        np.testing.assert_allclose(small[key].morf, large[key].morf, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(small[key].lerf, large[key].lerf, rtol=1e-5, atol=1e-7)
+
+
+def test_identical_maps_share_one_evaluation(square):
+    calls = []
+    maps = {"a": torch.ones(8, 8).cumsum(0), "b": torch.ones(8, 8).cumsum(0), "c": torch.randn(8, 8)}
+    curves, _ = faithfulness_curves(square, _pixel(), maps, 0, MEAN, STD, (4, 4), (8, 8),
+                                    PerturbationConfig(batch_size=1000), progress=lambda done, total: calls.append(total))
+    assert calls == [2 + 2 * 2 * 19]  # clean + removed, then 19 interior images per curve of 2 distinct maps
+    np.testing.assert_array_equal(curves["a"].morf, curves["b"].morf)
+
+
+def test_removal_counts_round_half_up_and_cover_everything():
+    assert removal_counts(224 * 224, 20)[1] == 2509  # 2508.8
+    assert removal_counts(10, 4) == [0, 3, 5, 8, 10]  # 2.5 -> 3, 7.5 -> 8
+    assert removal_counts(196, 20)[-1] == 196
+
+
+# Strictly increasing transforms (with float64 headroom for integer-valued maps in [-50, 50]).
+TRANSFORMS = {
+    "affine": lambda m: 3.0 * m - 7.0,
+    "cube": lambda m: m ** 3 + m,
+    "exp": lambda m: torch.exp(m / 10.0),
+    "arctan": lambda m: torch.atan(m / 60.0),
+}
+
+
+@given(
+    values=st.lists(st.integers(-50, 50), min_size=64, max_size=64),
+    transform=st.sampled_from(sorted(TRANSFORMS)),
+    order=st.sampled_from(["morf", "lerf"]),
+    unit_and_size=st.sampled_from([("pixel", (32, 32)), ("patch", (8, 8))]),
+)
+def test_strictly_increasing_transform_keeps_the_removal_order(values, transform, order, unit_and_size):
+    """Ranks are all the curves depend on; at the resolution that is ranked they survive any increasing map."""
+    unit, shape = unit_and_size
+    base = torch.tensor(values, dtype=torch.float64).reshape(8, 8)
+    if unit == "pixel":  # a map already at input resolution: upsampling is the identity
+        base = base.repeat_interleave(4, 0).repeat_interleave(4, 1)
+    transformed = TRANSFORMS[transform](base)
+    args = (order, (32, 32), (8, 8), (4, 4), unit)
+    assert torch.equal(pixel_ranks(base, *args), pixel_ranks(transformed, *args))
+
+
+@given(scale=st.sampled_from([0.25, 2.0, 1000.0]), shift=st.integers(-5, 5), seed=st.integers(0, 2 ** 16))
+def test_positive_affine_transform_of_a_grid_map_keeps_the_pixel_order(scale, shift, seed):
+    """Bilinear upsampling commutes with a*m + b (a > 0), so grid maps rank pixels the same after it."""
+    grid_map = torch.randint(-20, 20, (8, 8), generator=torch.Generator().manual_seed(seed)).double()
+    for order in ("morf", "lerf"):
+        args = (order, (32, 32), (8, 8), (4, 4), "pixel")
+        assert torch.equal(pixel_ranks(grid_map, *args), pixel_ranks(grid_map * scale + shift, *args))
+
+
+def test_strictly_increasing_transform_leaves_both_curves_unchanged(square):
+    pixel = _pixel(5)
+    grid_map = torch.randint(-20, 20, (8, 8), generator=torch.Generator().manual_seed(4)).double()
+    maps = {"raw": grid_map, "cube": grid_map ** 3 + grid_map, "exp": torch.exp(grid_map / 5)}
+    curves, _ = _curves(square, pixel, maps, target=3, unit="patch")
+    for key in ("cube", "exp"):
+        np.testing.assert_array_equal(curves[key].morf, curves["raw"].morf)
+        np.testing.assert_array_equal(curves[key].lerf, curves["raw"].lerf)
+
+
+def test_auc_is_the_trapezoid_over_unit_interval():
+    assert auc(np.ones(21)) == pytest.approx(1.0)
+    assert auc(np.linspace(1, 0, 21)) == pytest.approx(0.5)
+    assert auc(np.array([1.0, 0.0])) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps=0), "steps: expected a positive integer"),
+    (dict(unit="superpixel"), "unit: expected one of"),
+    (dict(fill=2.0), "fill: expected pixel values in \\[0, 1\\]"),
+    (dict(batch_size=0), "batch_size: expected a positive integer"),
+    (dict(amp="int8"), "amp: expected None"),
+])
+def test_bad_config_is_refused_with_the_argument_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PerturbationConfig(**kwargs)
