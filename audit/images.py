@@ -91,10 +91,15 @@ def prepare_image(
     else:
         array = np.asarray(image)
         source = name or f"<array {array.shape}>"
-        if array.ndim not in (2, 3) or array.dtype != np.uint8:
-            raise ImageError(f"image {source!r}: expected an (H, W) or (H, W, C) uint8 array, got "
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[:, :, 0]
+        if (array.ndim not in (2, 3) or array.dtype != np.uint8 or (array.ndim == 3 and array.shape[2] not in (3, 4))
+                or 0 in array.shape):
+            raise ImageError(f"image {source!r}: expected a non-empty (H, W) or (H, W, 1|3|4) uint8 array, got "
                              f"{array.shape} {array.dtype}")
         picture = Image.fromarray(array).convert(mode)
+    if 0 in picture.size:
+        raise ImageError(f"image {source!r} is empty ({picture.size[0]}x{picture.size[1]} pixels)")
     tensor = _transform(data_config)(picture)
     pixel = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
     return PreparedImage(name=name or "image", source=source, pixel=pixel.contiguous())

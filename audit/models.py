@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,12 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def _first_line(err: BaseException) -> str:
+    """The first line of an exception's message, without terminal escape codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _unwrap(obj: Any, path: str, use_ema: bool) -> dict[str, torch.Tensor]:
     """Find the state dict inside the usual nestings and strip ``module.`` prefixes."""
     order = ("model_ema", "state_dict_ema", "state_dict", "model") if use_ema else NESTING_KEYS
@@ -114,15 +121,16 @@ def read_state_dict(path: str | os.PathLike[str], use_ema: bool = False) -> dict
     file = Path(path)
     if not file.is_file():
         raise CheckpointError(f"checkpoint {label!r} not found: pass the path of a .safetensors or .pth file")
-    if file.suffix == ".safetensors":
+    if file.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return _unwrap(load_file(str(file), device="cpu"), label, use_ema)
+            tensors = load_file(str(file), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"checkpoint {label!r} is not a readable safetensors file ({err})") from None
-    if file.suffix not in PICKLE_SUFFIXES:
+        return _unwrap(tensors, label, use_ema)
+    if file.suffix.lower() not in PICKLE_SUFFIXES:
         raise CheckpointError(
             f"checkpoint {label!r}: unknown file type {file.suffix!r}; use .safetensors (preferred) or "
             f"{', '.join(PICKLE_SUFFIXES)}"
@@ -130,14 +138,14 @@ def read_state_dict(path: str | os.PathLike[str], use_ema: bool = False) -> dict
     try:
         obj = torch.load(str(file), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights only load failed" not in str(err).lower():
+            raise CheckpointError(f"checkpoint {label!r} is not a readable PyTorch file ({_first_line(err)})") from None
         raise CheckpointError(
             f"checkpoint {label!r} refused: it holds objects other than tensors, which could run code when "
-            f"unpickled ({first}); re-save it as a state dict of tensors, preferably with safetensors"
+            "unpickled; re-save it as a state dict of tensors, preferably with safetensors"
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {label!r} is not a readable PyTorch file ({first})") from None
+        raise CheckpointError(f"checkpoint {label!r} is not a readable PyTorch file ({_first_line(err)})") from None
     return _unwrap(obj, label, use_ema)
 
 
@@ -170,15 +178,42 @@ def _fit_report(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> str | 
 
 
 def _class_names(num_classes: int) -> list[str] | None:
-    if num_classes not in (1000, 11221, 21841, 21843):
-        return None
-    try:
-        from timm.data import ImageNetInfo
+    """ImageNet class names for heads of an ImageNet label set's size (timm ships them), else None."""
+    from timm.data import ImageNetInfo
+    from timm.data.imagenet_info import _NUM_CLASSES_TO_SUBSET
 
-        info = ImageNetInfo("imagenet-1k" if num_classes == 1000 else "imagenet-22k")
-        return [info.index_to_description(i) for i in range(num_classes)]
-    except Exception:  # names are a nicety; a timm without them must not stop the audit
+    subset = _NUM_CLASSES_TO_SUBSET.get(num_classes)
+    if subset is None:
         return None
+    info = ImageNetInfo(subset)
+    if info.num_classes() != num_classes:
+        return None
+    return [info.index_to_description(i) for i in range(num_classes)]
+
+
+def _data_config(model: nn.Module, name: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """timm's data config of the model, with the input size the model was built for and the user's overrides."""
+    from timm.data import resolve_model_data_config
+
+    config = dict(resolve_model_data_config(model))
+    in_chans = int(model.patch_embed.proj.in_channels)
+    size = model.patch_embed.img_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    config["input_size"] = (in_chans, int(size[0]), int(size[1]))
+    unknown = set(overrides or {}) - {"mean", "std", "interpolation", "crop_pct", "crop_mode", "input_size"}
+    if unknown:
+        raise ValueError(f"data_config: unknown keys {sorted(unknown)}; allowed: mean, std, interpolation, "
+                         "crop_pct, crop_mode, input_size")
+    config.update(overrides or {})
+    for key in ("mean", "std"):
+        values = tuple(float(v) for v in config[key])
+        if len(values) != in_chans and in_chans == 1 and (overrides or {}).get(key) is None:
+            values = (sum(values) / len(values),)  # a 1-channel model built from an RGB config
+        if len(values) != in_chans:
+            raise ValueError(f"data_config: {key} has {len(values)} values for a model with {in_chans} input "
+                             f"channels; pass data_config={{'{key}': (...)}} with {in_chans}")
+        config[key] = values
+    return config
 
 
 def load_model(
@@ -189,6 +224,7 @@ def load_model(
     num_classes: int | None = None,
     use_ema: bool = False,
     class_names: list[str] | None = None,
+    data_config: dict[str, Any] | None = None,
     **model_kwargs: Any,
 ) -> LoadedModel:
     """Build timm model ``name`` and load its weights, with no network access unless ``pretrained=True``.
@@ -201,7 +237,9 @@ def load_model(
         pretrained: use timm's own pretrained weights instead (needs the network).
         num_classes: classifier size when there is no checkpoint.
         use_ema: prefer EMA weights in a checkpoint that has both.
-        class_names: readable class names; ImageNet names are filled in for 1000-class models.
+        class_names: readable class names; ImageNet names are filled in for heads of an ImageNet label set's size.
+        data_config: overrides of the preprocessing timm resolves for the model (``mean``, ``std``,
+            ``interpolation``, ``crop_pct``, ``crop_mode``), e.g. the statistics of your own training set.
         **model_kwargs: passed to ``timm.create_model`` (e.g. ``img_size``, ``dynamic_img_size``).
 
     Raises:
@@ -222,15 +260,20 @@ def load_model(
     label = None if checkpoint is None else os.fspath(checkpoint)
     if label is not None:
         state_dict = read_state_dict(label, use_ema=use_ema)
+        if "head.weight" not in state_dict:  # say "unsupported" first when that is the real problem
+            with torch.device("meta"):
+                check_supported(timm.create_model(name, pretrained=False), name)
         num_classes = _infer_num_classes(state_dict, label)
     kwargs = dict(model_kwargs)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (TypeError, ValueError, KeyError, AssertionError) as err:
+        raise ModelLoadError(f"model {name!r} could not be built with {kwargs} ({_first_line(err)})") from None
     except Exception as err:
         if not pretrained:
-            raise ModelLoadError(f"model {name!r} could not be built with {kwargs} ({err})") from None
+            raise ModelLoadError(f"model {name!r} could not be built with {kwargs} ({_first_line(err)})") from None
         raise ModelLoadError(
             f"model {name!r}: timm's pretrained weights could not be fetched ({type(err).__name__}); this needs "
             "the network: pass a local checkpoint file instead"
@@ -244,9 +287,7 @@ def load_model(
         model.load_state_dict(state_dict, strict=True)
     model.eval()
 
-    from timm.data import resolve_model_data_config
-
-    data_config = resolve_model_data_config(model)
+    data_config = _data_config(model, name, data_config)
     classes = int(model.num_classes)
     names = class_names if class_names is not None else _class_names(classes)
     if names is not None and len(names) != classes:

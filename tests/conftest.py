@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
-import timm
-import torch
-from hypothesis import settings
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm imports huggingface_hub, which reads it once
 
-from audit import load_model
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+from audit import load_model  # noqa: E402
 
 settings.register_profile("ci", deadline=None, max_examples=40, derandomize=True, print_blob=True)
 settings.register_profile("dev", deadline=None, max_examples=20)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VIT_AUDIT_SHARED", ROOT.parent / "shared"))
