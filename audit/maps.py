@@ -132,8 +132,8 @@ def _gradient_map(
     elif float(sums.abs().max()) <= CANCEL_RTOL * magnitude:
         result.degenerate = True
         result.reason = (
-            f"gradient x token cancels to float rounding at {_where(stage)} (|sum| <= "
-            f"{float(sums.abs().max()) / magnitude:.1e} of its terms): the class score does not change when these "
+            f"gradient x token cancels to float rounding at {_where(stage)} (every |sum| is below {CANCEL_RTOL:g} of "
+            "the size of its terms): the class score does not change when these "
             "tokens are rescaled (e.g. they reach the head only through a LayerNorm)"
         )
     return result

@@ -1,0 +1,157 @@
+"""Release gates: a faithfulness statistic over an image set, with its CI, against a threshold.
+
+The statistic of a gated (method, stage) is the mean ABPC (LeRF AUC - MoRF AUC) over the images, with a seeded
+95% percentile-bootstrap CI resampling images. A random map's expected ABPC is exactly 0, so the default
+threshold 0 means "better than a random map":
+
+- pass: the CI's lower bound is above the threshold (and every optional absolute limit holds);
+- fail: the CI's upper bound is below the threshold, or an absolute limit is broken;
+- inconclusive: otherwise, or with fewer than ``min_images`` images. Never a pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .stats import N_BOOTSTRAP, bootstrap_ci
+
+__all__ = ["GateLimits", "evaluate_gate", "MIN_IMAGES", "VERDICTS"]
+
+MIN_IMAGES = 5
+VERDICTS = ("pass", "fail", "inconclusive")
+WORST_LISTED = 3
+
+
+@dataclass(frozen=True)
+class GateLimits:
+    """Optional absolute limits on the means, checked beside the CI rule (None: not checked)."""
+
+    max_morf_auc: float | None = None
+    min_lerf_auc: float | None = None
+    min_abpc: float | None = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, float], where: str) -> GateLimits:
+        unknown = set(values) - {"max_morf_auc", "min_lerf_auc", "min_abpc"}
+        if unknown:
+            raise ValueError(f"{where}: unknown limits {sorted(unknown)}; allowed: max_morf_auc, min_lerf_auc, "
+                             "min_abpc")
+        return cls(**{k: float(v) for k, v in values.items()})
+
+
+@dataclass
+class _Stat:
+    mean: float
+    ci: tuple[float, float]
+
+
+@dataclass
+class GateInput:
+    """Per-image AUCs of one gated map; ``degenerate`` lists the images where the map could not be ranked."""
+
+    images: list[str] = field(default_factory=list)
+    morf_auc: list[float] = field(default_factory=list)
+    lerf_auc: list[float] = field(default_factory=list)
+    degenerate: dict[str, str] = field(default_factory=dict)
+
+
+def _stat(values: Sequence[float], seed: int, n_boot: int) -> _Stat:
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        return _Stat(float("nan"), (float("nan"), float("nan")))
+    return _Stat(float(data.mean()), bootstrap_ci(data, seed=seed, n_boot=n_boot))
+
+
+def _fmt(stat: _Stat) -> str:
+    return f"{stat.mean:+.3f} [95% CI {stat.ci[0]:+.3f}, {stat.ci[1]:+.3f}]"
+
+
+def evaluate_gate(
+    model: str,
+    method: str,
+    stage: str,
+    data: GateInput,
+    threshold: float = 0.0,
+    seed: int = 0,
+    n_boot: int = N_BOOTSTRAP,
+    min_images: int = MIN_IMAGES,
+    limits: GateLimits | None = None,
+    baseline: GateInput | None = None,
+) -> dict:
+    """Decide one gate and explain the decision.
+
+    Args:
+        model, method, stage: what is gated.
+        data: the per-image AUCs of the gated map.
+        threshold: the mean-ABPC threshold.
+        seed, n_boot: the bootstrap.
+        min_images: fewer images make the gate inconclusive.
+        limits: optional absolute limits on the mean MoRF AUC, LeRF AUC and ABPC.
+        baseline: the ``random`` map's AUCs at the same stage, shown beside the gated map.
+
+    Returns:
+        A gate record (``docs/results-schema.md``) with ``verdict`` and a one-paragraph ``reason``.
+    """
+    abpc = [lerf - morf for morf, lerf in zip(data.morf_auc, data.lerf_auc)]
+    stat = _stat(abpc, seed, n_boot)
+    morf, lerf = _stat(data.morf_auc, seed, n_boot), _stat(data.lerf_auc, seed, n_boot)
+    n = len(abpc)
+    worst = sorted(zip(data.images, abpc), key=lambda pair: pair[1])[:WORST_LISTED]
+    record = {
+        "model": model, "method": method, "stage": stage, "statistic": stat.mean, "ci95": list(stat.ci),
+        "threshold": threshold, "n_images": n,
+        "morf_auc": morf.mean, "morf_auc_ci95": list(morf.ci), "lerf_auc": lerf.mean, "lerf_auc_ci95": list(lerf.ci),
+        "worst_images": [{"image": image, "abpc": value} for image, value in worst],
+        "degenerate_images": dict(data.degenerate), "seed": seed, "n_boot": n_boot,
+        "rule": (f"pass if the 95% CI of the mean ABPC is above {threshold}, fail if below, else inconclusive; "
+                 f"at least {min_images} images"),
+    }
+    if baseline is not None:
+        base = _stat([lerf - morf for morf, lerf in zip(baseline.morf_auc, baseline.lerf_auc)], seed, n_boot)
+        record["random_baseline"] = {"statistic": base.mean, "ci95": list(base.ci), "n_images": len(baseline.images)}
+
+    pulled = ", ".join(f"{image} ({value:+.3f})" for image, value in worst)
+    what = f"mean ABPC of {method}@{stage} over {n} images is {_fmt(stat)}"
+    broken = _broken_limits(limits, morf.mean, lerf.mean, stat.mean) if n else []
+    if n == 0:
+        reasons = "; ".join(sorted(set(data.degenerate.values()))) or "no image was measured"
+        verdict, reason = "fail", f"{method}@{stage} could not be scored on any image: {reasons}"
+    elif broken:
+        verdict, reason = "fail", f"{what}; limit broken: {'; '.join(broken)}; images that pulled it down most: {pulled}"
+    elif n < min_images:
+        verdict = "inconclusive"
+        reason = f"{what}; only {n} images, at least {min_images} are needed for a decisive CI"
+    elif stat.ci[0] > threshold:
+        verdict, reason = "pass", f"{what}, above the threshold {threshold:+.3f}"
+    elif stat.ci[1] < threshold:
+        verdict = "fail"
+        reason = (f"{what}, below the threshold {threshold:+.3f}: the map ranks pixels worse than a random map "
+                  f"would; images that pulled it down most: {pulled}")
+    else:
+        verdict = "inconclusive"
+        reason = (f"{what}, which straddles the threshold {threshold:+.3f}: more images are needed to decide; "
+                  f"lowest: {pulled}")
+    if data.degenerate:
+        reason += f"; not ranked on {len(data.degenerate)} degenerate image(s)"
+    if baseline is not None:
+        base = record["random_baseline"]
+        reason += (f"; random baseline at this stage {base['statistic']:+.3f} "
+                   f"[{base['ci95'][0]:+.3f}, {base['ci95'][1]:+.3f}]")
+    record["verdict"], record["reason"] = verdict, reason
+    return record
+
+
+def _broken_limits(limits: GateLimits | None, morf: float, lerf: float, abpc: float) -> list[str]:
+    if limits is None:
+        return []
+    broken = []
+    if limits.max_morf_auc is not None and morf > limits.max_morf_auc:
+        broken.append(f"mean MoRF AUC {morf:.3f} > max_morf_auc {limits.max_morf_auc:.3f}")
+    if limits.min_lerf_auc is not None and lerf < limits.min_lerf_auc:
+        broken.append(f"mean LeRF AUC {lerf:.3f} < min_lerf_auc {limits.min_lerf_auc:.3f}")
+    if limits.min_abpc is not None and abpc < limits.min_abpc:
+        broken.append(f"mean ABPC {abpc:.3f} < min_abpc {limits.min_abpc:.3f}")
+    return broken

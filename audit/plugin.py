@@ -1,0 +1,268 @@
+"""The pytest plugin: options, parametrisation, fixtures and the results file. Thin: the work is in the library.
+
+Registered by the project's root ``conftest.py`` (``pytest checks``) and by the ``vit-audit`` command. It only
+acts on runs that collect the packaged checks (the ``checks`` package) or pass a vit-audit option, so a project's
+own test suite is left alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .errors import AuditError
+from .maps import BASELINES
+from .settings import LIST_OPTIONS, OPTIONS, resolve_settings
+
+SESSION = pytest.StashKey["AuditSession"]()
+STATE = pytest.StashKey["_State"]()
+WORKDIR_KEY = "vit_audit_workdir"
+
+
+@dataclass
+class _State:
+    workdir: str
+    owns_workdir: bool
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    written: list[str] = field(default_factory=list)
+
+
+def _dest(name: str) -> str:
+    return f"vit_audit_{name}"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("vit-audit", "Vision Transformer explainability audit (vit-audit)")
+    for name, (help_text, metavar) in OPTIONS.items():
+        if name == "strict":
+            continue  # pytest's own --strict; vit-audit also reads it (inconclusive gates fail)
+        flag = "--" + name.replace("_", "-")
+        if name in LIST_OPTIONS:
+            group.addoption(flag, action="append", dest=_dest(name), default=None, metavar=metavar, help=help_text)
+        else:
+            group.addoption(flag, action="store", dest=_dest(name), default=None, metavar=metavar, help=help_text)
+    group.addoption("--audit-config", dest=_dest("config"), default=None, metavar="TOML",
+                    help="TOML file of vit-audit options (its [tool.vit-audit] table, or the whole file)")
+
+
+def _checks_dir() -> Path:
+    import checks
+
+    return Path(checks.__file__).resolve().parent
+
+
+def _active(config: pytest.Config) -> bool:
+    """Whether this run is an audit: it collects the checks package or passes a vit-audit option."""
+    if any(config.getoption(_dest(name)) is not None for name in OPTIONS if name != "strict"):
+        return True
+    if config.getoption(_dest("config")) is not None:
+        return True
+    try:
+        checks_dir = _checks_dir()
+    except ImportError:
+        return False
+    for arg in config.args:
+        path = Path(str(arg).split("::", 1)[0]).resolve()
+        if path == checks_dir or checks_dir in path.parents:
+            return True
+    return False
+
+
+def _embedded_default(settings) -> bool:
+    """With no --model: the embedded default model (and its images, unless images are given)."""
+    if settings.model:
+        if not settings.images:
+            raise ValueError("images: no --images given; pass image files or folders to audit the model on")
+        return False
+    try:
+        from .zoo import EMBEDDED_MODEL, embedded_checkpoint, embedded_images
+    except ImportError:
+        raise ValueError("model: no --model given; pass --model NAME --checkpoint FILE --images DIR") from None
+    settings.model, settings.checkpoint = [EMBEDDED_MODEL], [str(embedded_checkpoint())]
+    if not settings.images:
+        settings.images = [str(embedded_images())]
+    return True
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _active(config):
+        return
+    cli = {name: config.getoption(_dest(name)) for name in OPTIONS if name != "strict"}
+    cli["strict"] = bool(config.getoption("strict", False))
+    pyproject = config.rootpath / "pyproject.toml"
+    try:
+        settings = resolve_settings(cli, config.getoption(_dest("config")), pyproject)
+        embedded = _embedded_default(settings)
+        workerinput = getattr(config, "workerinput", None)
+        if workerinput is not None:
+            import torch
+
+            workdir, owns = workerinput[WORKDIR_KEY], False
+            torch.set_num_threads(max(1, torch.get_num_threads() // int(workerinput.get("workercount", 1))))
+        else:
+            workdir, owns = tempfile.mkdtemp(prefix="vit-audit-"), True
+        from .session import AuditSession
+
+        config.stash[SESSION] = AuditSession(settings, workdir, embedded=embedded)
+    except (ValueError, AuditError) as err:
+        raise pytest.UsageError(str(err)) from None
+    config.stash[STATE] = _State(workdir=workdir, owns_workdir=owns)
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(), "vit-audit-xdist")
+
+
+class _XdistHooks:
+    """Hands the shared folder to pytest-xdist workers."""
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node) -> None:
+        node.workerinput[WORKDIR_KEY] = node.config.stash[STATE].workdir
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    session = config.stash.get(SESSION, None)
+    if session is None:
+        return None
+    s = session.settings
+    models = ", ".join(f"{m.name} ({m.checkpoint or 'no checkpoint'})" for m in session.models.values())
+    return [f"vit-audit: {models}; {len(session.images)} images; device {session.device}; seed {s.seed}",
+            f"vit-audit: gates {', '.join(s.gate) or 'none'} (threshold {s.threshold:+g}, "
+            f"{'strict' if s.strict else 'inconclusive = skipped'}); policy from {', '.join(s.sources) or 'defaults'}"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    session = metafunc.config.stash.get(SESSION, None)
+    names = metafunc.fixturenames
+    if session is None:
+        if {"audit_case", "audit_map", "audit_model_map", "audit_gate"} & set(names):
+            raise pytest.UsageError("the vit-audit checks need the vit-audit plugin active: run them as "
+                                    "`pytest checks` from the project root or with `vit-audit`")
+        return
+    if "audit_case" in names:
+        cases = session.cases()
+        metafunc.parametrize("audit_case", cases, ids=[c.id for c in cases])
+    if "audit_map" in names:
+        keys = session.map_keys()
+        metafunc.parametrize("audit_map", keys, ids=[f"{m}-{method}@{stage}" for m, method, stage in keys])
+    if "audit_model_map" in names:  # maps that depend on the model: every method but the baselines
+        keys = [key for key in session.map_keys() if key[1] not in BASELINES]
+        metafunc.parametrize("audit_model_map", keys, ids=[f"{m}-{method}@{stage}" for m, method, stage in keys])
+    if "audit_gate" in names:
+        keys = session.gate_keys()
+        metafunc.parametrize("audit_gate", keys, ids=[f"{m}-{method}@{stage}" for m, method, stage in keys])
+
+
+@pytest.fixture(scope="session")
+def audit_session(request: pytest.FixtureRequest):
+    """The run's :class:`audit.session.AuditSession`."""
+    return request.config.stash[SESSION]
+
+
+@pytest.fixture
+def audit_run(audit_session, audit_case) -> dict[str, Any]:
+    """The results record of this test's (model, image), computed once for the whole run."""
+    return audit_session.run(audit_case)
+
+
+def _outcome(report: pytest.TestReport) -> dict[str, Any] | None:
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        message = ""
+        if report.skipped and isinstance(report.longrepr, tuple):
+            message = str(report.longrepr[2])
+        elif report.failed:
+            message = getattr(report.longrepr, "reprcrash", None)
+            message = message.message if message is not None else str(report.longrepr)
+        outcome = "error" if report.when == "setup" and report.failed else report.outcome
+        return {"nodeid": report.nodeid, "outcome": outcome, "when": report.when, "message": message,
+                "duration": report.duration}
+    return None
+
+
+class _Collector:
+    """Keeps every check's outcome on the controller (pytest-xdist forwards workers' reports to it)."""
+
+    def __init__(self, state: _State):
+        self.state = state
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        outcome = _outcome(report)
+        if outcome is not None:
+            self.state.checks.append(outcome)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.state.checks.append({"nodeid": report.nodeid, "outcome": "error", "when": "collect",
+                                      "message": str(report.longrepr)[:2000], "duration": 0.0})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    state = session.config.stash.get(STATE, None)
+    if state is not None and not hasattr(session.config, "workerinput"):
+        session.config.pluginmanager.register(_Collector(state), "vit-audit-collector")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    audit = config.stash.get(SESSION, None)
+    state = config.stash.get(STATE, None)
+    if audit is None or state is None or hasattr(config, "workerinput"):
+        return  # the controller alone writes the results
+    s = audit.settings
+    if not (s.audit_json or s.report):
+        return
+    results = audit.results(checks=state.checks)
+    results["seconds"] = time.perf_counter() - state.started
+    if s.audit_json:
+        from .results import write_json
+
+        state.written.append(f"results: {write_json(s.audit_json, results)}")
+    if s.report:
+        try:
+            from reports import render_report
+        except ImportError as err:
+            state.written.append(f"report: NOT written ({err})")
+        else:
+            start = time.perf_counter()
+            path = render_report(results, s.report, thumbnail=s.report_thumbnail, max_mb=s.report_max_mb)
+            state.written.append(f"report: {path} ({time.perf_counter() - start:.1f} s to render)")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    audit = config.stash.get(SESSION, None)
+    state = config.stash.get(STATE, None)
+    if audit is None or state is None or hasattr(config, "workerinput"):
+        return
+    terminalreporter.section("vit-audit")
+    for gate in _read_gates(audit):
+        terminalreporter.write_line(
+            f"{gate['verdict'].upper():<13} {gate['model_id']} {gate['method']}@{gate['stage']}: mean ABPC "
+            f"{gate['statistic'] if gate['statistic'] is not None else float('nan'):+.3f} "
+            f"[{_num(gate['ci95'][0])}, {_num(gate['ci95'][1])}] vs {gate['threshold']:+g}, n={gate['n_images']}")
+    for line in state.written:
+        terminalreporter.write_line(line)
+
+
+def _read_gates(audit) -> list[dict[str, Any]]:
+    import json
+
+    order = {key: i for i, key in enumerate(audit.gate_keys())}
+    gates = [json.loads(p.read_text()) for p in (audit.workdir / "gates").glob("*.json")]
+    return sorted(gates, key=lambda g: order.get((g["model_id"], g["method"], g["stage"]), len(order)))
+
+
+def _num(value: float | None) -> str:
+    return "nan" if value is None else f"{value:+.3f}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is not None and state.owns_workdir:
+        shutil.rmtree(state.workdir, ignore_errors=True)

@@ -1,0 +1,167 @@
+"""Model-parameter randomisation (Adebayo et al. 2018, "Sanity checks for saliency maps"), cascading.
+
+Parameters are randomised from the head down: step 0 is the trained model; step 1 randomises the head and the
+final norms; step 1 + j additionally randomises blocks L-1 .. L-j; the last step also randomises the patch
+embedding, class/register tokens and the position embedding. Every parameter of a randomised part (attention,
+MLP, norms, tokens, embeddings) is replaced by seeded Gaussian noise with that tensor's own mean and standard
+deviation, so activations keep their scale. At each step the same image is captured once more (explaining the
+trained model's class) and each map is compared with the trained model's map by Spearman rank correlation.
+
+A map that still correlates once every stage it depends on is randomised explains nothing about the model.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .capture import capture
+from .layout import MAP_STAGE_ENCODER
+from .maps import compute_maps
+
+__all__ = ["RandomisationCurve", "cascade_steps", "randomisation_curves", "spearman", "dependency_step"]
+
+
+def spearman(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+    """Spearman rank correlation with average ranks for ties; nan when either input is constant."""
+    x, y = (np.asarray(v, dtype=np.float64).ravel() for v in (a, b))
+    if x.shape != y.shape:
+        raise ValueError(f"spearman: shapes differ, {x.shape} vs {y.shape}")
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = float(np.sqrt((rx * rx).sum() * (ry * ry).sum()))
+    return float((rx * ry).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(values.size, dtype=np.float64)
+    ranks[order] = np.arange(values.size, dtype=np.float64)
+    sorted_values = values[order]
+    start = 0
+    for end in range(1, values.size + 1):
+        if end == values.size or sorted_values[end] != sorted_values[start]:
+            ranks[order[start:end]] = (start + end - 1) / 2.0
+            start = end
+    return ranks
+
+
+def cascade_steps(model: nn.Module) -> list[tuple[str, list[nn.Module | nn.Parameter]]]:
+    """The cascade, top down: (label, parts randomised at this step). Step 0 (trained) is not listed."""
+    depth = len(model.blocks)
+    head = [model.head, model.norm, model.fc_norm]
+    head += [m for m in (getattr(model, "head_dist", None), getattr(model, "attn_pool", None)) if m is not None]
+    steps: list[tuple[str, list]] = [("head", head)]
+    for index in reversed(range(depth)):
+        steps.append((f"block {index}", [model.blocks[index]]))
+    embedding: list = [model.patch_embed, model.norm_pre]
+    for name in ("cls_token", "reg_token", "dist_token", "pos_embed"):
+        param = getattr(model, name, None)
+        if isinstance(param, nn.Parameter):
+            embedding.append(param)
+    steps.append(("embedding", embedding))
+    return steps
+
+
+def dependency_step(stage: str, depth: int) -> int:
+    """The cascade step after which every stage a map at ``stage`` depends on is randomised.
+
+    A map at block k reads block k's tokens and the gradient from the head down to them, so it is fully
+    randomised once the head and blocks L-1 .. k are (step 1 + L - k); an encoder map needs the head (step 1) and
+    every block under the final norm (step 1 + L).
+    """
+    if stage == MAP_STAGE_ENCODER:
+        return 1 + depth
+    return 1 + depth - int(stage)
+
+
+@torch.no_grad()
+def _randomise(parts: Iterable[nn.Module | nn.Parameter], generator: torch.Generator) -> None:
+    params = []
+    for part in parts:
+        params.extend([part] if isinstance(part, nn.Parameter) else list(part.parameters()))
+    for param in params:
+        data = param.data
+        std = float(data.float().std()) if data.numel() > 1 else 0.0
+        noise = torch.randn(data.shape, generator=generator, dtype=torch.float32) * (std if std > 0 else 0.02)
+        param.data.copy_((noise + float(data.float().mean())).to(data.dtype))
+
+
+@dataclass
+class RandomisationCurve:
+    """Spearman correlation of one map with the trained model's map, per cascade step, averaged over images.
+
+    Attributes:
+        method, stage: the map.
+        labels: cascade step labels, ``'trained'`` first.
+        spearman: mean correlation per step (nan where the map was degenerate on every image).
+        dependency_step: the step after which everything the map depends on is randomised.
+    """
+
+    method: str
+    stage: str
+    labels: list[str]
+    spearman: list[float]
+    dependency_step: int
+
+    @property
+    def after_dependencies(self) -> float:
+        """The correlation once every stage the map depends on is randomised."""
+        return self.spearman[self.dependency_step]
+
+
+def randomisation_curves(
+    model: nn.Module,
+    images: Sequence[torch.Tensor],
+    targets: Sequence[int],
+    methods: Sequence[str],
+    seed: int = 0,
+    act: str = "gelu",
+) -> dict[str, RandomisationCurve]:
+    """Cascading randomisation of a copy of ``model``; the model itself is untouched.
+
+    Args:
+        model: the trained model.
+        images: normalised inputs (C, H, W), on the model's device.
+        targets: the class each image explains (the trained model's).
+        methods: map names (baselines included: they do not depend on the model, which the curve shows).
+        seed: seeds the randomisation.
+        act: activation of the gradient maps.
+
+    Returns:
+        ``{"<method>@<stage>": RandomisationCurve}`` for every map stage.
+    """
+    work = copy.deepcopy(model).eval()
+    steps = cascade_steps(work)
+    labels = ["trained"] + [label for label, _ in steps]
+    generator = torch.Generator().manual_seed(seed)
+    per_step: list[list[dict]] = []
+    for step in range(len(labels)):
+        if step > 0:
+            _randomise(steps[step - 1][1], generator)
+        maps = []
+        for index, (image, target) in enumerate(zip(images, targets)):
+            cap = capture(work, image, target=target)
+            maps.append(compute_maps(work, cap, methods=methods, act=act, seed=seed, image=f"sanity-{index}"))
+        per_step.append(maps)
+
+    depth = len(model.blocks)
+    curves = {}
+    for key, first in per_step[0][0].items():
+        if first.values is None:
+            continue
+        values = []
+        for maps in per_step:
+            scores = [spearman(trained[key].values, current[key].values)
+                      for trained, current in zip(per_step[0], maps)
+                      if trained[key].rankable and current[key].values is not None]
+            scores = [s for s in scores if np.isfinite(s)]
+            values.append(float(np.mean(scores)) if scores else float("nan"))
+        curves[key] = RandomisationCurve(first.method, first.stage, labels, values,
+                                         dependency_step(first.stage, depth))
+    return curves

@@ -1,0 +1,266 @@
+"""The state of one audit run, shared by every check: models, images, and results computed once.
+
+Per-image results and the randomisation check are computed once per (model, image) / model and kept as JSON
+records in a folder shared by every process of the run (pytest-xdist workers included), under a file lock, so
+that each is computed by exactly one process and every check, gate and the results file read the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+from .capture import capture
+from .errors import AuditError, ImageError
+from .gates import GateInput, evaluate_gate
+from .images import find_images, normalize, prepare_image
+from .layout import normalize_stage, stage_names
+from .models import LoadedModel, load_model
+from .perturb import PerturbationConfig
+from .pipeline import audit_image
+from .restore import PatchInverse
+from .results import SCHEMA, clean, environment_record, error_run_record, model_record, run_record, write_json
+from .sanity import randomisation_curves
+from .settings import AuditSettings
+from .stats import summarize
+
+__all__ = ["AuditSession", "Case", "model_id_for"]
+
+
+def model_id_for(name: str) -> str:
+    """A short readable id: ``vit_tiny_patch16_224.augreg_in21k_ft_in1k`` -> ``vit_tiny``."""
+    base = name.split(".", 1)[0]
+    return base.split("_patch", 1)[0] if "_patch" in base else base
+
+
+class Case:
+    """One (model, image) pair: what per-image checks are parametrised by."""
+
+    def __init__(self, model_id: str, image_id: str, path: str):
+        self.model_id, self.image_id, self.path = model_id, image_id, path
+
+    @property
+    def id(self) -> str:
+        return f"{self.model_id}-{self.image_id}"
+
+    def __repr__(self) -> str:
+        return f"Case({self.id})"
+
+
+def _image_ids(paths: list[Path]) -> list[str]:
+    stems = Counter(p.stem for p in paths)
+    return [p.stem if stems[p.stem] == 1 else f"{p.parent.name}/{p.stem}" for p in paths]
+
+
+class AuditSession:
+    """Models and images of a run, and access to results computed once for the whole run.
+
+    Args:
+        settings: the resolved settings.
+        workdir: the folder shared by every process of the run.
+        load: load the models now (usage errors surface here, before any check runs).
+    """
+
+    def __init__(self, settings: AuditSettings, workdir: str | os.PathLike[str], embedded: bool = False):
+        self.settings = settings
+        self.embedded = embedded
+        self.workdir = Path(workdir)
+        for sub in ("runs", "sanity", "gates"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        self.device = self._device(settings.device)
+        self.models: dict[str, LoadedModel] = {}
+        for name, checkpoint in zip(settings.model, settings.checkpoint):
+            model_id = model_id_for(name)
+            if model_id in self.models:
+                model_id = f"{model_id}{len(self.models)}"
+            pretrained = checkpoint == "pretrained"
+            self.models[model_id] = load_model(name, None if pretrained else checkpoint, pretrained=pretrained)
+        paths = find_images(settings.images)
+        self.images = list(zip(_image_ids(paths), [str(p) for p in paths]))
+        self.measured: dict[str, list[str]] = {}
+        self.gates: dict[str, list[tuple[str, str]]] = {}
+        for model_id, loaded in self.models.items():
+            depth = loaded.layout.depth
+            layers = stage_names(depth) if "all" in settings.layers else settings.layers
+            try:
+                self.measured[model_id] = list(dict.fromkeys(normalize_stage(s, depth) for s in layers))
+                self.gates[model_id] = [(m, normalize_stage(s, depth)) for m, s in settings.gated()]
+            except ValueError as err:
+                raise ValueError(f"{err} (model {loaded.name!r})") from None
+            missing = [f"{m}@{s}" for m, s in self.gates[model_id] if s not in self.measured[model_id]]
+            if missing:
+                raise ValueError(f"gate: {', '.join(missing)} gated but their stage is not in --layers "
+                                 f"({','.join(settings.layers)})")
+        self.inverses = {model_id: PatchInverse(loaded.model) for model_id, loaded in self.models.items()}
+        self.config = PerturbationConfig(steps=settings.steps, fill=settings.fill, unit=settings.unit,
+                                         batch_size=settings.batch_size, amp=settings.amp)
+        self._runs: dict[str, dict[str, Any]] = {}
+
+    @staticmethod
+    def _device(device: str) -> str:
+        if device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device: cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
+        return device
+
+    # -- what checks are parametrised by -------------------------------------------------------------------------
+    def cases(self) -> list[Case]:
+        return [Case(model_id, image_id, path) for model_id in self.models for image_id, path in self.images]
+
+    def map_keys(self) -> list[tuple[str, str, str]]:
+        """(model id, method, stage) for every map of every model."""
+        return [(model_id, method, stage) for model_id, loaded in self.models.items()
+                for stage in stage_names(loaded.layout.depth) for method in self.settings.methods]
+
+    def gate_keys(self) -> list[tuple[str, str, str]]:
+        return [(model_id, method, stage) for model_id, gates in self.gates.items() for method, stage in gates]
+
+    def is_gated(self, model_id: str, method: str, stage: str) -> bool:
+        return (method, stage) in self.gates.get(model_id, [])
+
+    # -- results computed once -----------------------------------------------------------------------------------
+    def _once(self, path: Path, compute) -> dict[str, Any]:
+        with FileLock(str(path) + ".lock"):
+            if path.exists():
+                return json.loads(path.read_text())
+            record = clean(compute())
+            write_json(path, record)
+            return record
+
+    def run(self, case: Case) -> dict[str, Any]:
+        """The record of one (model, image): computed by the first process that asks, read by the others."""
+        if case.id not in self._runs:
+            path = self.workdir / "runs" / f"{_safe(case.id)}.json"
+            self._runs[case.id] = self._once(path, lambda: self._compute_run(case))
+        return self._runs[case.id]
+
+    def _compute_run(self, case: Case) -> dict[str, Any]:
+        loaded = self.models[case.model_id]
+        start = time.perf_counter()
+        try:
+            prepared = prepare_image(case.path, loaded.data_config, name=case.image_id)
+            result = audit_image(loaded, prepared, methods=self.settings.methods, stages=self.measured[case.model_id],
+                                 act=self.settings.act, config=self.config, seed=self.settings.seed,
+                                 device=self.device, keep_capture=True, inverse=self.inverses[case.model_id])
+            record = run_record(loaded, result, thumbnail=max(self.settings.report_thumbnail, 64))
+        except AuditError as err:
+            record = error_run_record(loaded.name, case.path, str(err))
+        record.update(model_id=case.model_id, image_id=case.image_id, seconds=time.perf_counter() - start,
+                      inverse_exact=self.inverses[case.model_id].exact, measured_stages=self.measured[case.model_id])
+        return record
+
+    def runs_of(self, model_id: str) -> list[dict[str, Any]]:
+        return [self.run(Case(model_id, image_id, path)) for image_id, path in self.images]
+
+    def randomisation(self, model_id: str) -> dict[str, Any]:
+        """The cascading randomisation check of a model, on its first ``randomisation_images`` readable images."""
+        path = self.workdir / "sanity" / f"{_safe(model_id)}.json"
+        return self._once(path, lambda: self._compute_randomisation(model_id))
+
+    def _compute_randomisation(self, model_id: str) -> dict[str, Any]:
+        loaded = self.models[model_id]
+        model = loaded.model.to(self.device)
+        inputs, targets, names = [], [], []
+        for image_id, path in self.images:
+            if len(inputs) == self.settings.randomisation_images:
+                break
+            try:
+                prepared = prepare_image(path, loaded.data_config, name=image_id)
+            except ImageError:
+                continue
+            x = normalize(prepared.pixel.to(self.device), loaded.mean, loaded.std)
+            inputs.append(x)
+            targets.append(capture(model, x).target)
+            names.append(image_id)
+        curves = randomisation_curves(model, inputs, targets, self.settings.methods, seed=self.settings.seed,
+                                      act=self.settings.act)
+        return {"model": loaded.name, "model_id": model_id, "images": names,
+                "threshold": self.settings.randomisation_threshold,
+                "rule": ("each parameter of a randomised part replaced by seeded Gaussian noise with the trained "
+                         "tensor's mean and std, cascading from the head down; Spearman rank correlation with the "
+                         "trained model's map, averaged over the images"),
+                "curves": {key: {**asdict(c), "after_dependencies": c.after_dependencies}
+                           for key, c in curves.items()}}
+
+    def gate(self, model_id: str, method: str, stage: str) -> dict[str, Any]:
+        """Evaluate one gate over every image and store its record for the results file."""
+        data, baseline = GateInput(), GateInput()
+        skipped = []
+        for run in self.runs_of(model_id):
+            if run.get("error"):
+                skipped.append(run["image_id"])
+                continue
+            for target, key in ((data, f"{method}@{stage}"), (baseline, f"random@{stage}")):
+                entry = run["maps"].get(key)
+                if entry is None:
+                    continue
+                if entry["morf_auc"] is None:
+                    target.degenerate[run["image_id"]] = entry["reason"] or "not measured"
+                    continue
+                target.images.append(run["image_id"])
+                target.morf_auc.append(entry["morf_auc"])
+                target.lerf_auc.append(entry["lerf_auc"])
+        s = self.settings
+        record = evaluate_gate(self.models[model_id].name, method, stage, data, threshold=s.threshold, seed=s.seed,
+                               min_images=s.min_images, limits=s.limits.get(f"{method}@{stage}"),
+                               baseline=baseline if method != "random" and baseline.images else None)
+        record["model_id"] = model_id
+        if skipped:
+            record["unreadable_images"] = skipped
+            record["reason"] += f"; {len(skipped)} image(s) could not be read: {', '.join(skipped)}"
+        write_json(self.workdir / "gates" / f"{_safe(model_id)}--{method}@{stage}.json", record)
+        return record
+
+    # -- the results file ----------------------------------------------------------------------------------------
+    def results(self, checks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Assemble the results file from every record the run produced (any process)."""
+        runs = []
+        for model_id in self.models:
+            for image_id, _ in self.images:
+                path = self.workdir / "runs" / f"{_safe(f'{model_id}-{image_id}')}.json"
+                if path.exists():
+                    runs.append(json.loads(path.read_text()))
+        gates = [json.loads(p.read_text()) for p in sorted((self.workdir / "gates").glob("*.json"))]
+        order = {key: i for i, key in enumerate(self.gate_keys())}
+        gates.sort(key=lambda g: order.get((g["model_id"], g["method"], g["stage"]), len(order)))
+        sanity = [json.loads(p.read_text()) for p in sorted((self.workdir / "sanity").glob("*.json"))]
+        summaries = []
+        for model_id, loaded in self.models.items():
+            records = [(key.split("@")[0], key.split("@")[1], m["morf_auc"], m["lerf_auc"])
+                       for run in runs if run.get("model_id") == model_id and not run.get("error")
+                       for key, m in run["maps"].items() if m.get("morf_auc") is not None]
+            for summary in summarize(records, seed=self.settings.seed):
+                summaries.append({"model": loaded.name, "model_id": model_id, **asdict(summary)})
+        s = self.settings
+        settings = {k: v for k, v in asdict(s).items() if k != "limits"}
+        settings["limits"] = {k: asdict(v) for k, v in s.limits.items()}
+        return clean({
+            "schema": SCHEMA,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "environment": environment_record(self.device, s.seed, threads=torch.get_num_threads()),
+            "settings": settings,
+            "embedded_default": self.embedded,
+            "perturbation": self.config.describe(),
+            "policy": {"gate": s.gate, "threshold": s.threshold, "min_images": s.min_images, "strict": s.strict,
+                       "randomisation_threshold": s.randomisation_threshold, "sources": s.sources},
+            "models": [model_record(loaded, model_id) for model_id, loaded in self.models.items()],
+            "images": [{"id": image_id, "path": path} for image_id, path in self.images],
+            "runs": runs,
+            "gates": gates,
+            "summaries": summaries,
+            "randomisation": sanity,
+            "checks": checks or [],
+        })
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in text)

@@ -1,0 +1,36 @@
+"""Faithfulness (Figs. 10-13): MoRF/LeRF per image, and the release gates over the image set."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_faithfulness(audit_run, audit_session, record_property):
+    if audit_run["error"]:
+        pytest.fail(audit_run["error"], pytrace=False)
+    steps = audit_session.settings.steps
+    measured = {key: m for key, m in audit_run["maps"].items() if m["morf"] is not None}
+    expected = {key for key, m in audit_run["maps"].items()
+                if m["stage"] in audit_run["measured_stages"] and m["grid"] is not None and not m["degenerate"]}
+    assert set(measured) == expected, f"maps not measured: {sorted(expected - set(measured))}"
+    for key, m in measured.items():
+        assert len(m["morf"]) == len(m["lerf"]) == steps + 1, key
+        assert all(v is not None and 0.0 <= v <= 1.0 for v in m["morf"] + m["lerf"]), f"{key}: bad probabilities"
+        record_property(f"{key}:abpc", m["abpc"])
+    record_property("class", audit_run["class"])
+    record_property("prob", audit_run["prob"])
+
+
+def test_gate(audit_gate, audit_session, record_property):
+    """The gate: mean ABPC over the images with its 95% bootstrap CI, against the threshold."""
+    model_id, method, stage = audit_gate
+    gate = audit_session.gate(model_id, method, stage)
+    for key in ("statistic", "n_images", "verdict"):
+        record_property(key, gate[key])
+    record_property("ci95", gate["ci95"])
+    if gate["verdict"] == "fail":
+        pytest.fail(gate["reason"], pytrace=False)
+    if gate["verdict"] == "inconclusive":
+        if audit_session.settings.strict:
+            pytest.fail(f"inconclusive (--strict): {gate['reason']}", pytrace=False)
+        pytest.skip(f"inconclusive: {gate['reason']}")

@@ -1,0 +1,221 @@
+"""The pytest plugin and the checks, run as nested pytest sessions (pytester) on timm's tiny test_vit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+from safetensors.torch import save_file
+
+from audit.plugin import _checks_dir
+from conftest import make_tiny
+
+pytest_plugins = ["pytester"]
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "cat")
+FAST = ["--methods", "cam,grad,random", "--layers", "encoder", "--steps", "10", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory) -> dict[str, Path]:
+    """test_vit weights as safetensors, a folder of six real photos, and a corrupt one elsewhere."""
+    root = tmp_path_factory.mktemp("audit-data")
+    model = make_tiny("test_vit")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "test_vit.safetensors"))
+    photos = root / "photos"
+    photos.mkdir()
+    for name in PHOTOS:
+        array = getattr(skimage.data, name)()
+        Image.fromarray(array).convert("RGB").resize((200, 160)).save(photos / f"{name}.png")
+    broken = root / "broken"
+    broken.mkdir()
+    for name in PHOTOS[:5]:
+        (broken / f"{name}.png").write_bytes((photos / f"{name}.png").read_bytes())
+    (broken / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    return {"checkpoint": root / "test_vit.safetensors", "photos": photos, "broken": broken}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(pytester, monkeypatch):
+    """Nested runs take their policy from the test's own folder, not from this project's pyproject.toml."""
+    monkeypatch.chdir(pytester.path)
+
+
+def _base():
+    return [str(_checks_dir()), "-p", "audit.plugin", "-p", "no:cacheprovider", "--rootdir", "."]
+
+
+def _args(files, *extra, images=None):
+    return [*_base(), "--model", "test_vit",
+            "--checkpoint", str(files["checkpoint"]), "--images", str(images or files["photos"]), *FAST, *extra]
+
+
+def test_checks_are_parametrised_with_readable_ids(pytester, tiny_files):
+    result = pytester.runpytest(*_args(tiny_files, "--gate", "cam@encoder", "--collect-only", "-q"))
+    out = result.stdout.str()
+    assert "test_restoration.py::test_restoration[test_vit-chelsea]" in out
+    assert "test_faithfulness.py::test_gate[test_vit-cam@encoder]" in out
+    assert "test_layers.py::test_map_is_informative[test_vit-grad@5]" in out
+    assert "test_layers.py::test_randomisation[test_vit-cam@encoder]" in out
+    assert "test_randomisation[test_vit-random@encoder]" not in out  # baselines do not depend on the model
+    assert "param" not in out
+
+
+def test_gates_pass_and_exit_0_with_a_reachable_threshold(pytester, tiny_files):
+    json_path = pytester.path / "results.json"
+    result = pytester.runpytest(*_args(tiny_files, "--gate", "cam@encoder", "--threshold", "-1",
+                                       "--audit-json", str(json_path)))
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*PASS*test_vit cam@encoder: mean ABPC*vs -1, n=6*", f"results: {json_path}"])
+    results = json.loads(json_path.read_text())
+    assert results["schema"] == "vit-audit/1"
+    assert {"torch", "timm", "device", "seed"} <= set(results["environment"])
+    model = results["models"][0]
+    assert model["name"] == "test_vit" and model["num_prefix_tokens"] == 1 and model["grid"] == [10, 10]
+    assert model["embed_dim"] == 64 and model["depth"] == 6 and len(model["checkpoint_sha256"]) == 64
+    assert len(results["runs"]) == 6
+    run = results["runs"][0]
+    assert isinstance(run["class"], int) and 0 < run["prob"] <= 1
+    cam = run["maps"]["cam@encoder"]
+    assert len(cam["grid"]) == 10 and len(cam["grid"][0]) == 10
+    assert len(cam["morf"]) == len(cam["lerf"]) == 11 and cam["morf_auc"] is not None
+    assert run["maps"]["cam@3"]["morf"] is None  # maps of every stage, faithfulness only where measured
+    assert run["maps"]["grad@encoder"]["degenerate"] is True
+    (gate,) = results["gates"]
+    assert gate["verdict"] == "pass" and gate["n_images"] == 6 and gate["threshold"] == -1
+    assert gate["ci95"][0] <= gate["statistic"] <= gate["ci95"][1]
+    abpc = [r["maps"]["cam@encoder"]["lerf_auc"] - r["maps"]["cam@encoder"]["morf_auc"] for r in results["runs"]]
+    assert gate["statistic"] == pytest.approx(np.mean(abpc))
+
+
+def test_failing_gate_exits_1_with_statistic_ci_threshold_and_worst_images(pytester, tiny_files):
+    result = pytester.runpytest(*_args(tiny_files, "--gate", "cam@encoder", "--threshold", "1"))
+    assert result.ret == 1
+    out = result.stdout.str()
+    assert "FAILED" in out and "test_gate[test_vit-cam@encoder]" in out
+    assert "mean ABPC of cam@encoder over 6 images is" in out and "[95% CI" in out
+    assert "below the threshold +1.000" in out and "images that pulled it down most:" in out
+
+
+def test_inconclusive_gate_is_skipped_and_fails_with_strict(pytester, tiny_files):
+    images = [str(tiny_files["photos"] / f"{name}.png") for name in PHOTOS[:3]]
+    args = _args(tiny_files, "--gate", "cam@encoder", "--images", images[1], "--images", images[2],
+                 images=images[0])
+    result = pytester.runpytest(*args, "-rs")
+    assert result.ret == 0
+    assert "only 3 images, at least 5 are needed" in result.stdout.str()
+    strict = pytester.runpytest(*args, "--strict")
+    assert strict.ret == 1
+    assert "inconclusive (--strict)" in strict.stdout.str()
+
+
+def test_degenerate_gated_map_fails_with_the_reason(pytester, tiny_files):
+    result = pytester.runpytest(*_args(tiny_files, "--gate", "grad@encoder", "-k", "informative and grad"))
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*gated map grad@encoder is degenerate: gradient does not reach patch tokens at the "
+                                 "encoder output: the head reads only the class token*"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "not_a_model", "--checkpoint", "x.safetensors", "--images", "."], "model 'not_a_model' is not a timm"),
+    (["--model", "test_vit", "--checkpoint", "missing.safetensors", "--images", "."], "checkpoint 'missing.safetensors' not found"),
+    (["--model", "test_vit", "--images", "."], "checkpoint: 0 checkpoints for 1 models"),
+    (["--steps", "0"], "steps: expected a positive integer"),
+    (["--methods", "cam,gradcam"], "methods: unknown ['gradcam']"),
+    (["--device", "tpu"], "device: 'tpu' is not one of cpu, cuda, auto"),
+    (["--layers", "head"], "layers: 'head' is not a block index"),
+    (["--layers", "40"], "stage: block '40' does not exist"),
+    (["--gate", "cam@3"], "gate: cam@3 gated but their stage is not in --layers"),
+    (["--batch-size", "many"], "batch-size: 'many' is not a valid int"),
+])
+def test_usage_errors_exit_4_with_one_line_naming_the_option(pytester, tiny_files, extra, message):
+    if extra[0] == "--model":
+        args = [*_base(), *extra]
+    else:
+        args = _args(tiny_files, *extra)
+    result = pytester.runpytest(*args)
+    assert result.ret == 4
+    errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr.str()
+
+
+def test_checkpoint_that_does_not_fit_is_a_usage_error(pytester, tiny_files):
+    result = pytester.runpytest(*_base(), "--model", "test_vit2", "--checkpoint",
+                                str(tiny_files["checkpoint"]), "--images", str(tiny_files["photos"]))
+    assert result.ret == 4
+    assert "does not fit model 'test_vit2'" in result.stderr.str()
+
+
+def test_no_images_found_is_a_usage_error(pytester, tiny_files):
+    empty = pytester.mkdir("empty")
+    result = pytester.runpytest(*_args(tiny_files, images=empty))
+    assert result.ret == 4
+    assert "images: no image files" in result.stderr.str()
+
+
+def test_pyproject_policy_and_audit_config_file_with_command_line_precedence(pytester, tiny_files):
+    pytester.makepyprojecttoml("""
+        [tool.vit-audit]
+        gate = ["cam@encoder"]
+        threshold = -1.0
+        methods = "cam,random"
+        layers = "encoder"
+        steps = 10
+    """)
+    base = [*_base(), "--model", "test_vit", "--checkpoint",
+            str(tiny_files["checkpoint"]), "--images", str(tiny_files["photos"]), "-k", "gate"]
+    result = pytester.runpytest(*base)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*PASS*test_vit cam@encoder*vs -1, n=6*"])
+    config = pytester.makefile(".toml", strict_policy="threshold = 1.0\n")
+    assert pytester.runpytest(*base, "--audit-config", str(config)).ret == 1  # the file overrides pyproject
+    assert pytester.runpytest(*base, "--audit-config", str(config), "--threshold", "-1").ret == 0  # CLI wins
+    bad = pytester.makefile(".toml", bad_policy="treshold = 1.0\n")
+    result = pytester.runpytest(*base, "--audit-config", str(bad))
+    assert result.ret == 4 and "unknown key 'treshold'" in result.stderr.str()
+
+
+def test_corrupt_image_fails_its_own_checks_and_the_rest_goes_on(pytester, tiny_files):
+    json_path = pytester.path / "results.json"
+    result = pytester.runpytest(*_args(tiny_files, "--gate", "cam@encoder", "--threshold", "-1",
+                                       "--audit-json", str(json_path), images=tiny_files["broken"]))
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*test_restoration[[]test_vit-corrupt[]]*",
+                                 "image '*corrupt.png' is not a readable image (*); replace or remove it"])
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == 3  # restoration, finiteness and faithfulness of the corrupt image
+    results = json.loads(json_path.read_text())
+    (gate,) = results["gates"]
+    assert gate["n_images"] == 5 and gate["verdict"] == "pass" and gate["unreadable_images"] == ["corrupt"]
+    failed = [c for c in results["checks"] if c["outcome"] == "failed"]
+    assert len(failed) == 3 and all("corrupt" in c["nodeid"] for c in failed)
+
+
+def test_xdist_gives_the_same_results_and_one_merged_file(pytester, tiny_files):
+    serial, parallel = pytester.path / "serial.json", pytester.path / "parallel.json"
+    args = _args(tiny_files, "--gate", "cam@encoder", "--threshold", "-1")
+    assert pytester.runpytest_subprocess(*args, "--audit-json", str(serial)).ret == 0
+    result = pytester.runpytest_subprocess(*args, "-n", "2", "--audit-json", str(parallel))
+    assert result.ret == 0
+    assert "2 workers" in result.stdout.str()
+    one, two = json.loads(serial.read_text()), json.loads(parallel.read_text())
+    assert len(two["runs"]) == 6 and len(two["gates"]) == 1
+    assert sorted(c["nodeid"] for c in one["checks"]) == sorted(c["nodeid"] for c in two["checks"])
+    for a, b in zip(one["runs"], two["runs"]):
+        assert a["image"] == b["image"] and a["class"] == b["class"]
+        for key in a["maps"]:
+            assert a["maps"][key]["morf_auc"] == pytest.approx(b["maps"][key]["morf_auc"], abs=1e-6)
+    assert one["gates"][0]["statistic"] == pytest.approx(two["gates"][0]["statistic"], abs=1e-6)
+    assert one["gates"][0]["verdict"] == two["gates"][0]["verdict"]
+    assert sorted(p.name for p in pytester.path.glob("*.json")) == ["parallel.json", "serial.json"]
+
+
+def test_plugin_leaves_other_test_runs_alone(pytester):
+    pytester.makepyfile(test_plain="def test_one():\n    assert True\n")
+    result = pytester.runpytest("-p", "audit.plugin")
+    assert result.ret == 0
+    assert "vit-audit" not in result.stdout.str()
