@@ -16,6 +16,7 @@ from .perturb import SCORE_DIRECTION, Curves, PerturbationConfig, auc, faithfuln
 from .pipeline import ImageAudit, audit_image, audit_images, summarize_audits
 from .restore import PatchInverse, Restoration, restore, restore_inverse, restore_paper
 from .stats import Summary, bootstrap_ci, summarize
+from . import zoo  # registers the embedded default model with timm
 
 __version__ = "0.1.0"
 

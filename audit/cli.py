@@ -7,7 +7,6 @@ The exit status is pytest's: 0 when every gate passes, 1 when any fails, 4 on a 
 
 from __future__ import annotations
 
-import os
 import sys
 
 
@@ -20,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] in ("-h", "--help"):
         print(__doc__)
         args = ["--help"]
-    return int(pytest.main([str(_checks_dir()), "-p", "audit.plugin", "--rootdir", os.getcwd(), *args]))
+    return int(pytest.main([str(_checks_dir()), "-p", "audit.plugin", *args]))
 
 
 if __name__ == "__main__":

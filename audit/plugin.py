@@ -97,6 +97,8 @@ def pytest_configure(config: pytest.Config) -> None:
     cli = {name: config.getoption(_dest(name)) for name in OPTIONS if name != "strict"}
     cli["strict"] = bool(config.getoption("strict", False))
     pyproject = config.rootpath / "pyproject.toml"
+    if not pyproject.is_file():  # `vit-audit` from a model's repository: the checks live in site-packages
+        pyproject = Path.cwd() / "pyproject.toml"
     try:
         settings = resolve_settings(cli, config.getoption(_dest("config")), pyproject)
         embedded = _embedded_default(settings)

@@ -219,3 +219,20 @@ def test_plugin_leaves_other_test_runs_alone(pytester):
     result = pytester.runpytest("-p", "audit.plugin")
     assert result.ret == 0
     assert "vit-audit" not in result.stdout.str()
+
+
+def test_vit_audit_command_runs_the_packaged_checks_from_any_folder(tiny_files, tmp_path):
+    import shutil
+    import subprocess
+
+    command = shutil.which("vit-audit")
+    assert command, "the vit-audit console script is not installed: pip install -e '.[test]'"
+    results = tmp_path / "results.json"
+    run = subprocess.run([command, "--model", "test_vit", "--checkpoint", str(tiny_files["checkpoint"]), "--images",
+                          str(tiny_files["photos"]), *FAST, "--gate", "cam@encoder", "--threshold", "-1", "-q",
+                          "--audit-json", str(results)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert json.loads(results.read_text())["gates"][0]["verdict"] == "pass"
+    usage = subprocess.run([command, "--model", "test_vit", "--checkpoint", str(tmp_path / "none.safetensors"),
+                            "--images", str(tiny_files["photos"])], cwd=tmp_path, capture_output=True, text=True)
+    assert usage.returncode == 4 and "ERROR: checkpoint" in usage.stderr

@@ -7,11 +7,10 @@ import pytest
 import skimage.data
 import torch
 
-from audit import (PerturbationConfig, audit_image, audit_images, capture, compute_maps, normalize, prepare_image,
-                   summarize_audits)
+from audit import audit_image, capture, compute_maps, normalize, prepare_image
 from reference import ref_auc, ref_curve, ref_forward, ref_maps
 
-EGYPTIAN_CAT, PERSIAN_CAT = 285, 283
+EGYPTIAN_CAT = 285
 
 
 @pytest.fixture(scope="module")
@@ -75,18 +74,3 @@ def test_restorations_of_the_real_model(vit_tiny, chelsea):
     assert 15 < inverse["embed"].psnr < 40
     assert inverse["embed"].psnr == pytest.approx(inverse["patch_embed"].psnr, abs=1e-6)
     assert inverse["5"].psnr < inverse["embed"].psnr
-
-
-def test_faithfulness_over_the_41_imagenet_photos(vit_tiny, imagenet_photos):
-    """The random baseline's mean ABPC CI covers 0; the encoder CAM is better than random (CI above 0)."""
-    config = PerturbationConfig(batch_size=80)
-    results = audit_images(vit_tiny, imagenet_photos, methods=["cam", "random"], stages=["encoder"], config=config,
-                           seed=0)
-    assert all(r.error is None for r in results)
-    assert sum(r.target == PERSIAN_CAT for r in results) == 39
-    summaries = {(s.method, s.stage): s for s in summarize_audits(results, seed=0)}
-    random, cam = summaries[("random", "encoder")], summaries[("cam", "encoder")]
-    assert random.n_images == cam.n_images == 41
-    assert random.abpc_ci[0] < 0 < random.abpc_ci[1], random
-    assert cam.abpc_ci[0] > 0, cam
-    assert cam.morf_auc < random.morf_auc and cam.lerf_auc > random.lerf_auc
