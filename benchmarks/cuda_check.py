@@ -28,6 +28,11 @@ def main() -> int:
     torch.backends.cudnn.allow_tf32 = False
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
     worst = {"prob": 0.0, "map": 0.0, "auc": 0.0, "restore": 0.0}
+    where: dict[str, str] = {}
+
+    def note(kind: str, value: float, label: str) -> None:
+        if value > worst[kind]:
+            worst[kind], where[kind] = value, label
     for name in ("chelsea", "coffee", "astronaut"):
         results = {}
         for device in ("cpu", "cuda"):
@@ -40,21 +45,21 @@ def main() -> int:
                   f"{len(results[device].curves)} maps scored in {time.perf_counter() - start:.2f} s")
         cpu, gpu = results["cpu"], results["cuda"]
         assert cpu.target == gpu.target, (name, cpu.target, gpu.target)
-        worst["prob"] = max(worst["prob"], abs(cpu.prob - gpu.prob))
+        note("prob", abs(cpu.prob - gpu.prob), name)
         for key, m in cpu.maps.items():
             if m.values is None:
                 continue
             other = gpu.maps[key].values.cpu()
             scale = float(m.values.abs().max()) or 1.0
-            worst["map"] = max(worst["map"], float((m.values - other).abs().max()) / scale)
+            note("map", float((m.values - other).abs().max()) / scale, f"{name} {key}")
             assert m.degenerate == gpu.maps[key].degenerate, key
         for key, c in cpu.curves.items():
             g = gpu.curves[key]
-            worst["auc"] = max(worst["auc"], abs(c.morf_auc - g.morf_auc), abs(c.lerf_auc - g.lerf_auc))
+            note("auc", max(abs(c.morf_auc - g.morf_auc), abs(c.lerf_auc - g.lerf_auc)), f"{name} {key}")
         for stage, r in cpu.restorations["inverse"].items():
             other = gpu.restorations["inverse"][stage].image
-            worst["restore"] = max(worst["restore"], float(np.abs(r.image.numpy() - other.numpy()).max()))
-    print("largest CPU/CUDA differences:", {k: f"{v:.2e}" for k, v in worst.items()})
+            note("restore", float(np.abs(r.image.numpy() - other.numpy()).max()), f"{name} {stage}")
+    print("largest CPU/CUDA differences:", {k: f"{v:.2e} ({where.get(k, '-')})" for k, v in worst.items()})
     return 0
 
 
