@@ -29,7 +29,8 @@ __all__ = ["RandomisationCurve", "cascade_steps", "randomisation_curves", "spear
 
 def spearman(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
     """Spearman rank correlation with average ranks for ties; nan when either input is constant."""
-    x, y = (np.asarray(v, dtype=np.float64).ravel() for v in (a, b))
+    x, y = (np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64).ravel()
+            for v in (a, b))
     if x.shape != y.shape:
         raise ValueError(f"spearman: shapes differ, {x.shape} vs {y.shape}")
     rx, ry = _average_ranks(x), _average_ranks(y)
