@@ -6,6 +6,7 @@ The pipeline, one module a stage: :mod:`~audit.models` (load a checkpoint safely
 (MoRF/LeRF curves), :mod:`~audit.stats` (bootstrap CIs over an image set), and :mod:`~audit.pipeline` tying them.
 """
 
+from . import zoo  # noqa: F401  (registers the embedded default model with timm)
 from .capture import Capture, capture
 from .errors import AuditError, CheckpointError, ImageError, ModelLoadError, UnsupportedModelError
 from .images import PreparedImage, find_images, normalize, prepare_image
@@ -16,7 +17,6 @@ from .perturb import SCORE_DIRECTION, Curves, PerturbationConfig, auc, faithfuln
 from .pipeline import ImageAudit, audit_image, audit_images, summarize_audits
 from .restore import PatchInverse, Restoration, restore, restore_inverse, restore_paper
 from .stats import Summary, bootstrap_ci, summarize
-from . import zoo  # registers the embedded default model with timm
 
 __version__ = "0.1.0"
 

@@ -120,7 +120,8 @@ def evaluate_gate(
         reasons = "; ".join(sorted(set(data.degenerate.values()))) or "no image was measured"
         verdict, reason = "fail", f"{method}@{stage} could not be scored on any image: {reasons}"
     elif broken:
-        verdict, reason = "fail", f"{what}; limit broken: {'; '.join(broken)}; images that pulled it down most: {pulled}"
+        verdict = "fail"
+        reason = f"{what}; limit broken: {'; '.join(broken)}; images that pulled it down most: {pulled}"
     elif n < min_images:
         verdict = "inconclusive"
         reason = f"{what}; only {n} images, at least {min_images} are needed for a decisive CI"

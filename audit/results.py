@@ -127,8 +127,10 @@ def run_record(
     if cap is not None:
         record["input_shape"] = [1, *result.image.pixel.shape]
         record["token_shapes"] = {stage: [1, *cap.tokens[stage].shape] for stage in cap.stages}
-        record["finite"] = {stage: bool(torch.isfinite(cap.tokens[stage]).all() and torch.isfinite(cap.grads[stage]).all())
-                            for stage in cap.stages}
+        record["finite"] = {
+            stage: bool(torch.isfinite(cap.tokens[stage]).all() and torch.isfinite(cap.grads[stage]).all())
+            for stage in cap.stages
+        }
         record["stages"] = cap.stages
         record["embedding_stages"] = [STAGE_PATCH_EMBED, STAGE_EMBED]
     return clean(record)

@@ -1,6 +1,7 @@
 """How close MoRF/LeRF scoring comes to the bare model's speed, and how much faster it is than the paper's code.
 
-    python benchmarks/bench_engine.py --checkpoint ../shared/models/vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors
+    python benchmarks/bench_engine.py \
+        --checkpoint ../shared/models/vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors
 
 (a) the bare model's best batched throughput (images/s, over several batch sizes, best of a few repeats);
 (b) the time of MoRF+LeRF for N maps of one image, from ranked maps to 2 x 21-point curves, and its ratio to the

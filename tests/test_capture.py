@@ -8,6 +8,7 @@ import torch
 
 from audit import capture
 from audit.capture import STAGE_EMBED, STAGE_PATCH_EMBED
+
 from conftest import input_size_of, make_tiny
 from reference import ref_forward
 

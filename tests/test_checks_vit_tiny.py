@@ -8,6 +8,7 @@ import re
 import pytest
 
 from audit.plugin import _checks_dir
+
 from conftest import IMAGENET_DIR, ROOT, VIT_TINY_FILE, VIT_TINY_NAME, require_shared
 
 pytest_plugins = ["pytester"]

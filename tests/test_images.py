@@ -148,7 +148,8 @@ def test_missing_image_file_raises_image_error_naming_it(tmp_path, vit_tiny):
 @pytest.mark.parametrize("shape", [(224,), (2, 32, 32, 3), ()], ids=["1d", "4d", "scalar"])
 def test_uint8_array_of_the_wrong_ndim_raises_image_error(vit_tiny, shape):
     array = np.zeros(shape, dtype=np.uint8)
-    message = rf"^image '<array {re.escape(str(shape))}>': expected a non-empty \(H, W\) or \(H, W, 1\|3\|4\) uint8 array, got "
+    message = (rf"^image '<array {re.escape(str(shape))}>': expected a non-empty \(H, W\) or \(H, W, 1\|3\|4\) "
+               r"uint8 array, got ")
     with pytest.raises(ImageError, match=message):
         prepare_image(array, vit_tiny.data_config)
 

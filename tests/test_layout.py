@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from audit import UnsupportedModelError, layout_of
 from audit.layout import TokenLayout, normalize_stage, stage_names
+
 from conftest import input_size_of, make_tiny
 
 EXPECTED_PREFIX = {"test_vit": 1, "test_vit2": 1, "test_vit3": 1, "deit_distilled": 2, "dinov2_reg4": 5, "square": 1}

@@ -8,6 +8,7 @@ import torch
 
 from audit import METHODS, capture, compute_maps
 from audit.maps import is_constant
+
 from conftest import input_size_of, make_tiny
 from reference import ref_forward, ref_maps
 
@@ -27,7 +28,8 @@ def test_maps_match_the_reference_for_every_layout(tiny, act):
         got = maps[f"{method}@{stage}"]
         assert got.values is not None, (key, method, stage, got.reason)
         scale = np.abs(ref).max() + 1e-12
-        np.testing.assert_allclose(got.values.numpy() / scale, ref / scale, atol=2e-5, err_msg=f"{key} {method}@{stage}")
+        np.testing.assert_allclose(got.values.numpy() / scale, ref / scale, atol=2e-5,
+                                   err_msg=f"{key} {method}@{stage}")
     # Everything the reference leaves out is reported as not applicable, with a reason.
     for result in maps.values():
         if result.method in ("random", "center"):

@@ -13,12 +13,13 @@ import pytest
 import timm
 import timm.models._hub
 import torch
-from conftest import VIT_TINY_FILE, input_size_of, make_tiny
 from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageNetInfo
 
 from audit import CheckpointError, ModelLoadError, UnsupportedModelError, load_model, read_state_dict
 from audit.models import sha256_of
+
+from conftest import VIT_TINY_FILE, input_size_of, make_tiny
 
 VIT_TINY_SHA256 = "3f1f07da5e1337265ac1eb0234d13841467caf730b3c4240bd3f98c49bc16a92"
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from audit import PerturbationConfig, auc, faithfulness_curves
 from audit.perturb import pixel_ranks, removal_counts
+
 from conftest import make_tiny
 from reference import ref_auc, ref_curve
 
@@ -74,7 +75,8 @@ def test_identical_maps_share_one_evaluation(square):
     calls = []
     maps = {"a": torch.ones(8, 8).cumsum(0), "b": torch.ones(8, 8).cumsum(0), "c": torch.randn(8, 8)}
     curves, _ = faithfulness_curves(square, _pixel(), maps, 0, MEAN, STD, (4, 4), (8, 8),
-                                    PerturbationConfig(batch_size=1000), progress=lambda done, total: calls.append(total))
+                                    PerturbationConfig(batch_size=1000),
+                                    progress=lambda done, total: calls.append(total))
     assert calls == [2 + 2 * 2 * 19]  # clean + removed, then 19 interior images per curve of 2 distinct maps
     np.testing.assert_array_equal(curves["a"].morf, curves["b"].morf)
 

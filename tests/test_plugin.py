@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from audit.plugin import _checks_dir
+
 from conftest import make_tiny
 
 pytest_plugins = ["pytester"]
@@ -122,7 +123,8 @@ def test_degenerate_gated_map_fails_with_the_reason(pytester, tiny_files):
 
 @pytest.mark.parametrize("extra, message", [
     (["--model", "not_a_model", "--checkpoint", "x.safetensors", "--images", "."], "model 'not_a_model' is not a timm"),
-    (["--model", "test_vit", "--checkpoint", "missing.safetensors", "--images", "."], "checkpoint 'missing.safetensors' not found"),
+    (["--model", "test_vit", "--checkpoint", "missing.safetensors", "--images", "."],
+     "checkpoint 'missing.safetensors' not found"),
     (["--model", "test_vit", "--images", "."], "checkpoint: 0 checkpoints for 1 models"),
     (["--steps", "0"], "steps: expected a positive integer"),
     (["--methods", "cam,gradcam"], "methods: unknown ['gradcam']"),

@@ -8,6 +8,7 @@ import skimage.data
 import torch
 
 from audit import audit_image, capture, compute_maps, normalize, prepare_image
+
 from reference import ref_auc, ref_curve, ref_forward, ref_maps
 
 EGYPTIAN_CAT = 285
