@@ -119,12 +119,12 @@ def evaluate_gate(
     if n == 0:
         reasons = "; ".join(sorted(set(data.degenerate.values()))) or "no image was measured"
         verdict, reason = "fail", f"{method}@{stage} could not be scored on any image: {reasons}"
-    elif broken:
-        verdict = "fail"
-        reason = f"{what}; limit broken: {'; '.join(broken)}; images that pulled it down most: {pulled}"
     elif n < min_images:
         verdict = "inconclusive"
         reason = f"{what}; only {n} images, at least {min_images} are needed for a decisive CI"
+    elif broken:
+        verdict = "fail"
+        reason = f"{what}; limit broken: {'; '.join(broken)}; images that pulled it down most: {pulled}"
     elif stat.ci[0] > threshold:
         verdict, reason = "pass", f"{what}, above the threshold {threshold:+.3f}"
     elif stat.ci[1] < threshold:

@@ -1,0 +1,74 @@
+"""Gate verdicts: the CI rule, the minimum image count, absolute limits and the explanation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from audit.gates import GateInput, GateLimits, evaluate_gate
+
+
+def _input(abpc, morf=0.2, seed=0):
+    rng = np.random.default_rng(seed)
+    morf_auc = list(morf + 0.01 * rng.standard_normal(len(abpc)))
+    return GateInput(images=[f"img{i}" for i in range(len(abpc))], morf_auc=morf_auc,
+                     lerf_auc=[m + a for m, a in zip(morf_auc, abpc)])
+
+
+def test_ci_above_threshold_passes():
+    gate = evaluate_gate("m", "cam", "encoder", _input([0.1, 0.12, 0.09, 0.11, 0.1, 0.13]))
+    assert gate["verdict"] == "pass" and gate["ci95"][0] > 0
+    assert gate["statistic"] == pytest.approx(np.mean([0.1, 0.12, 0.09, 0.11, 0.1, 0.13]))
+    assert "above the threshold +0.000" in gate["reason"]
+
+
+def test_ci_below_threshold_fails_naming_the_worst_images():
+    gate = evaluate_gate("m", "cam", "3", _input([-0.1, -0.3, -0.05, -0.2, -0.15]))
+    assert gate["verdict"] == "fail"
+    assert [w["image"] for w in gate["worst_images"]] == ["img1", "img3", "img4"]
+    assert "below the threshold +0.000" in gate["reason"] and "img1 (-0.300)" in gate["reason"]
+
+
+def test_ci_straddling_the_threshold_is_inconclusive():
+    gate = evaluate_gate("m", "cam", "3", _input([0.2, -0.2, 0.1, -0.1, 0.05, -0.05]))
+    assert gate["verdict"] == "inconclusive" and "straddles the threshold" in gate["reason"]
+
+
+def test_fewer_than_min_images_is_inconclusive_even_when_clear():
+    gate = evaluate_gate("m", "cam", "3", _input([0.3, 0.31, 0.29, 0.3]),
+                         limits=GateLimits(min_abpc=0.5))
+    assert gate["verdict"] == "inconclusive" and "only 4 images, at least 5" in gate["reason"]
+    assert evaluate_gate("m", "cam", "3", _input([0.3, 0.31, 0.29, 0.3]), min_images=4)["verdict"] == "pass"
+
+
+def test_absolute_limits_fail_a_gate_whose_ci_passes():
+    data = _input([0.1, 0.12, 0.09, 0.11, 0.1, 0.13], morf=0.4)
+    gate = evaluate_gate("m", "cam", "encoder", data, limits=GateLimits(max_morf_auc=0.3, min_abpc=0.2))
+    assert gate["verdict"] == "fail"
+    assert "mean MoRF AUC 0.4" in gate["reason"] and "> max_morf_auc 0.300" in gate["reason"]
+    assert "mean ABPC 0.108 < min_abpc 0.200" in gate["reason"]
+    assert evaluate_gate("m", "cam", "encoder", data, limits=GateLimits(max_morf_auc=0.5))["verdict"] == "pass"
+
+
+def test_a_map_degenerate_on_every_image_fails_with_its_reason():
+    data = GateInput(degenerate={"a": "gradient does not reach patch tokens", "b": "gradient does not reach patch tokens"})
+    gate = evaluate_gate("m", "grad", "encoder", data)
+    assert gate["verdict"] == "fail" and gate["n_images"] == 0
+    assert "could not be scored on any image: gradient does not reach patch tokens" in gate["reason"]
+
+
+def test_random_baseline_is_reported_beside_the_gate():
+    gate = evaluate_gate("m", "cam", "encoder", _input([0.1] * 6), baseline=_input([0.01, -0.01] * 3))
+    assert gate["random_baseline"]["n_images"] == 6
+    assert gate["random_baseline"]["statistic"] == pytest.approx(0.0, abs=1e-12)
+    assert "random baseline at this stage +0.000" in gate["reason"]
+
+
+def test_gate_is_reproducible_with_its_seed():
+    data = _input(list(np.random.default_rng(3).normal(0.05, 0.1, 20)))
+    assert evaluate_gate("m", "cam", "3", data, seed=7)["ci95"] == evaluate_gate("m", "cam", "3", data, seed=7)["ci95"]
+
+
+def test_unknown_limit_is_refused():
+    with pytest.raises(ValueError, match="limits.cam@3: unknown limits \\['max_abpc'\\]"):
+        GateLimits.from_mapping({"max_abpc": 1.0}, "limits.cam@3")
