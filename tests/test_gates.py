@@ -51,7 +51,8 @@ def test_absolute_limits_fail_a_gate_whose_ci_passes():
 
 
 def test_a_map_degenerate_on_every_image_fails_with_its_reason():
-    data = GateInput(degenerate={"a": "gradient does not reach patch tokens", "b": "gradient does not reach patch tokens"})
+    reason = "gradient does not reach patch tokens"
+    data = GateInput(degenerate={"a": reason, "b": reason})
     gate = evaluate_gate("m", "grad", "encoder", data)
     assert gate["verdict"] == "fail" and gate["n_images"] == 0
     assert "could not be scored on any image: gradient does not reach patch tokens" in gate["reason"]
