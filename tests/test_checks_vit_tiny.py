@@ -37,7 +37,7 @@ def test_gate_verdicts_on_the_41_photos_match_the_readme(pytester, monkeypatch):
         str(_checks_dir()), "-p", "audit.plugin", "-p", "no:cacheprovider", "-k", "gate or randomisation",
         "--model", VIT_TINY_NAME, "--checkpoint", str(require_shared(VIT_TINY_FILE)),
         "--images", str(require_shared(IMAGENET_DIR)), "--methods", "cam,grad,grad_cls,random",
-        "--layers", "0,encoder", "--audit-json", str(results_path), "--batch-size", "80",
+        "--layers", "0,encoder", "--audit-json", str(results_path), "--report", "", "--batch-size", "80",
     )
     results = json.loads(results_path.read_text())
     gates = {f"{g['method']}@{g['stage']}": g for g in results["gates"]}
