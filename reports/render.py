@@ -1,0 +1,698 @@
+"""The HTML report: one self-contained file rendered from a results file (schema ``vit-audit/1``).
+
+Reads nothing but the results dict: pictures are PNG data URIs, charts inline SVG, styles inline; no script, no
+request to the network or to any other file. It renders whatever the run produced (failed or erroring checks, runs
+with ``error`` set, missing gates, null fields). To stay under ``max_mb`` it draws the per-image figures smaller,
+with fewer colours, and then leaves whole figure families out, image by image, and says so in the report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader
+from markupsafe import Markup
+from PIL import Image
+
+from . import charts, pictures
+
+__all__ = ["Plan", "overall_verdict", "render_report"]
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+BASELINES = ("random", "center")
+MB = 1_000_000
+STRIP_FRAMES = 10
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one image's figures are drawn; the report steps down these plans until it fits its size limit.
+
+    Attributes:
+        maps: longer side in pixels of the per-block map cells.
+        strips: longer side of the removal-strip frames and of the encoder-output maps (0: left out).
+        restorations: longer side of the restoration pictures (0: left out).
+        colours: palette size of those pictures (None: true colour).
+        input_size: longer side of the input picture (0: left out).
+        grid: per-block map grid for ``'all'`` methods, the ``'featured'`` ones (gated and random), or ``'none'``.
+    """
+
+    maps: int
+    strips: int
+    restorations: int
+    colours: int | None
+    input_size: int
+    grid: str = "all"
+
+
+def plans_for(thumbnail: int) -> list[Plan]:
+    """Plans from the fullest to the smallest, for a requested thumbnail size."""
+    big = min(max(2 * thumbnail, 96), 160)
+    t, three_quarters, half = thumbnail, max(8, round(0.75 * thumbnail)), max(8, thumbnail // 2)
+    full = Plan(t, t, t, None, big)
+    small = Plan(half, half, half, 16, max(half, 96))
+    return [
+        full,
+        replace(full, colours=128),
+        replace(full, colours=48),
+        Plan(three_quarters, t, three_quarters, 32, big),
+        Plan(half, three_quarters, half, 32, max(half, 96)),
+        Plan(half, half, half, 32, max(half, 96)),
+        small,
+        replace(small, grid="featured"),
+        replace(small, grid="none"),
+        replace(small, grid="none", restorations=0),
+        replace(small, grid="none", restorations=0, strips=0, input_size=max(half, 64)),
+        replace(small, grid="none", restorations=0, strips=0, input_size=0),
+    ]
+
+
+def _describe_cuts(plan: Plan, full: Plan) -> list[str]:
+    """What a plan leaves out compared with the full one, in words."""
+    cuts = []
+    for name, size, asked in (("map cells", plan.maps, full.maps), ("removal strips and encoder maps", plan.strips,
+                              full.strips), ("restorations", plan.restorations, full.restorations)):
+        if 0 < size < asked:
+            cuts.append(f"{name} at {size} px instead of {asked} px")
+    if plan.colours is not None:
+        cuts.append(f"pictures reduced to {plan.colours} colours")
+    if plan.input_size == 0:
+        cuts.append("input picture left out")
+    elif plan.input_size < full.input_size:
+        cuts.append(f"input picture at {plan.input_size} px instead of {full.input_size} px")
+    if plan.grid == "featured":
+        cuts.append("per-block map grid only for the gated methods and the random baseline")
+    elif plan.grid == "none":
+        cuts.append("per-block map grid left out")
+    if plan.restorations == 0:
+        cuts.append("restoration rows left out")
+    if plan.strips == 0:
+        cuts.append("MoRF/LeRF removal strips and encoder-output maps left out")
+    return cuts
+
+
+# -- small readers that tolerate missing or null fields -----------------------------------------------------------
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _pair(value: Any) -> tuple[float | None, float | None] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return _num(value[0]), _num(value[1])
+    return None
+
+
+def fmt(value: Any, digits: int = 3, signed: bool = False) -> str:
+    """A number for a table cell; ``n/a`` for null or non-numbers."""
+    number = _num(value)
+    if number is None:
+        return "n/a"
+    return f"{number:+.{digits}f}" if signed else f"{number:.{digits}f}"
+
+
+def fmt_ci(value: Any, digits: int = 3, signed: bool = False) -> str:
+    pair = _pair(value)
+    if pair is None:
+        return "n/a"
+    return f"[{fmt(pair[0], digits, signed)}, {fmt(pair[1], digits, signed)}]"
+
+
+def _stage_order(stage: str) -> tuple[int, int]:
+    order = {"patch_embed": -2, "embed": -1, "encoder": 10**6}
+    if stage in order:
+        return (0, order[stage])
+    try:
+        return (0, int(stage))
+    except ValueError:
+        return (1, 0)
+
+
+def _sorted_stages(stages: Iterable[str]) -> list[str]:
+    return sorted(dict.fromkeys(str(s) for s in stages), key=_stage_order)
+
+
+def _stage_title(stage: str) -> str:
+    return {"patch_embed": "patch emb.", "embed": "embedding", "encoder": "encoder"}.get(stage, f"block {stage}")
+
+
+def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
+    """``fail`` if a gate failed or a check failed or errored; ``inconclusive`` if a gate is; else ``pass``.
+
+    Returns:
+        The verdict and the reasons for it, in words.
+    """
+    gates = [_dict(g) for g in _list(results.get("gates"))]
+    checks = [_dict(c) for c in _list(results.get("checks"))]
+    failed_gates = [g for g in gates if g.get("verdict") == "fail"]
+    inconclusive = [g for g in gates if g.get("verdict") == "inconclusive"]
+    failed = [c for c in checks if c.get("outcome") == "failed"]
+    errors = [c for c in checks if c.get("outcome") == "error"]
+    reasons = []
+    if failed_gates:
+        reasons.append(f"{len(failed_gates)} gate(s) failed")
+    if failed:
+        reasons.append(f"{len(failed)} check(s) failed")
+    if errors:
+        reasons.append(f"{len(errors)} check(s) errored")
+    if reasons:
+        return "fail", reasons
+    if inconclusive:
+        return "inconclusive", [f"{len(inconclusive)} gate(s) inconclusive"]
+    if not gates and not checks:
+        return "pass", ["no gate and no check recorded"]
+    return "pass", [f"{len(gates)} gate(s) passed", f"{len(checks)} check(s) without failure"]
+
+
+def _profile_line(label: str, rows: list[dict[str, Any]], name: str, colour: str, dash: str | None = None) -> tuple:
+    """One series of a layer-wise profile: a summary field and its CI (``<name>_ci``) at each stage."""
+    return label, [_num(r.get(name)) for r in rows], [_pair(r.get(f"{name}_ci")) for r in rows], colour, dash
+
+
+def _perturbation_text(perturbation: dict[str, Any]) -> str:
+    steps = perturbation.get("steps", "?")
+    fill = perturbation.get("fill")
+    if isinstance(fill, (list, tuple)):
+        fill_text = "(" + ", ".join(fmt(v, 3) for v in fill) + ")"
+    else:
+        fill_text = fmt(fill, 3) + (f" = {round(fill * 255)}/255" if _num(fill) is not None else "")
+    unit = perturbation.get("unit", "pixel")
+    amp = perturbation.get("amp")
+    return (f"{steps} steps; image k of {steps}+1 has the first round(k·N/{steps}) {unit}s of the map's ranking "
+            f"(N {unit}s of the model input) replaced by the fill {fill_text} in pixel space, all channels, before "
+            f"normalisation; ranking: the map upsampled {perturbation.get('interpolation', 'bilinearly')} to the "
+            f"model input, MoRF descending, LeRF ascending, ties in row-major order; y_k: softmax probability of the "
+            f"explained class (the clean image's top-1); AUC: {perturbation.get('auc_rule', 'trapezoid')}; "
+            f"ABPC = LeRF AUC − MoRF AUC (lower MoRF AUC, higher LeRF AUC and higher ABPC are better); "
+            f"{'float32' if not amp else f'autocast {amp}'} forwards")
+
+
+class _Builder:
+    """Turns a results dict into the template's context, drawing the per-image figures under a size budget."""
+
+    def __init__(self, results: dict[str, Any], thumbnail: int, max_mb: float):
+        self.results = results if isinstance(results, dict) else {}
+        self.thumbnail = thumbnail
+        self.max_bytes = int(max_mb * MB)
+        self.max_mb = max_mb
+        self.perturbation = _dict(self.results.get("perturbation"))
+        self.policy = _dict(self.results.get("policy"))
+        self.models = [_dict(m) for m in _list(self.results.get("models"))]
+        self.runs = [_dict(r) for r in _list(self.results.get("runs"))]
+        self.gates = [_dict(g) for g in _list(self.results.get("gates"))]
+        self.anchors: dict[tuple[Any, Any], str] = {}  # (model id, image id) -> the first section of that pair
+        for i, run in enumerate(self.runs):
+            self.anchors.setdefault((run.get("model_id"), run.get("image_id")), f"img-{i}")
+        self.caption = _perturbation_text(self.perturbation)
+        self._cache: dict[tuple, Any] = {}
+
+    # -- per model facts --------------------------------------------------------------------------------------
+    def model_of(self, run: dict[str, Any]) -> dict[str, Any]:
+        for model in self.models:
+            if model.get("id") == run.get("model_id") or (run.get("model_id") is None
+                                                            and model.get("name") == run.get("model")):
+                return model
+        return {}
+
+    def featured(self, run: dict[str, Any]) -> list[tuple[str, str]]:
+        """The maps shown with curves and strips: the model's gated maps, else the non-baseline maps measured last."""
+        model_id = run.get("model_id")
+        keys = [(str(g.get("method")), str(g.get("stage"))) for g in self.gates
+                if g.get("model_id") == model_id and g.get("method") and g.get("stage") is not None]
+        if not keys:
+            depth = self.model_of(run).get("depth")
+            for text in _list(self.policy.get("gate")):
+                method, _, stage = str(text).partition("@")
+                if stage.lstrip("-").isdigit() and int(stage) < 0 and isinstance(depth, int):
+                    stage = str(depth + int(stage))
+                keys.append((method, stage))
+        maps = _dict(run.get("maps"))
+        keys = [k for k in dict.fromkeys(keys) if f"{k[0]}@{k[1]}" in maps]
+        if not keys:
+            measured = _sorted_stages(m.get("stage") for m in maps.values() if isinstance(m, dict)
+                                      and m.get("morf") is not None and m.get("stage") is not None)
+            stage = measured[-1] if measured else ("encoder" if any(k.endswith("@encoder") for k in maps) else None)
+            keys = [(str(m.get("method")), stage) for m in maps.values()
+                    if isinstance(m, dict) and m.get("stage") == stage and m.get("method") not in BASELINES]
+        return keys
+
+    # -- pictures, cached across plans ------------------------------------------------------------------------
+    def forget(self, index: int) -> None:
+        """Drop what was cached for one image once its section is final (the cache holds full-size arrays)."""
+        self._cache = {k: v for k, v in self._cache.items() if len(k) < 2 or k[1] != index}
+
+    def _picture(self, key: tuple, draw) -> dict[str, Any] | None:
+        if key not in self._cache:
+            try:
+                self._cache[key] = draw()
+            except Exception:  # noqa: BLE001 - a picture that cannot be drawn is shown as missing, never fatal
+                self._cache[key] = None
+        return self._cache[key]
+
+    def _input(self, index: int, run: dict[str, Any]) -> Image.Image | None:
+        key = ("input-picture", index)
+        if key not in self._cache:
+            self._cache[key] = pictures.decode_data_uri(_dict(run.get("figures")).get("input"))
+        return self._cache[key]
+
+    def _base(self, index: int, run: dict[str, Any], size: int) -> Image.Image | None:
+        key = ("base", index, size)
+        if key not in self._cache:
+            picture = self._input(index, run)
+            self._cache[key] = pictures.fit(picture, size) if picture is not None else None
+        return self._cache[key]
+
+    def overlay(self, index: int, run: dict[str, Any], map_key: str, size: int, colours: int | None,
+                ) -> dict[str, Any] | None:
+        def draw() -> dict[str, Any] | None:
+            base = self._base(index, run, size)
+            grid = _dict(_dict(run.get("maps")).get(map_key)).get("grid")
+            if base is None:  # no input picture: the map alone
+                base = Image.new("RGB", (size, size), (128, 128, 128))
+            picture = pictures.map_overlay(base, grid)
+            return _encoded(picture, colours) if picture is not None else None
+
+        return self._picture(("overlay", index, map_key, size, colours), draw)
+
+    def _full(self, index: int, run: dict[str, Any], size: tuple[int, int]) -> Image.Image | None:
+        """The input picture brought to the model input's resolution (H, W), where the curves were measured."""
+        key = ("full", index, size)
+        if key not in self._cache:
+            picture = self._input(index, run)
+            height, width = size
+            self._cache[key] = (None if picture is None else picture if picture.size == (width, height)
+                                else picture.resize((width, height), Image.Resampling.BILINEAR))
+        return self._cache[key]
+
+    def strip(self, index: int, run: dict[str, Any], map_key: str, order: str, plan: Plan) -> dict[str, Any] | None:
+        def draw() -> dict[str, Any] | None:
+            model = self.model_of(run)
+            shape = _list(run.get("input_shape")) or [None, *_list(model.get("input_size"))]
+            grid_shape = _list(model.get("grid"))
+            patch = _list(model.get("patch_size"))
+            if len(shape) < 3 or len(grid_shape) != 2 or len(patch) != 2:
+                return None
+            size = (int(shape[-2]), int(shape[-1]))
+            full = self._full(index, run, size)
+            entry = _dict(_dict(run.get("maps")).get(map_key))
+            steps = self.perturbation.get("steps")
+            if not isinstance(steps, int):
+                steps = len(_list(entry.get("morf"))) - 1
+            if full is None or steps < 1:
+                return None
+            unit = self.perturbation.get("unit", "pixel")
+            key = ("removal", index, map_key, order)
+            if key not in self._cache:  # the ranking does not depend on the plan: made once per map and order
+                values = entry.get("grid")
+                if unit == "pixel":  # upsampled once for both orders
+                    upsampled = ("upsampled", index, map_key)
+                    if upsampled not in self._cache:
+                        self._cache[upsampled] = pictures.upsample_map(values, size)
+                    values = self._cache[upsampled]
+                self._cache[key] = pictures.removal_plan(values, order, size, tuple(grid_shape), tuple(patch), steps,
+                                                         unit, frames=STRIP_FRAMES)
+            if self._cache[key] is None:
+                return None
+            picture = pictures.draw_strip(full, *self._cache[key], fill=self.perturbation.get("fill", 127 / 255),
+                                          size=plan.strips)
+            return _encoded(picture, plan.colours)
+
+        return self._picture(("strip", index, map_key, order, plan.strips, plan.colours), draw)
+
+    def restoration(self, index: int, uri: Any, reading: str, stage: str, plan: Plan) -> dict[str, Any] | None:
+        def draw() -> dict[str, Any] | None:
+            picture = pictures.decode_data_uri(uri)
+            if picture is None:
+                return None
+            if plan.colours is None and max(picture.size) <= plan.restorations:
+                return {"src": uri, "width": picture.size[0], "height": picture.size[1]}
+            return _encoded(pictures.fit(picture, plan.restorations), plan.colours)
+
+        return self._picture(("restoration", index, reading, stage, plan.restorations, plan.colours), draw)
+
+    def input_picture(self, index: int, run: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
+        def draw() -> dict[str, Any] | None:
+            picture = self._input(index, run)
+            if picture is None or plan.input_size == 0:
+                return None
+            colours = None if plan.colours is None else max(plan.colours, 64)
+            return _encoded(pictures.fit(picture, plan.input_size), colours)
+
+        return self._picture(("input", index, plan.input_size, plan.colours), draw)
+
+    # -- context -------------------------------------------------------------------------------------------------
+    def image_context(self, index: int, run: dict[str, Any], plan: Plan, full: Plan) -> dict[str, Any]:
+        """Everything the image section shows, drawn under ``plan``."""
+        maps = {k: _dict(v) for k, v in _dict(run.get("maps")).items()}
+        model = self.model_of(run)
+        context: dict[str, Any] = {
+            "anchor": f"img-{index}",
+            "run": run, "model": model, "error": run.get("error"), "cuts": _describe_cuts(plan, full),
+            "plan": plan, "prob": fmt(run.get("prob")), "removed_prob": fmt(run.get("removed_prob")),
+            "title": str(run.get("image_id") or run.get("image_name") or run.get("image") or f"image {index}"),
+        }
+        if run.get("error") or not maps and not run.get("restorations"):
+            context["input"] = self.input_picture(index, run, plan)
+            return context
+        context["input"] = self.input_picture(index, run, plan)
+        base = self._base(index, run, plan.maps)
+        width, height = base.size if base is not None else (plan.maps, plan.maps)
+        context["cell"] = {"width": width, "height": height}
+        base = self._base(index, run, max(plan.strips, 8))
+        width, height = base.size if base is not None else (plan.strips, plan.strips)
+        context["big_cell"] = {"width": width, "height": height}
+        methods = list(dict.fromkeys(str(m.get("method")) for m in maps.values() if m.get("method")))
+        stages = _sorted_stages(m.get("stage") for m in maps.values() if m.get("stage") is not None)
+        featured = self.featured(run)
+        drawn: set[str] = set()  # a baseline's strips are drawn once per image, with the first map of their stage
+        context["featured"] = [self.featured_context(index, run, maps, method, stage, plan, drawn)
+                               for method, stage in featured]
+        # Per-block grid.
+        shown_methods = methods
+        if plan.grid == "featured":
+            wanted = {m for m, _ in featured} | {"random"}
+            shown_methods = [m for m in methods if m in wanted]
+        elif plan.grid == "none":
+            shown_methods = []
+        context["grid"] = {"stages": stages, "rows": [
+            {"method": method, "cells": [self.map_cell(index, run, maps, f"{method}@{stage}", plan.maps, plan.colours)
+                                         for stage in stages]}
+            for method in shown_methods]}
+        context["hidden_note"] = "cam_hidden" in methods
+        context["encoder"] = ([self.map_cell(index, run, maps, f"{method}@encoder", plan.strips, plan.colours, method)
+                               for method in methods if f"{method}@encoder" in maps] if plan.strips else [])
+        # Restorations.
+        restorations = _dict(run.get("restorations"))
+        rows = []
+        if plan.restorations:
+            for reading in ("paper", "inverse"):
+                entries = _dict(restorations.get(reading))
+                if not entries:
+                    continue
+                cells = []
+                for stage in _sorted_stages(entries):
+                    entry = _dict(entries.get(stage))
+                    cells.append({
+                        "stage": stage, "title": _stage_title(stage),
+                        "picture": self.restoration(index, entry.get("png"), reading, stage, plan),
+                        "reason": entry.get("reason"), "shape": entry.get("shape"), "finite": entry.get("finite"),
+                        "psnr": ("exact" if entry.get("exact") else
+                                 (f"{fmt(entry.get('psnr'), 1)} dB" if reading == "inverse" else None)),
+                        "max_abs_error": fmt(entry.get("max_abs_error"), 3) if reading == "inverse" else None,
+                    })
+                reasons = {c["reason"] for c in cells}
+                if all(c["picture"] is None for c in cells) and len(reasons) == 1 and None not in reasons:
+                    rows.append({"reading": reading, "cells": [], "note": reasons.pop(), "span": len(cells)})
+                else:
+                    rows.append({"reading": reading, "cells": cells, "note": None, "span": len(cells)})
+        context["restorations"] = rows
+        context["restoration_count"] = sum(len(_dict(v)) for v in restorations.values())
+        # Every measured map's scores.
+        measured_stages = _sorted_stages(m.get("stage") for m in maps.values() if m.get("morf_auc") is not None)
+        context["scores"] = {"stages": measured_stages, "rows": [
+            {"method": method, "cells": [self.score_cell(maps.get(f"{method}@{stage}")) for stage in measured_stages]}
+            for method in methods]}
+        return context
+
+    @staticmethod
+    def score_cell(entry: dict[str, Any] | None) -> dict[str, Any]:
+        entry = entry or {}
+        title = (f"MoRF AUC {fmt(entry.get('morf_auc'))}, LeRF AUC {fmt(entry.get('lerf_auc'))}"
+                 if entry.get("morf_auc") is not None else (entry.get("reason") or "not measured"))
+        return {"text": fmt(entry.get("abpc"), 3, signed=True) if entry.get("abpc") is not None else "—",
+                "title": title, "degenerate": bool(entry.get("degenerate")),
+                "negative": (_num(entry.get("abpc")) or 0.0) < 0}
+
+    def map_cell(self, index: int, run: dict[str, Any], maps: dict[str, dict[str, Any]], key: str, size: int,
+                 colours: int | None, label: str | None = None) -> dict[str, Any]:
+        entry = maps.get(key)
+        if entry is None:
+            return {"key": key, "label": label, "picture": None, "note": "not computed", "title": key,
+                    "degenerate": False}
+        reason = entry.get("reason")
+        if entry.get("applicable") is False or entry.get("grid") is None:
+            return {"key": key, "label": label, "picture": None, "note": "n/a", "title": reason or "not applicable",
+                    "degenerate": False}
+        title = key + (f": degenerate: {reason}" if entry.get("degenerate") else "")
+        return {"key": key, "label": label, "picture": self.overlay(index, run, key, size, colours), "note": None,
+                "title": title, "degenerate": bool(entry.get("degenerate"))}
+
+    def featured_context(self, index: int, run: dict[str, Any], maps: dict[str, dict[str, Any]], method: str,
+                         stage: str, plan: Plan, drawn: set[str]) -> dict[str, Any]:
+        key, baseline_key = f"{method}@{stage}", f"random@{stage}"
+        entry, baseline = maps.get(key, {}), maps.get(baseline_key, {})
+        lines = [
+            (f"{method} MoRF, AUC {fmt(entry.get('morf_auc'))}", entry.get("morf"), charts.MORF, None),
+            (f"{method} LeRF, AUC {fmt(entry.get('lerf_auc'))}", entry.get("lerf"), charts.LERF, None),
+        ]
+        if method != "random":
+            lines += [(f"random MoRF, AUC {fmt(baseline.get('morf_auc'))}", baseline.get("morf"), charts.MORF, "4 3"),
+                      (f"random LeRF, AUC {fmt(baseline.get('lerf_auc'))}", baseline.get("lerf"), charts.LERF, "4 3")]
+        class_text = f"class {run.get('class')} ({run.get('class_name')})"
+        chart = charts.curves_chart(f"MoRF/LeRF of {key}, {class_text}", lines) if entry.get("morf") else None
+        strips, shown_before = [], None
+        if plan.strips:
+            for map_key, name in ((key, method), (baseline_key, "random")):
+                if map_key not in maps or maps[map_key].get("grid") is None:
+                    continue
+                if map_key in drawn:
+                    shown_before = map_key
+                    continue
+                drawn.add(map_key)
+                for order in ("morf", "lerf"):
+                    strips.append({"label": f"{name}@{stage} {order.upper()}", "order": order,
+                                   "picture": self.strip(index, run, map_key, order, plan)})
+        steps = self.perturbation.get("steps")
+        shown = min(STRIP_FRAMES, steps) if isinstance(steps, int) else STRIP_FRAMES
+        return {"key": key, "method": method, "stage": stage, "chart": chart, "strips": strips, "frames": shown,
+                "abpc": fmt(entry.get("abpc"), 3, signed=True), "random_abpc": fmt(baseline.get("abpc"), 3, True),
+                "degenerate": bool(entry.get("degenerate")), "reason": entry.get("reason"),
+                "missing": key not in maps, "class_text": class_text, "shown_before": shown_before}
+
+    def gate_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for gate in self.gates:
+            baseline = _dict(gate.get("random_baseline"))
+            worst = []
+            for item in _list(gate.get("worst_images")):
+                item = _dict(item)
+                worst.append({"image": str(item.get("image")), "abpc": fmt(item.get("abpc"), 3, True),
+                              "anchor": self.anchors.get((gate.get("model_id"), item.get("image")))})
+            rows.append({
+                "model": gate.get("model_id") or gate.get("model"), "model_name": gate.get("model"),
+                "method": gate.get("method"), "stage": gate.get("stage"),
+                "statistic": fmt(gate.get("statistic"), 3, True), "ci": fmt_ci(gate.get("ci95"), 3, True),
+                "threshold": fmt(gate.get("threshold"), 3, True), "n_images": gate.get("n_images"),
+                "verdict": str(gate.get("verdict") or "unknown"), "reason": gate.get("reason"),
+                "morf": f"{fmt(gate.get('morf_auc'))} {fmt_ci(gate.get('morf_auc_ci95'))}",
+                "lerf": f"{fmt(gate.get('lerf_auc'))} {fmt_ci(gate.get('lerf_auc_ci95'))}",
+                "baseline": (f"{fmt(baseline.get('statistic'), 3, True)} {fmt_ci(baseline.get('ci95'), 3, True)}, "
+                             f"n={baseline.get('n_images')}" if baseline else "n/a"),
+                "worst": worst, "rule": gate.get("rule"),
+                "degenerate": {str(k): str(v) for k, v in _dict(gate.get("degenerate_images")).items()},
+                "unreadable": [str(x) for x in _list(gate.get("unreadable_images"))],
+                "bootstrap": f"seed {gate.get('seed')}, {gate.get('n_boot')} resamples",
+            })
+        return rows
+
+    def aggregates(self) -> list[dict[str, Any]]:
+        """Per model: the layer-wise profile of every method and the randomisation curves."""
+        out = []
+        summaries = [_dict(s) for s in _list(self.results.get("summaries"))]
+        sanity = [_dict(s) for s in _list(self.results.get("randomisation"))]
+        model_ids = list(dict.fromkeys([m.get("id") for m in self.models] + [s.get("model_id") for s in summaries]
+                                       + [s.get("model_id") for s in sanity]))
+        for model_id in model_ids:
+            mine = [s for s in summaries if s.get("model_id") == model_id]
+            methods = list(dict.fromkeys(str(s.get("method")) for s in mine))
+            by_key = {(str(s.get("method")), str(s.get("stage"))): s for s in mine}
+            stages = _sorted_stages(str(s.get("stage")) for s in mine)
+            profiles = []
+            for method in methods:
+                rows = [by_key.get((method, stage), {}) for stage in stages]
+                series = [_profile_line("MoRF AUC", rows, "morf_auc", charts.MORF),
+                          _profile_line("LeRF AUC", rows, "lerf_auc", charts.LERF),
+                          _profile_line("ABPC", rows, "abpc", charts.ABPC)]
+                if method != "random" and "random" in methods:
+                    baseline = [by_key.get(("random", stage), {}) for stage in stages]
+                    series.append(_profile_line("random ABPC", baseline, "abpc", charts.BASELINE, "4 3"))
+                counts = sorted({s.get("n_images") for s in mine if s.get("method") == method}, key=str)
+                first = next((s for s in mine if s.get("method") == method), {})
+                profiles.append({
+                    "method": method,
+                    "chart": charts.profile_chart(f"layer-wise faithfulness of {method} ({model_id})", stages, series),
+                    "n_images": ", ".join(str(c) for c in counts), "seed": first.get("seed"),
+                    "n_boot": first.get("n_boot")})
+            randomisation = []
+            for record in (s for s in sanity if s.get("model_id") == model_id):
+                curves = {k: _dict(v) for k, v in _dict(record.get("curves")).items()}
+                by_method: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+                for key, curve in curves.items():
+                    by_method.setdefault(str(curve.get("method") or key.split("@")[0]), []).append((key, curve))
+                for method, items in by_method.items():
+                    items.sort(key=lambda kc: _stage_order(str(kc[1].get("stage") or kc[0].split("@")[-1])))
+                    labels = next((_list(c.get("labels")) for _, c in items if c.get("labels")), [])
+                    lines = []
+                    for i, (key, curve) in enumerate(items):
+                        colour = charts.PALETTE[i % len(charts.PALETTE)]
+                        dash = None if i < len(charts.PALETTE) else ("4 3" if i < 2 * len(charts.PALETTE) else "1 2")
+                        lines.append((str(curve.get("stage") or key), [_num(v) for v in _list(curve.get("spearman"))],
+                                      colour, dash))
+                    randomisation.append({
+                        "method": method,
+                        "chart": charts.randomisation_chart(
+                            f"randomisation of {method} maps ({model_id})", [str(x) for x in labels], lines,
+                            _num(record.get("threshold"))),
+                        "after": [{"stage": str(c.get("stage") or k), "step": c.get("dependency_step"),
+                                   "value": fmt(c.get("after_dependencies"), 3, True)} for k, c in items],
+                        "images": ", ".join(str(x) for x in _list(record.get("images"))) or "none",
+                        "threshold": fmt(record.get("threshold"), 2), "rule": record.get("rule")})
+            out.append({"model_id": model_id, "profiles": profiles, "randomisation": randomisation})
+        return out
+
+    def header(self) -> dict[str, Any]:
+        environment = _dict(self.results.get("environment"))
+        verdict, reasons = overall_verdict(self.results)
+        checks = [_dict(c) for c in _list(self.results.get("checks"))]
+        counts: dict[str, int] = {}
+        for check in checks:
+            counts[str(check.get("outcome"))] = counts.get(str(check.get("outcome")), 0) + 1
+        image_count = len(_list(self.results.get("images"))) or len({r.get("image") for r in self.runs})
+        return {
+            "verdict": verdict, "reasons": reasons, "environment": environment, "models": self.models,
+            "created": self.results.get("created"), "seconds": fmt(self.results.get("seconds"), 1),
+            "schema": self.results.get("schema"), "image_count": image_count,
+            "errors": [r for r in self.runs if r.get("error")], "policy": self.policy,
+            "perturbation": self.perturbation, "embedded_default": self.results.get("embedded_default"),
+            "check_counts": counts,
+            "problems": [c for c in checks if c.get("outcome") in ("failed", "error")],
+        }
+
+
+def _encoded(picture: Image.Image, colours: int | None) -> dict[str, Any]:
+    return {"src": pictures.encode_png(picture, colours), "width": picture.size[0], "height": picture.size[1]}
+
+
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = fmt
+    env.filters["fmt_ci"] = fmt_ci
+    env.globals["colour_stops"] = pictures.colour_stops()
+    env.globals["colourmap"] = pictures.COLOURMAP
+    return env
+
+
+def _fit_images(builder: _Builder, template, budget: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """Render every image section, stepping down the plans so that their total stays under ``budget`` bytes.
+
+    The first readable image picks the plan that fits its share of the budget; later images take the same plan
+    or a smaller one when what is left runs short.
+    """
+    plans = plans_for(builder.thumbnail)
+    full = plans[0]
+    sections: list[str] = []
+    chosen: list[dict[str, Any]] = []
+    level = 0
+    used = 0
+    count = len(builder.runs)
+    for index, run in enumerate(builder.runs):
+        share = (budget - used) / max(1, count - index)
+        while True:
+            plan = plans[level]
+            try:
+                html = template.render(image=builder.image_context(index, run, plan, full), caption=builder.caption,
+                                       number=index + 1)
+            except Exception as err:  # noqa: BLE001 - one broken record must not cost the whole report
+                html = template.render(image={"anchor": f"img-{index}", "title": str(run.get("image_id") or index),
+                                              "broken": f"{type(err).__name__}: {err}", "run": run, "cuts": []},
+                                       caption=builder.caption, number=index + 1)
+                break
+            if len(html.encode()) <= share or level == len(plans) - 1:
+                break
+            level += 1
+        sections.append(Markup(html))  # rendered by the autoescaping template above
+        builder.forget(index)
+        used += len(html.encode())
+        chosen.append({"anchor": f"img-{index}",
+                       "title": str(run.get("image_id") or index), "level": level,
+                       "cuts": _describe_cuts(plans[level], full) if not run.get("error") else []})
+    return sections, chosen
+
+
+def render_report(
+    results: dict[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    thumbnail: int = 64,
+    max_mb: float = 5.0,
+) -> Path:
+    """Write the audit's HTML report: one self-contained file, atomically (temporary file, then rename).
+
+    Args:
+        results: a results dict (schema ``vit-audit/1``, see docs/results-schema.md); partial ones render too.
+        path: where to write the report.
+        thumbnail: longer side in pixels of the per-image thumbnails (map cells, removal-strip frames, restorations).
+        max_mb: size limit of the file in MB (10^6 bytes); figures are shrunk or left out to stay under it, and
+            the report says which.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: ``thumbnail`` or ``max_mb`` out of range.
+        TypeError: ``results`` is not a dict.
+    """
+    if not isinstance(results, dict):
+        raise TypeError(f"results: expected a dict (the results file), got {type(results).__name__}")
+    if isinstance(thumbnail, bool) or not isinstance(thumbnail, int) or not 8 <= thumbnail <= 512:
+        raise ValueError(f"thumbnail: expected an integer number of pixels in 8..512, got {thumbnail!r}")
+    if isinstance(max_mb, bool) or not isinstance(max_mb, (int, float)) or not 0 < max_mb < 10_000:
+        raise ValueError(f"max_mb: expected a positive size in MB, got {max_mb!r}")
+    start = time.perf_counter()
+    env = _environment()
+    builder = _Builder(results, thumbnail, float(max_mb))
+    page = env.get_template("report.html.j2")
+    context = {"header": builder.header(), "gates": builder.gate_rows(), "aggregates": builder.aggregates(),
+               "caption": builder.caption, "max_mb": builder.max_mb, "thumbnail": thumbnail,
+               "runs": builder.runs, "anchors": builder.anchors}
+    # The page without its image sections, with the longest size notice for every image, sets their budget.
+    plans = plans_for(thumbnail)
+    longest = max((_describe_cuts(plan, plans[0]) for plan in plans), key=lambda cuts: len("; ".join(cuts)))
+    placeholder_notes = [{"anchor": f"img-{i}", "title": str(r.get("image_id") or i), "level": len(plans) - 1,
+                          "cuts": longest} for i, r in enumerate(builder.runs)]
+    skeleton = page.render(**context, sections=[], fitted=placeholder_notes, render_seconds=None)
+    budget = builder.max_bytes - len(skeleton.encode()) - 2048
+    sections, fitted = _fit_images(builder, env.get_template("image.html.j2"), budget)
+    html = page.render(**context, sections=sections, fitted=fitted,
+                       render_seconds=f"{time.perf_counter() - start:.1f}")
+    return _write_atomically(Path(path), html)
+
+
+def _write_atomically(target: Path, text: str) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target

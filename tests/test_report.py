@@ -1,0 +1,357 @@
+"""The HTML report as a reviewer sees it: rendered from real nested runs of the checks on timm's tiny test_vit,
+opened offline in headless Chromium, with hostile names, partial results and a size limit.
+
+Chromium is required (Debian: ``apt-get install -y chromium``); without it the browser test fails, it never skips.
+Screenshots go to ``$VIT_AUDIT_ARTIFACTS`` (default ``test-artifacts/`` at the project root).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from audit.perturb import pixel_ranks, removal_counts
+from audit.plugin import _checks_dir
+from reports import overall_verdict, render_report
+from reports.pictures import removal_order, removal_strip
+
+from conftest import make_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("VIT_AUDIT_ARTIFACTS", ROOT / "test-artifacts"))
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera")
+FAST = ["--methods", "cam,grad,random", "--layers", "encoder", "--steps", "10", "--batch-size", "32"]
+HOSTILE_IMAGE = "<script>alert(1)</script>.png"
+HOSTILE_MODEL = 'test&"<>vit'
+INSTALL = "apt-get update && apt-get install -y chromium"
+# A plugin for the nested run: one check errors (in its setup), so that the run has failed, errored and skipped
+# checks at once; and the float settings of tests/conftest.py, on one thread (the machine is shared).
+NESTED_PLUGIN = textwrap.dedent("""
+    import torch
+
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(1)
+
+
+    def pytest_runtest_setup(item):
+        if "test_restoration[test_vit-coffee]" in item.nodeid:
+            raise RuntimeError("setup broke on purpose: <b>not bold</b>")
+""")
+
+
+# -- a real run ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def audit_run(tmp_path_factory) -> dict[str, Any]:
+    """A nested pytest run of the checks with ``--report``: a failing gate, an erroring check, a corrupt image.
+
+    One of the photos sits at a path ending in ``<script>alert(1)</script>.png`` (a folder ``<script>alert(1)<``
+    holding ``script>.png``), so the run itself carries a hostile file name.
+    """
+    root = tmp_path_factory.mktemp("report-run")
+    model = make_tiny("test_vit")
+    checkpoint = root / "test_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
+    photos = root / "photos"
+    (photos / "<script>alert(1)<").mkdir(parents=True)
+    for name in PHOTOS:
+        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((200, 160)).save(photos / f"{name}.png")
+    shutil.copy(photos / "chelsea.png", photos / "<script>alert(1)<" / "script>.png")
+    (photos / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    (root / "nested_plugin.py").write_text(NESTED_PLUGIN)
+    report, results = root / "out" / "report.html", root / "out" / "results.json"
+    args = [str(_checks_dir()), "-p", "audit.plugin", "-p", "nested_plugin", "-p", "no:cacheprovider",
+            "--rootdir", ".", "--model", "test_vit", "--checkpoint", str(checkpoint), "--images", str(photos), *FAST,
+            "--gate", "cam@encoder", "--threshold", "1", "--audit-json", str(results), "--report", str(report)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "pytest", *args, "-q"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    return {"returncode": done.returncode, "stdout": done.stdout + done.stderr, "report": report,
+            "results": json.loads(results.read_text()), "root": root}
+
+
+def test_a_failing_run_still_writes_a_report_that_shows_the_failures_and_the_error(audit_run):
+    assert audit_run["returncode"] == 1, audit_run["stdout"][-3000:]
+    assert f"report: {audit_run['report']}" in audit_run["stdout"]
+    html = audit_run["report"].read_text()
+    results = audit_run["results"]
+    outcomes = {c["outcome"] for c in results["checks"]}
+    assert {"passed", "failed", "error"} <= outcomes
+    assert 'class="verdict verdict-fail">FAIL<' in html
+    assert html.count('class="check-problem" data-outcome="error"') == 1
+    assert "setup broke on purpose: &lt;b&gt;not bold&lt;/b&gt;" in html  # the error, escaped
+    assert "<b>not bold</b>" not in html
+    assert "could not be audited: image" in html and "corrupt.png" in html  # the unreadable image's own section
+    (gate,) = results["gates"]
+    assert gate["verdict"] == "fail"
+    assert '<tr class="gate verdict-row-fail" data-verdict="fail">' in html
+    assert "Images that pulled it down most:" in html
+    for worst in gate["worst_images"]:
+        assert f"{_escape(worst['image'])}</a> ({worst['abpc']:+.3f})" in html
+
+
+def test_hostile_names_from_the_run_and_the_results_are_escaped(audit_run, tmp_path):
+    html = audit_run["report"].read_text()
+    assert any(HOSTILE_IMAGE in run["image"] for run in audit_run["results"]["runs"])
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;.png" in html
+    assert "<script" not in html.lower()  # the report has no script at all, and none came in with a name
+    hostile = _hostile(audit_run["results"])
+    page = render_report(hostile, tmp_path / "hostile.html").read_text()
+    assert "<script" not in page.lower() and "<img src=x" not in page
+    assert "test&amp;&#34;&lt;&gt;vit" in page  # the model name with &"<>
+    assert "&lt;img src=x onerror=console.error(1)&gt;" in page  # a class name
+
+
+# -- in a browser -------------------------------------------------------------------------------------------------
+def _chromium() -> str:
+    for name in (os.environ.get("VIT_AUDIT_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    pytest.fail(f"headless Chromium is required to test the report as a reviewer sees it; install it with "
+                f"`{INSTALL}` (Debian/Ubuntu), or point VIT_AUDIT_CHROMIUM at a Chromium binary", pytrace=False)
+
+
+def _browse(page: Path, work: Path, *action: str) -> subprocess.CompletedProcess:
+    """Open a local page in a fresh, offline headless Chromium: every request goes to a proxy that is not there."""
+    work.mkdir(parents=True, exist_ok=True)
+    command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+               "--disable-extensions", "--disable-default-apps", f"--user-data-dir={work / 'profile'}",
+               "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>", "--enable-logging=stderr", "--v=0",
+               f"--log-net-log={work / 'netlog.json'}", "--hide-scrollbars", *action, page.resolve().as_uri()]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+class _Dom(HTMLParser):
+    """Start tags with their attributes, in document order."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, {k: v or "" for k, v in attrs}))
+
+    def find(self, tag: str, cls: str | None = None) -> list[dict[str, str]]:
+        return [a for t, a in self.tags if t == tag and (cls is None or cls in a.get("class", "").split())]
+
+
+def _page_console_lines(stderr: str) -> list[str]:
+    """Lines Chromium logs for the page's console (errors, warnings, logs)."""
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "CONSOLE(" in line]
+
+
+def _page_requests(netlog: Path) -> list[str]:
+    """URLs the page itself asked the network for (the browser's own background requests are not the page's)."""
+    log = json.loads(netlog.read_text())
+    start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    urls = []
+    for event in log.get("events", []):
+        params = event.get("params", {})
+        if event.get("type") == start and (str(params.get("network_isolation_key", "")).startswith("file:")
+                                           or params.get("initiator") == "null"):
+            urls.append(params.get("url"))
+    return urls
+
+
+def test_report_opens_offline_in_chromium_with_every_picture_decoded_and_no_console_error(audit_run, tmp_path):
+    results = _hostile(audit_run["results"])
+    report = render_report(results, tmp_path / "report.html")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    # 1. The report as it is: the DOM Chromium built, its console, and its network log.
+    shown = _browse(report, tmp_path / "dom", "--dump-dom")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert _page_console_lines(shown.stderr) == []
+    assert _page_requests(tmp_path / "dom" / "netlog.json") == []
+    dom = _Dom(shown.stdout)
+    assert len(dom.find("tr", "gate")) == len(results["gates"]) == 1
+    sections = dom.find("section", "image")
+    assert len(sections) == len(results["runs"]) == 7
+    assert {s["data-image"] for s in sections} >= {"chelsea", "corrupt", "script>"}
+    assert not dom.find("script") and not dom.find("link") and not dom.find("iframe")
+    for tag, attrs in dom.tags:  # nothing to fetch: only inline data and links inside the page
+        for name in ("src", "href", "xlink:href", "srcset", "poster", "data", "action"):
+            if name in attrs:
+                assert attrs[name].startswith(("data:image/png;base64,", "#")), (tag, name, attrs[name][:80])
+        for target in re.findall(r"url\(([^)]*)\)", attrs.get("style", "") + attrs.get("fill", "")):
+            assert target.strip("'\"").startswith("#"), (tag, target)
+    images = dom.find("img")
+    assert len(images) > 7 * 5
+    for attrs in images:  # every picture decodes to the size its tag says
+        picture = Image.open(io.BytesIO(base64.b64decode(attrs["src"].split(",", 1)[1], validate=True)))
+        picture.load()
+        assert picture.size == (int(attrs["width"]), int(attrs["height"])) and min(picture.size) > 0
+
+    # 2. The browser's own view of every picture: a copy of the report with a probe that reads naturalWidth.
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+    probed = _browse(probe, tmp_path / "probe", "--virtual-time-budget=10000", "--dump-dom")
+    verdict = json.loads(re.search(r'data-probe="([^"]*)"', probed.stdout).group(1).replace("&quot;", '"'))
+    assert verdict["total"] == len(images) and verdict["broken"] == []
+
+    # 3. A screenshot, kept for a reviewer to look at.
+    shot = ARTIFACTS / "report-screenshot.png"
+    shot.unlink(missing_ok=True)
+    taken = _browse(report, tmp_path / "shot", "--window-size=1400,4200", f"--screenshot={shot}")
+    assert taken.returncode == 0 and shot.exists(), taken.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int64)
+    assert pixels.shape == (4200, 1400, 3) and pixels.std() > 20
+    badge = (np.abs(pixels[:120] - [198, 40, 40]).sum(-1) < 30).sum()  # the red FAIL badge at the top
+    assert badge > 100
+    shutil.copy(report, ARTIFACTS / "report.html")
+
+
+PROBE = """<script>
+addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const broken = images.filter(i => !(i.complete && i.naturalWidth > 0 && i.naturalHeight > 0)).map(i => i.alt);
+  document.body.setAttribute("data-probe", JSON.stringify({total: images.length, broken: broken}));
+});
+</script>"""
+
+
+# -- results the run did not finish -------------------------------------------------------------------------------
+def _hostile(results: dict[str, Any]) -> dict[str, Any]:
+    results = copy.deepcopy(results)
+    for model in results["models"]:
+        model["name"] = HOSTILE_MODEL
+    for record in results["runs"] + results["gates"] + results["summaries"]:
+        record["model"] = HOSTILE_MODEL
+    readable = next(r for r in results["runs"] if not r["error"])
+    readable["class_name"] = "<img src=x onerror=console.error(1)>"
+    return results
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _nulls(value: Any) -> Any:
+    """Every number, list and picture of a record replaced by null."""
+    if isinstance(value, dict):
+        return {k: _nulls(v) for k, v in value.items()}
+    if isinstance(value, (list, int, float)) and not isinstance(value, bool) or (
+            isinstance(value, str) and value.startswith("data:")):
+        return None
+    return value
+
+
+@pytest.mark.parametrize("cut", ["empty", "no-gates-no-checks", "errors-only", "nulls", "no-summaries", "garbage"])
+def test_partial_results_still_render(audit_run, tmp_path, cut):
+    results = copy.deepcopy(audit_run["results"])
+    if cut == "empty":
+        results = {}
+    elif cut == "no-gates-no-checks":
+        del results["gates"], results["checks"], results["randomisation"]
+    elif cut == "errors-only":
+        results["runs"] = [r for r in results["runs"] if r["error"]]
+        results["summaries"] = []
+    elif cut == "nulls":
+        results = {k: v if k in ("schema", "created") else _nulls(v) for k, v in results.items()}
+    elif cut == "no-summaries":
+        results["summaries"], results["randomisation"], results["models"] = None, [{"curves": None}], [None]
+    elif cut == "garbage":
+        run = next(r for r in results["runs"] if not r["error"])
+        run["maps"]["cam@encoder"]["grid"] = [[1.0, None], [2.0]]  # ragged, with a null
+        run["restorations"]["inverse"]["0"]["png"] = "data:image/png;base64,bm90IGEgcG5n"  # not a PNG
+        run["figures"]["input"] = "data:image/png;base64,???"
+        results["gates"][0]["worst_images"] = "nobody"
+        results["checks"].append({"nodeid": None})
+    html = render_report(results, tmp_path / "r.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    assert "verdict verdict-" in html
+
+
+@pytest.mark.parametrize("gates, checks, expected", [
+    pytest.param([], [], "pass", id="nothing"),
+    pytest.param(["pass"], ["passed", "skipped"], "pass", id="all-pass"),
+    pytest.param(["pass", "inconclusive"], ["passed", "skipped"], "inconclusive", id="inconclusive-gate"),
+    pytest.param(["inconclusive"], ["failed"], "fail", id="failed-check-wins"),
+    pytest.param(["pass"], ["error"], "fail", id="errored-check"),
+    pytest.param(["fail"], [], "fail", id="failed-gate"),
+])
+def test_overall_verdict_fails_on_any_failure_then_inconclusive_then_passes(gates, checks, expected):
+    results = {"gates": [{"verdict": v} for v in gates], "checks": [{"outcome": o} for o in checks]}
+    assert overall_verdict(results)[0] == expected
+
+
+# -- limits -------------------------------------------------------------------------------------------------------
+def test_size_limit_shrinks_then_leaves_figures_out_and_says_what(audit_run, tmp_path):
+    results = audit_run["results"]
+    roomy = render_report(results, tmp_path / "roomy.html")
+    assert "Nothing was left out" in roomy.read_text()
+    tight = render_report(results, tmp_path / "tight.html", max_mb=0.12, thumbnail=48)
+    assert tight.stat().st_size <= 0.12e6 < roomy.stat().st_size
+    html = tight.read_text()
+    assert "To keep this file under 0.12 MB" in html and "Left out to stay under the size limit:" in html
+    assert len(_Dom(html).find("section", "image")) == len(results["runs"])  # every image keeps its section
+    sizes = {int(a["width"]) for a in _Dom(roomy.read_text()).find("img") if a.get("alt", "").endswith("@encoder")}
+    assert sizes == {64}  # map cells at the default thumbnail size
+
+
+def test_render_report_checks_its_arguments_and_writes_atomically(audit_run, tmp_path, monkeypatch):
+    target = tmp_path / "report.html"
+    with pytest.raises(ValueError, match="thumbnail: expected an integer number of pixels in 8..512, got 0"):
+        render_report({}, target, thumbnail=0)
+    with pytest.raises(ValueError, match="max_mb: expected a positive size in MB, got -1"):
+        render_report({}, target, max_mb=-1)
+    with pytest.raises(TypeError, match="results: expected a dict"):
+        render_report([], target)
+    target.write_text("the previous report")
+    import reports.render
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(reports.render.os, "replace", broken)
+    with pytest.raises(OSError, match="disk full"):
+        render_report(audit_run["results"], target)
+    assert target.read_text() == "the previous report" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+# -- the removal strips follow the audit's recipe -----------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["random", "ties", "flat"])
+@pytest.mark.parametrize("order", ["morf", "lerf"])
+def test_removal_order_is_the_audits_ranking(kind, order):
+    rng = np.random.default_rng(len(kind))
+    grid = {"random": rng.random((7, 9)), "ties": rng.integers(0, 3, (10, 10)).astype(float),
+            "flat": np.ones((5, 5))}[kind]
+    size = (48, 40)
+    ranks = pixel_ranks(torch.from_numpy(grid), order, size, (3, 3), (16, 16)).numpy()
+    for count in (0, 1, 77, 960, 48 * 40):
+        assert np.array_equal(removal_order(grid, order, size, count), np.argsort(ranks)[:count])
+
+
+@pytest.mark.parametrize("unit", ["pixel", "patch"])
+def test_removal_strip_frames_are_the_perturbed_input_scaled_down(unit):
+    rng = np.random.default_rng(1)
+    full = Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    grid = rng.random((2, 3)).tolist()
+    strip = removal_strip(full, grid, "morf", (2, 3), (16, 16), steps=4, fill=127 / 255, size=24, unit=unit)
+    assert strip.size == (4 * 24 + 3 * 2, 16)  # only steps 1..4 exist
+    ranks = pixel_ranks(torch.tensor(grid, dtype=torch.float64), "morf", (32, 48), (2, 3), (16, 16), unit)
+    counts = removal_counts(32 * 48 if unit == "pixel" else 6, 4)
+    for k in range(1, 5):
+        removed = (ranks < counts[k]).numpy().reshape(32, 48, 1)
+        expected = Image.fromarray(np.where(removed, 127, np.asarray(full)).astype(np.uint8))
+        frame = strip.crop(((k - 1) * 26, 0, (k - 1) * 26 + 24, 16))
+        assert np.array_equal(np.asarray(frame), np.asarray(expected.resize((24, 16), Image.Resampling.BOX))), k
