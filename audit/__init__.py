@@ -6,7 +6,6 @@ The pipeline, one module a stage: :mod:`~audit.models` (load a checkpoint safely
 (MoRF/LeRF curves), :mod:`~audit.stats` (bootstrap CIs over an image set), and :mod:`~audit.pipeline` tying them.
 """
 
-from . import zoo  # noqa: F401  (registers the embedded default model with timm)
 from .capture import Capture, capture
 from .errors import AuditError, CheckpointError, ImageError, ModelLoadError, UnsupportedModelError
 from .images import PreparedImage, find_images, normalize, prepare_image

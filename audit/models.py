@@ -249,6 +249,8 @@ def load_model(
     """
     import timm
 
+    from . import zoo  # noqa: F401  (registers the embedded default model with timm)
+
     if checkpoint is not None and pretrained:
         raise ValueError("pretrained: pass either a checkpoint or pretrained=True, not both")
     if not timm.is_model(name.split(".", 1)[0]):
@@ -289,7 +291,10 @@ def load_model(
 
     data_config = _data_config(model, name, data_config)
     classes = int(model.num_classes)
-    names = class_names if class_names is not None else _class_names(classes)
+    names = class_names
+    if names is None:
+        label_names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+        names = list(label_names) if label_names and len(label_names) == classes else _class_names(classes)
     if names is not None and len(names) != classes:
         raise ValueError(f"class_names: {len(names)} names given for a model with {classes} classes")
     return LoadedModel(

@@ -156,6 +156,9 @@ def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
     try:
         with os.fdopen(handle, "w") as stream:
             json.dump(clean(payload), stream, allow_nan=False)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; a results file is for everyone
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -175,6 +175,7 @@ def train(
     config: TrainConfig,
     device: str = "cpu",
     log: Callable[[str], None] = print,
+    epoch_seconds: list[float] | None = None,
 ) -> torch.nn.Module:
     """Train :data:`~audit.zoo.EMBEDDED_MODEL` from scratch; returns it on the CPU, in eval mode.
 
@@ -186,6 +187,7 @@ def train(
         config: the hyperparameters.
         device: where to train (the shipped weights were trained on the CPU).
         log: receives one progress line per epoch.
+        epoch_seconds: if given, receives each epoch's wall-clock duration.
     """
     import timm
 
@@ -234,8 +236,11 @@ def train(
             correct += int((logits.argmax(1) == target).sum())
             seen += len(index)
         now = time.perf_counter()
-        log(f"epoch {epoch + 1:2d}/{config.epochs}  loss {loss_sum / seen:.4f}  train acc {100 * correct / seen:5.2f}%  "
-            f"lr {lr_at(step - 1):.2e}  {now - epoch_start:5.1f}s  (total {_duration(now - start)})")
+        if epoch_seconds is not None:
+            epoch_seconds.append(now - epoch_start)
+        log(f"epoch {epoch + 1:2d}/{config.epochs}  loss {loss_sum / seen:.4f}  "
+            f"train acc {100 * correct / seen:5.2f}%  lr {lr_at(step - 1):.2e}  {now - epoch_start:5.1f}s  "
+            f"(total {_duration(now - start)})")
     return model.cpu().eval()
 
 
@@ -302,7 +307,9 @@ def _card(facts: dict) -> str:
         f"| {i} | {name} | {acc} | {', '.join(f'`{s}`' for s in f['samples_by_class'][i]) or '-'} |"
         for i, (name, acc) in enumerate(zip(CLASS_NAMES, f["class_accuracy"]))
     )
-    samples = "\n".join(f"| `{name}` | {CLASS_NAMES[true]} | {CLASS_NAMES[pred]} |" for name, true, pred in f["samples"])
+    samples = "\n".join(
+        f"| `{name}` | {CLASS_NAMES[true]} | {CLASS_NAMES[pred]} |" for name, true, pred in f["samples"]
+    )
     confusions = "; ".join(f"{CLASS_NAMES[true]} taken for {CLASS_NAMES[pred]} ({count:,})"
                            for true, pred, count in f["confusions"]) or "none"
     sections = [
@@ -320,7 +327,8 @@ def _card(facts: dict) -> str:
                        "Fashion-MNIST test images, fp32)"),
             f"- **Sample images**: {f['sample_correct']} of {f['sample_count']} correct (`{IMAGES_DIR}/`, below)",
             f"- **Normalisation**: mean {f['mean']:.4f}, std {f['std']:.4f} (one channel; pixel values in [0, 1])",
-            f"- **Training time**: {f['duration']} wall-clock for the whole command, on {f['machine']}",
+            _paragraph(f"- **Training time**: {f['duration']} wall-clock for the whole command ({f['epochs']}), on",
+                       f"{f['machine']}"),
         ]),
         "## Data",
         _paragraph(
@@ -355,7 +363,7 @@ def _card(facts: dict) -> str:
             _paragraph(f"- Machine: {f['machine']}; Python {platform.python_version()}, torch {torch.__version__},",
                        f"timm {f['timm']}."),
             _paragraph(f"- Time: {f['duration']} for the whole command (reading the data, training, evaluation,",
-                       "writing these files)."),
+                       f"writing these files); {f['epochs']}."),
             "- Command (from the repository root):",
         ]),
         f"```\n{f['command']}\n```",
@@ -404,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--epochs and --limit must be positive")
 
     import timm
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from audit import load_model, normalize, prepare_image
     from audit.models import sha256_of
@@ -422,13 +430,15 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"mean {mean:.4f}, std {std:.4f}", flush=True)
 
     config = TrainConfig(epochs=args.epochs, seed=args.seed)
-    model = train(train_images, train_labels, mean, std, config, log=lambda line: print(line, flush=True))
+    epoch_seconds: list[float] = []
+    model = train(train_images, train_labels, mean, std, config, log=lambda line: print(line, flush=True),
+                  epoch_seconds=epoch_seconds)
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHTS_FILE
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(weights),
-              metadata={"format": "pt", "model": EMBEDDED_MODEL})
+    state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
+    weights.write_bytes(save(state, metadata={"format": "pt", "model": EMBEDDED_MODEL}))  # umask permissions
     loaded = load_model(EMBEDDED_MODEL, weights, data_config={"mean": (mean,), "std": (std,)})
     predictions = _evaluate(loaded, test_images)
     correct = int((predictions == test_labels).sum())
@@ -472,6 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mean": mean,
         "std": std,
         "duration": _duration(duration),
+        "epochs": f"{_plural(len(epoch_seconds), 'epoch')}: median {_duration(float(np.median(epoch_seconds)))}, "
+                  f"slowest {_duration(max(epoch_seconds))}",
         "machine": f"{_cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()}",
         "train_desc": train_desc,
         "train_count": len(train_images),
