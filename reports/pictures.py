@@ -59,7 +59,7 @@ def encode_png(picture: Image.Image, colours: int | None = None) -> str:
             raise ValueError(f"colours: expected 2..256 or None, got {colours!r}")
         picture = picture.quantize(colours, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", compress_level=9)
+    picture.save(buffer, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
