@@ -63,10 +63,12 @@ def _image_ids(paths: list[Path]) -> list[str]:
 class AuditSession:
     """Models and images of a run, and access to results computed once for the whole run.
 
+    Models are loaded and images found here, so that usage errors surface before any check runs.
+
     Args:
         settings: the resolved settings.
         workdir: the folder shared by every process of the run.
-        load: load the models now (usage errors surface here, before any check runs).
+        embedded: whether the settings name the embedded default model (recorded in the results).
     """
 
     def __init__(self, settings: AuditSettings, workdir: str | os.PathLike[str], embedded: bool = False):
