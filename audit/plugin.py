@@ -243,21 +243,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if audit is None or state is None or hasattr(config, "workerinput"):
         return
     terminalreporter.section("vit-audit")
-    for gate in _read_gates(audit):
+    for gate in audit.gate_records():
         terminalreporter.write_line(
             f"{gate['verdict'].upper():<13} {gate['model_id']} {gate['method']}@{gate['stage']}: mean ABPC "
             f"{gate['statistic'] if gate['statistic'] is not None else float('nan'):+.3f} "
             f"[{_num(gate['ci95'][0])}, {_num(gate['ci95'][1])}] vs {gate['threshold']:+g}, n={gate['n_images']}")
     for line in state.written:
         terminalreporter.write_line(line)
-
-
-def _read_gates(audit) -> list[dict[str, Any]]:
-    import json
-
-    order = {key: i for i, key in enumerate(audit.gate_keys())}
-    gates = [json.loads(p.read_text()) for p in (audit.workdir / "gates").glob("*.json")]
-    return sorted(gates, key=lambda g: order.get((g["model_id"], g["method"], g["stage"]), len(order)))
 
 
 def _num(value: float | None) -> str:

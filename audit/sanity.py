@@ -119,7 +119,7 @@ class RandomisationCurve:
 def randomisation_curves(
     model: nn.Module,
     images: Sequence[torch.Tensor],
-    targets: Sequence[int],
+    targets: Sequence[int] | None,
     methods: Sequence[str],
     seed: int = 0,
     act: str = "gelu",
@@ -129,7 +129,7 @@ def randomisation_curves(
     Args:
         model: the trained model.
         images: normalised inputs (C, H, W), on the model's device.
-        targets: the class each image explains (the trained model's).
+        targets: the class each image explains; None: the trained model's top-1, from the step-0 capture.
         methods: map names (baselines included: they do not depend on the model, which the curve shows).
         seed: seeds the randomisation.
         act: activation of the gradient maps.
@@ -142,13 +142,16 @@ def randomisation_curves(
     labels = ["trained"] + [label for label, _ in steps]
     generator = torch.Generator().manual_seed(seed)
     per_step: list[list[dict]] = []
+    explained = None if targets is None else list(targets)
     for step in range(len(labels)):
         if step > 0:
             _randomise(steps[step - 1][1], generator)
-        maps = []
-        for index, (image, target) in enumerate(zip(images, targets)):
-            cap = capture(work, image, target=target)
+        maps, classes = [], []
+        for index, image in enumerate(images):
+            cap = capture(work, image, target=None if explained is None else explained[index])
+            classes.append(cap.target)
             maps.append(compute_maps(work, cap, methods=methods, act=act, seed=seed, image=f"sanity-{index}"))
+        explained = classes  # every step explains the classes of step 0, the trained model
         per_step.append(maps)
 
     depth = len(model.blocks)

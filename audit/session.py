@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from .capture import capture
 from .errors import AuditError, ImageError
 from .gates import GateInput, evaluate_gate
 from .images import find_images, normalize, prepare_image
@@ -141,9 +140,11 @@ class AuditSession:
     def run(self, case: Case) -> dict[str, Any]:
         """The record of one (model, image): computed by the first process that asks, read by the others."""
         if case.id not in self._runs:
-            path = self.workdir / "runs" / f"{_safe(case.id)}.json"
-            self._runs[case.id] = self._once(path, lambda: self._compute_run(case))
+            self._runs[case.id] = self._once(self._run_path(case.id), lambda: self._compute_run(case))
         return self._runs[case.id]
+
+    def _run_path(self, case_id: str) -> Path:
+        return self.workdir / "runs" / f"{_safe(case_id)}.json"
 
     def _compute_run(self, case: Case) -> dict[str, Any]:
         loaded = self.models[case.model_id]
@@ -171,7 +172,7 @@ class AuditSession:
     def _compute_randomisation(self, model_id: str) -> dict[str, Any]:
         loaded = self.models[model_id]
         model = loaded.model.to(self.device)
-        inputs, targets, names = [], [], []
+        inputs, names = [], []
         for image_id, path in self.images:
             if len(inputs) == self.settings.randomisation_images:
                 break
@@ -179,11 +180,9 @@ class AuditSession:
                 prepared = prepare_image(path, loaded.data_config, name=image_id)
             except ImageError:
                 continue
-            x = normalize(prepared.pixel.to(self.device), loaded.mean, loaded.std)
-            inputs.append(x)
-            targets.append(capture(model, x).target)
+            inputs.append(normalize(prepared.pixel.to(self.device), loaded.mean, loaded.std))
             names.append(image_id)
-        curves = randomisation_curves(model, inputs, targets, self.settings.methods, seed=self.settings.seed,
+        curves = randomisation_curves(model, inputs, None, self.settings.methods, seed=self.settings.seed,
                                       act=self.settings.act)
         return {"model": loaded.name, "model_id": model_id, "images": names,
                 "threshold": self.settings.randomisation_threshold,
@@ -222,18 +221,18 @@ class AuditSession:
         write_json(self.workdir / "gates" / f"{_safe(model_id)}--{method}@{stage}.json", record)
         return record
 
+    def gate_records(self) -> list[dict[str, Any]]:
+        """Every gate evaluated so far (by any process), in the order of :meth:`gate_keys`."""
+        order = {key: i for i, key in enumerate(self.gate_keys())}
+        gates = [json.loads(p.read_text()) for p in (self.workdir / "gates").glob("*.json")]
+        return sorted(gates, key=lambda g: order.get((g["model_id"], g["method"], g["stage"]), len(order)))
+
     # -- the results file ----------------------------------------------------------------------------------------
     def results(self, checks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Assemble the results file from every record the run produced (any process)."""
-        runs = []
-        for model_id in self.models:
-            for image_id, _ in self.images:
-                path = self.workdir / "runs" / f"{_safe(f'{model_id}-{image_id}')}.json"
-                if path.exists():
-                    runs.append(json.loads(path.read_text()))
-        gates = [json.loads(p.read_text()) for p in sorted((self.workdir / "gates").glob("*.json"))]
-        order = {key: i for i, key in enumerate(self.gate_keys())}
-        gates.sort(key=lambda g: order.get((g["model_id"], g["method"], g["stage"]), len(order)))
+        runs = [json.loads(path.read_text()) for path in (self._run_path(case.id) for case in self.cases())
+                if path.exists()]
+        gates = self.gate_records()
         sanity = [json.loads(p.read_text()) for p in sorted((self.workdir / "sanity").glob("*.json"))]
         summaries = []
         for model_id, loaded in self.models.items():
