@@ -31,15 +31,17 @@ def to_display(image: torch.Tensor | np.ndarray, mode: str = "clip") -> np.ndarr
 
 
 def png_data_uri(image: torch.Tensor | np.ndarray, size: int | None = None, mode: str = "clip") -> str:
-    """Encode a picture as ``data:image/png;base64,...``, its longer side scaled to ``size`` (None: as is)."""
+    """Encode a picture as ``data:image/png;base64,...``, its longer side scaled down to at most ``size`` pixels.
+
+    A picture never gets larger than it is (None: as is): the report enlarges small pictures when it shows them.
+    """
     from PIL import Image
 
     picture = Image.fromarray(to_display(image, mode))
-    if size is not None and max(picture.size) != size:
+    if size is not None and max(picture.size) > size:
         scale = size / max(picture.size)
         new_size = (max(1, round(picture.size[0] * scale)), max(1, round(picture.size[1] * scale)))
-        resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR
-        picture = picture.resize(new_size, resample)
+        picture = picture.resize(new_size, Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -86,8 +86,8 @@ def run_record(
     Args:
         loaded: the model.
         result: the image's audit (with ``keep_capture=True`` for token shapes and finiteness).
-        thumbnail: longer side of the restoration pictures, in pixels.
-        input_size: longer side of the input picture, in pixels.
+        thumbnail: largest longer side of the restoration pictures, in pixels (smaller ones are kept as they are).
+        input_size: largest longer side of the input picture, in pixels (a smaller model input is kept as it is).
     """
     maps = {}
     for key, m in result.maps.items():

@@ -4,7 +4,7 @@ Every picture is a small PNG data URI. Maps are drawn from their raw ``grid`` va
 stored); removal strips follow the recipe of :mod:`audit.perturb` exactly (Utkin et al. 2024, Figs. 10 and 12):
 the map is upsampled bilinearly to the model input, ranked, the first ``round(k * H * W / steps)`` pixels of the
 input picture (brought to the model input's resolution) are replaced by the fill, and only then is each perturbed
-picture scaled down to thumbnail size.
+picture scaled down to thumbnail size (never enlarged).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from audit.perturb import ORDERS, pixel_ranks, removal_counts
 
 __all__ = ["COLOURMAP", "colour_stops", "colourise", "decode_data_uri", "draw_strip", "encode_png", "fit",
-           "map_overlay", "removal_order", "removal_plan", "removal_strip", "upsample_map"]
+           "map_overlay", "removal_order", "removal_plan", "removal_strip", "shown_size", "upsample_map"]
 
 # Viridis (perceptually uniform, readable in grey and by colour-blind readers), 11 anchors from 0 to 1.
 _ANCHORS = ["#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c", "#22a884", "#44bf70", "#7ad151",
@@ -63,16 +63,26 @@ def encode_png(picture: Image.Image, colours: int | None = None) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def shown_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """(width, height) scaled, up or down, so that the longer side is ``longest`` pixels: how a picture is shown."""
+    if longest < 1:
+        raise ValueError(f"size: expected a positive number of pixels, got {longest!r}")
+    width, height = size
+    scale = longest / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def fit(picture: Image.Image, size: int) -> Image.Image:
-    """Scale so that the longer side is ``size`` pixels (box filter down, nearest up: pixels stay visible)."""
+    """Scale down (box filter) so that the longer side is at most ``size`` pixels; never enlarge.
+
+    A smaller picture keeps its pixels: the report shows it at :func:`shown_size` and lets the browser enlarge it
+    without smoothing, which costs nothing in file size or rendering time.
+    """
     if size < 1:
         raise ValueError(f"size: expected a positive number of pixels, got {size!r}")
-    width, height = picture.size
-    if max(width, height) == size:
+    if max(picture.size) <= size:
         return picture
-    scale = size / max(width, height)
-    new = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return picture.resize(new, Image.Resampling.BOX if scale < 1 else Image.Resampling.NEAREST)
+    return picture.resize(shown_size(picture.size, size), Image.Resampling.BOX)
 
 
 def _as_grid(grid: Sequence[Sequence[float | None]] | np.ndarray | None) -> np.ndarray | None:
@@ -146,7 +156,8 @@ def removal_strip(
 
     The recipe of :mod:`audit.perturb`, at the model input's resolution: the map is upsampled bilinearly to the
     input, ranked (MoRF descending, LeRF ascending, ties in row-major order), the first ``round(k * H * W /
-    steps)`` pixels are set to the fill in pixel space; only then is each image scaled down to ``size`` pixels.
+    steps)`` pixels are set to the fill in pixel space; only then is each image scaled down to at most ``size``
+    pixels (never enlarged: see :func:`fit`).
 
     Args:
         full: the input picture at the model input's resolution (H x W), in pixel space.
@@ -154,7 +165,7 @@ def removal_strip(
         order: ``'morf'`` or ``'lerf'``.
         model_grid, patch: the model's token grid and patch size (for ``unit='patch'``).
         steps, fill, unit: the perturbation recipe of the run.
-        size: longer side of each frame in pixels.
+        size: largest longer side of each frame in pixels.
         frames: how many steps to show.
 
     Returns:
@@ -196,18 +207,20 @@ def removal_plan(
 
 def draw_strip(full: Image.Image, ordered: np.ndarray, counts: Sequence[int], fill: float | Sequence[float],
                size: int) -> Image.Image:
-    """Draw the frames of a :func:`removal_plan` on the input picture (H x W), each scaled down to ``size`` px."""
+    """Draw the frames of a :func:`removal_plan` on the input picture (H x W), each scaled down to <= ``size`` px."""
     pixels = np.array(full.convert("RGB"), dtype=np.uint8)
     fill_rgb = np.broadcast_to(np.asarray(fill, dtype=np.float64).reshape(-1)[:3], (3,))
     fill_rgb = (np.clip(fill_rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    thumb_w, thumb_h = fit(full, size).size
+    thumb_w, thumb_h = full.size if max(full.size) <= size else shown_size(full.size, size)
     strip = Image.new("RGB", (len(counts) * (thumb_w + GAP) - GAP, thumb_h), (255, 255, 255))
     flat = pixels.reshape(-1, 3)
     done = 0
     for slot, count in enumerate(counts):  # removals accumulate: fill only what step k adds
         flat[ordered[done:count]] = fill_rgb
         done = max(done, count)
-        frame = Image.fromarray(pixels).resize((thumb_w, thumb_h), Image.Resampling.BOX)
+        frame = Image.fromarray(pixels)
+        if frame.size != (thumb_w, thumb_h):
+            frame = frame.resize((thumb_w, thumb_h), Image.Resampling.BOX)
         strip.paste(frame, (slot * (thumb_w + GAP), 0))
     return strip
 

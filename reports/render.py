@@ -272,11 +272,17 @@ class _Builder:
         return self._cache[key]
 
     def _base(self, index: int, run: dict[str, Any], size: int) -> Image.Image | None:
+        """The input picture scaled down to at most ``size`` px (the overlays are drawn at its resolution)."""
         key = ("base", index, size)
         if key not in self._cache:
             picture = self._input(index, run)
             self._cache[key] = pictures.fit(picture, size) if picture is not None else None
         return self._cache[key]
+
+    def _shown(self, index: int, run: dict[str, Any], size: int) -> tuple[int, int]:
+        """How large a picture of the input is shown when its longer side is ``size`` px."""
+        picture = self._input(index, run)
+        return pictures.shown_size(picture.size, size) if picture is not None else (size, size)
 
     def overlay(self, index: int, run: dict[str, Any], map_key: str, size: int, colours: int | None,
                 ) -> dict[str, Any] | None:
@@ -286,7 +292,7 @@ class _Builder:
             if base is None:  # no input picture: the map alone
                 base = Image.new("RGB", (size, size), (128, 128, 128))
             picture = pictures.map_overlay(base, grid)
-            return _encoded(picture, colours) if picture is not None else None
+            return _encoded(picture, colours, self._shown(index, run, size)) if picture is not None else None
 
         return self._picture(("overlay", index, map_key, size, colours), draw)
 
@@ -331,7 +337,9 @@ class _Builder:
                 return None
             picture = pictures.draw_strip(full, *self._cache[key], fill=self.perturbation.get("fill", 127 / 255),
                                           size=plan.strips)
-            return _encoded(picture, plan.colours)
+            frame = pictures.shown_size(full.size, plan.strips)  # a frame as shown; the strip is enlarged alike
+            scale = frame[1] / picture.size[1]
+            return _encoded(picture, plan.colours, (round(picture.size[0] * scale), frame[1]))
 
         return self._picture(("strip", index, map_key, order, plan.strips, plan.colours), draw)
 
@@ -340,9 +348,10 @@ class _Builder:
             picture = pictures.decode_data_uri(uri)
             if picture is None:
                 return None
-            if plan.colours is None and max(picture.size) <= plan.restorations:
-                return {"src": uri, "width": picture.size[0], "height": picture.size[1]}
-            return _encoded(pictures.fit(picture, plan.restorations), plan.colours)
+            shown = pictures.shown_size(picture.size, plan.restorations)
+            if plan.colours is None and max(picture.size) <= plan.restorations:  # as the run stored it
+                return {"src": uri, "width": shown[0], "height": shown[1], "enlarged": shown[0] > picture.size[0]}
+            return _encoded(pictures.fit(picture, plan.restorations), plan.colours, shown)
 
         return self._picture(("restoration", index, reading, stage, plan.restorations, plan.colours), draw)
 
@@ -352,7 +361,8 @@ class _Builder:
             if picture is None or plan.input_size == 0:
                 return None
             colours = None if plan.colours is None else max(plan.colours, 64)
-            return _encoded(pictures.fit(picture, plan.input_size), colours)
+            shown = pictures.shown_size(picture.size, plan.input_size)
+            return _encoded(pictures.fit(picture, plan.input_size), colours, shown)
 
         return self._picture(("input", index, plan.input_size, plan.colours), draw)
 
@@ -372,16 +382,16 @@ class _Builder:
             return context
         context["input"] = self.input_picture(index, run, plan)
         base = self._base(index, run, plan.maps)
-        width, height = base.size if base is not None else (plan.maps, plan.maps)
-        context["cell"] = {"width": width, "height": height}
-        base = self._base(index, run, max(plan.strips, 8))
-        width, height = base.size if base is not None else (plan.strips, plan.strips)
+        width, height = self._shown(index, run, plan.maps)
+        drawn = base.size if base is not None else (width, height)
+        context["cell"] = {"width": width, "height": height, "drawn": drawn, "enlarged": drawn[0] < width}
+        width, height = self._shown(index, run, max(plan.strips, 8))
         context["big_cell"] = {"width": width, "height": height}
         methods = list(dict.fromkeys(str(m.get("method")) for m in maps.values() if m.get("method")))
         stages = _sorted_stages(m.get("stage") for m in maps.values() if m.get("stage") is not None)
         featured = self.featured(run)
-        drawn: set[str] = set()  # a baseline's strips are drawn once per image, with the first map of their stage
-        context["featured"] = [self.featured_context(index, run, maps, method, stage, plan, drawn)
+        done: set[str] = set()  # a baseline's strips are drawn once per image, with the first map of their stage
+        context["featured"] = [self.featured_context(index, run, maps, method, stage, plan, done)
                                for method, stage in featured]
         # Per-block grid.
         shown_methods = methods
@@ -480,7 +490,9 @@ class _Builder:
                                    "picture": self.strip(index, run, map_key, order, plan)})
         steps = self.perturbation.get("steps")
         shown = min(STRIP_FRAMES, steps) if isinstance(steps, int) else STRIP_FRAMES
+        enlarged = any(_dict(s["picture"]).get("enlarged") for s in strips)
         return {"key": key, "method": method, "stage": stage, "chart": chart, "strips": strips, "frames": shown,
+                "strips_enlarged": enlarged,
                 "abpc": fmt(entry.get("abpc"), 3, signed=True), "random_abpc": fmt(baseline.get("abpc"), 3, True),
                 "degenerate": bool(entry.get("degenerate")), "reason": entry.get("reason"),
                 "missing": key not in maps, "class_text": class_text, "shown_before": shown_before}
@@ -585,8 +597,11 @@ class _Builder:
         }
 
 
-def _encoded(picture: Image.Image, colours: int | None) -> dict[str, Any]:
-    return {"src": pictures.encode_png(picture, colours), "width": picture.size[0], "height": picture.size[1]}
+def _encoded(picture: Image.Image, colours: int | None, shown: tuple[int, int] | None = None) -> dict[str, Any]:
+    """A picture for the template: its data URI and the size it is shown at (enlarged: without smoothing)."""
+    width, height = shown or picture.size
+    return {"src": pictures.encode_png(picture, colours), "width": width, "height": height,
+            "enlarged": width > picture.size[0]}
 
 
 def _environment() -> Environment:

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from audit.figures import png_data_uri
 from audit.perturb import pixel_ranks, removal_counts
 from audit.plugin import _checks_dir
 from reports import overall_verdict, render_report
@@ -196,10 +197,8 @@ def test_report_opens_offline_in_chromium_with_every_picture_decoded_and_no_cons
             assert target.strip("'\"").startswith("#"), (tag, target)
     images = dom.find("img")
     assert len(images) > 7 * 5
-    for attrs in images:  # every picture decodes to the size its tag says
-        picture = Image.open(io.BytesIO(base64.b64decode(attrs["src"].split(",", 1)[1], validate=True)))
-        picture.load()
-        assert picture.size == (int(attrs["width"]), int(attrs["height"])) and min(picture.size) > 0
+    for attrs in images:
+        _assert_shown_as_drawn(attrs)
 
     # 2. The browser's own view of every picture: a copy of the report with a probe that reads naturalWidth.
     probe = tmp_path / "probe.html"
@@ -218,6 +217,17 @@ def test_report_opens_offline_in_chromium_with_every_picture_decoded_and_no_cons
     badge = (np.abs(pixels[:120] - [198, 40, 40]).sum(-1) < 30).sum()  # the red FAIL badge at the top
     assert badge > 100
     shutil.copy(report, ARTIFACTS / "report.html")
+
+
+def _assert_shown_as_drawn(attrs: dict[str, str]) -> Image.Image:
+    """The picture decodes; its box has its shape and is never smaller; a larger box is marked to enlarge it sharply."""
+    picture = Image.open(io.BytesIO(base64.b64decode(attrs["src"].split(",", 1)[1], validate=True)))
+    picture.load()
+    (width, height), shown = picture.size, (int(attrs["width"]), int(attrs["height"]))
+    assert min(width, height) > 0 and width <= shown[0] and height <= shown[1], (attrs["alt"], picture.size, shown)
+    assert abs(width * shown[1] - height * shown[0]) <= max(shown), (attrs["alt"], picture.size, shown)  # rounding
+    assert ("enlarged" in attrs.get("class", "").split()) == (width < shown[0]), (attrs["alt"], picture.size, shown)
+    return picture
 
 
 PROBE = """<script>
@@ -308,6 +318,26 @@ def test_size_limit_shrinks_then_leaves_figures_out_and_says_what(audit_run, tmp
     assert sizes == {64}  # map cells at the default thumbnail size
 
 
+def test_pictures_smaller_than_their_box_are_shown_enlarged_not_redrawn(audit_run, tmp_path):
+    results = audit_run["results"]
+    html = render_report(results, tmp_path / "big.html", thumbnail=200, max_mb=50).read_text()
+    assert "img.enlarged { image-rendering: pixelated; }" in html
+    drawn = {}
+    for attrs in _Dom(html).find("img"):
+        drawn[attrs["alt"]] = (_assert_shown_as_drawn(attrs).size, (int(attrs["width"]), int(attrs["height"])))
+    # The model input is 160 px: its map cells are drawn at 160 px and shown at 200, never redrawn larger.
+    cells = {size for alt, size in drawn.items() if alt.endswith("@encoder")}
+    assert cells == {((160, 160), (200, 200))}
+    strips = {size for alt, size in drawn.items() if " removal steps " in alt}
+    assert strips == {((10 * 160 + 9 * 2, 160), (round((10 * 160 + 9 * 2) * 200 / 160), 200))}
+    assert "bilinearly upsampled to\n160×160 px" in html and "shown at 200×200 px without smoothing" in html
+    assert "shown at 200 px (enlarged without smoothing" in html
+    # At the default size nothing is enlarged but the stored restorations, which the run keeps at 64 px at most.
+    default = render_report(results, tmp_path / "default.html").read_text()
+    enlarged = {a["alt"] for a in _Dom(default).find("img") if "enlarged" in a.get("class", "")}
+    assert all(" restoration at " in alt for alt in enlarged)
+
+
 def test_render_report_checks_its_arguments_and_writes_atomically(audit_run, tmp_path, monkeypatch):
     target = tmp_path / "report.html"
     with pytest.raises(ValueError, match="thumbnail: expected an integer number of pixels in 8..512, got 0"):
@@ -355,3 +385,10 @@ def test_removal_strip_frames_are_the_perturbed_input_scaled_down(unit):
         expected = Image.fromarray(np.where(removed, 127, np.asarray(full)).astype(np.uint8))
         frame = strip.crop(((k - 1) * 26, 0, (k - 1) * 26 + 24, 16))
         assert np.array_equal(np.asarray(frame), np.asarray(expected.resize((24, 16), Image.Resampling.BOX))), k
+
+
+@pytest.mark.parametrize("shape, stored", [((3, 28, 20), (20, 28)), ((3, 320, 200), (100, 160)), ((1, 7, 7), (7, 7))])
+def test_the_run_stores_pictures_scaled_down_never_enlarged(shape, stored):
+    uri = png_data_uri(torch.rand(shape, generator=torch.Generator().manual_seed(0)), 160)
+    picture = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert picture.size == stored
