@@ -218,7 +218,10 @@ def faithfulness_curves(
     jobs = [(0, 0), (1, 1)] + [(2 + row, counts[k]) for row in range(len(ranks)) for k in range(1, steps)]
     job_rows = torch.tensor([row for row, _ in jobs], device=device)
     job_counts = torch.tensor([count for _, count in jobs], device=device, dtype=torch.int32)
-    flat_pixel, fill = flat_pixel.to(device), fill.to(device)
+    # Normalising is per element, so the fill and the clean pixels are normalised once and each perturbed image is
+    # picked from them: the same numbers as normalising every perturbed image, one pass over the batch fewer.
+    flat_pixel = normalize(flat_pixel.to(device).reshape(chans, 1, -1), mean, std).reshape(chans, -1)
+    fill = normalize(fill.to(device).reshape(chans, 1, 1), mean, std).reshape(chans, 1)
 
     probs = np.empty(len(jobs), dtype=np.float64)
     with torch.inference_mode(), _amp_context(device, config.amp):
@@ -226,7 +229,7 @@ def faithfulness_curves(
             stop = min(start + config.batch_size, len(jobs))
             masks = rank_table[job_rows[start:stop]] < job_counts[start:stop, None]
             images = torch.where(masks[:, None, :], fill, flat_pixel).reshape(stop - start, chans, height, width)
-            logits = model(normalize(images, mean, std))
+            logits = model(images)
             probs[start:stop] = logits.float().softmax(-1)[:, target].double().cpu().numpy()
             if progress is not None:
                 progress(stop, len(jobs))
