@@ -616,8 +616,10 @@ def _environment() -> Environment:
 def _fit_images(builder: _Builder, template, budget: int) -> tuple[list[str], list[dict[str, Any]]]:
     """Render every image section, stepping down the plans so that their total stays under ``budget`` bytes.
 
-    The first readable image picks the plan that fits its share of the budget; later images take the same plan
-    or a smaller one when what is left runs short.
+    An image takes the fullest plan, no fuller than the previous image's, at which the sections so far plus this
+    one, plus the images still to come at the mean size of the sections so far (this one included), fit the budget.
+    The first image thus picks the plan at which every image as large as it would fit; a later image steps down
+    only when the images seen so far no longer leave room for the rest.
     """
     plans = plans_for(builder.thumbnail)
     full = plans[0]
@@ -627,7 +629,6 @@ def _fit_images(builder: _Builder, template, budget: int) -> tuple[list[str], li
     used = 0
     count = len(builder.runs)
     for index, run in enumerate(builder.runs):
-        share = (budget - used) / max(1, count - index)
         while True:
             plan = plans[level]
             try:
@@ -638,7 +639,8 @@ def _fit_images(builder: _Builder, template, budget: int) -> tuple[list[str], li
                                               "broken": f"{type(err).__name__}: {err}", "run": run, "cuts": []},
                                        caption=builder.caption, number=index + 1)
                 break
-            if len(html.encode()) <= share or level == len(plans) - 1:
+            size = len(html.encode())
+            if used + size + (count - index - 1) * (used + size) / (index + 1) <= budget or level == len(plans) - 1:
                 break
             level += 1
         sections.append(Markup(html))  # rendered by the autoescaping template above

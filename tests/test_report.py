@@ -25,6 +25,8 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -33,6 +35,7 @@ from audit.perturb import pixel_ranks, removal_counts
 from audit.plugin import _checks_dir
 from reports import overall_verdict, render_report
 from reports.pictures import removal_order, removal_strip
+from reports.render import _fit_images, plans_for
 
 from conftest import make_tiny
 
@@ -392,3 +395,59 @@ def test_the_run_stores_pictures_scaled_down_never_enlarged(shape, stored):
     uri = png_data_uri(torch.rand(shape, generator=torch.Generator().manual_seed(0)), 160)
     picture = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
     assert picture.size == stored
+
+
+# -- fitting the image sections to the size limit -----------------------------------------------------------------
+class _Sections:
+    """A stand-in builder and template for ``_fit_images``: image i at plan level l renders ``sizes[i][l]`` bytes."""
+
+    def __init__(self, sizes: list[list[int]]):
+        self.sizes, self.thumbnail, self.caption = sizes, 64, ""
+        self.runs = [{"image_id": f"image {i}"} for i in range(len(sizes))]
+        self.plans = plans_for(64)
+
+    def image_context(self, index, run, plan, full):
+        return {"index": index, "level": self.plans.index(plan)}
+
+    def forget(self, index):
+        pass
+
+    def render(self, image, caption, number):
+        return "x" * self.sizes[image["index"]][image["level"]]
+
+
+def _fit(sizes: list[list[int]], budget: int) -> tuple[list[int], int]:
+    sections = _Sections(sizes)
+    html, chosen = _fit_images(sections, sections, budget)
+    return [c["level"] for c in chosen], sum(len(h) for h in html)
+
+
+def test_sections_of_varying_size_keep_one_plan_while_their_mean_fits():
+    # Alternating sections of 100 and 110 bytes at the fullest plan: ten of them (1050 bytes) fit 1050 bytes,
+    # so every image keeps the fullest plan, although the first alone would leave the second only 105.6 bytes.
+    levels = len(plans_for(64))
+    small, big = [100 - 5 * level for level in range(levels)], [110 - 5 * level for level in range(levels)]
+    sizes = [small, big] * 5
+    assert _fit(sizes, 1050) == ([0] * 10, 1050)
+    chosen, total = _fit(sizes, 1049)  # one byte short: some images step down, and the total still fits
+    assert chosen[0] == 0 and chosen[-1] > 0 and chosen == sorted(chosen) and total <= 1049
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_sections_fit_the_budget_unless_an_image_is_down_to_the_smallest_plan(data):
+    levels = len(plans_for(64))
+    count = data.draw(st.integers(1, 12))
+    sizes = []
+    for _ in range(count):  # every image's sections shrink (or stay) as the plans step down
+        steps = data.draw(st.lists(st.integers(0, 50), min_size=levels - 1, max_size=levels - 1))
+        last = data.draw(st.integers(1, 20))
+        sizes.append([last + sum(steps[level:]) for level in range(levels)])
+    smallest = sum(s[-1] for s in sizes)
+    budget = data.draw(st.integers(smallest, smallest + sum(s[0] for s in sizes)))
+    chosen, total = _fit(sizes, budget)
+    assert chosen == sorted(chosen)  # plans only ever step down
+    if chosen[-1] < levels - 1:  # only the smallest plan is taken regardless of the budget
+        assert total <= budget
+    if sum(s[0] for s in sizes) <= budget and max(s[0] for s in sizes) * count <= budget:
+        assert chosen == [0] * count  # room for every image at the fullest plan, seen from every image
