@@ -234,6 +234,7 @@ def test_vit_audit_command_runs_the_packaged_checks_from_any_folder(tiny_files, 
                           str(tiny_files["photos"]), *FAST, "--gate", "cam@encoder", "--threshold", "-1", "-q",
                           "--audit-json", str(results)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Warning" not in run.stdout + run.stderr  # e.g. no PytestAssertRewriteWarning for the plugin
     assert json.loads(results.read_text())["gates"][0]["verdict"] == "pass"
     usage = subprocess.run([command, "--model", "test_vit", "--checkpoint", str(tmp_path / "none.safetensors"),
                             "--images", str(tiny_files["photos"])], cwd=tmp_path, capture_output=True, text=True)
