@@ -18,7 +18,7 @@ import pytest
 
 from .errors import AuditError
 from .maps import BASELINES
-from .settings import LIST_OPTIONS, OPTIONS, resolve_settings
+from .settings import LIST_OPTIONS, OPTIONS, output_settings, resolve_settings
 
 SESSION = pytest.StashKey["AuditSession"]()
 STATE = pytest.StashKey["_State"]()
@@ -99,14 +99,15 @@ def pytest_configure(config: pytest.Config) -> None:
     pyproject = config.rootpath / "pyproject.toml"
     if not pyproject.is_file():  # `vit-audit` from a model's repository: the checks live in site-packages
         pyproject = Path.cwd() / "pyproject.toml"
+    workerinput = getattr(config, "workerinput", None)
+    workdir, owns = None, False
     try:
         settings = resolve_settings(cli, config.getoption(_dest("config")), pyproject)
         embedded = _embedded_default(settings)
-        workerinput = getattr(config, "workerinput", None)
         if workerinput is not None:
             import torch
 
-            workdir, owns = workerinput[WORKDIR_KEY], False
+            workdir = workerinput[WORKDIR_KEY]
             torch.set_num_threads(max(1, torch.get_num_threads() // int(workerinput.get("workercount", 1))))
         else:
             workdir, owns = tempfile.mkdtemp(prefix="vit-audit-"), True
@@ -114,10 +115,39 @@ def pytest_configure(config: pytest.Config) -> None:
 
         config.stash[SESSION] = AuditSession(settings, workdir, embedded=embedded)
     except (ValueError, AuditError) as err:
-        raise pytest.UsageError(str(err)) from None
+        if owns:
+            shutil.rmtree(workdir, ignore_errors=True)
+        message = str(err)
+        if workerinput is None:  # the controller writes what the run has: the error, in both files
+            message += _write_stopped_run(message, cli, config.getoption(_dest("config")), pyproject)
+        raise pytest.UsageError(message) from None
     config.stash[STATE] = _State(workdir=workdir, owns_workdir=owns)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "vit-audit-xdist")
+
+
+def _write_stopped_run(message: str, cli: dict[str, Any], config_file: str | None, pyproject: Path) -> str:
+    """Write the results file and the report of a run stopped by a usage error; say where, or why not, in words."""
+    paths = output_settings(cli, config_file, pyproject)
+    if not (paths["audit_json"] or paths["report"]):
+        return ""
+    from .results import stopped_results, write_json
+
+    device = cli.get("device") if isinstance(cli.get("device"), str) else None
+    results = stopped_results(message, device=device)
+    written = []
+    try:
+        if paths["audit_json"]:
+            written.append(f"results file: {write_json(paths['audit_json'], results)}")
+        if paths["report"]:
+            from reports import render_report
+
+            report = render_report(results, paths["report"], thumbnail=paths["report_thumbnail"],
+                                   max_mb=paths["report_max_mb"])
+            written.append(f"report: {report}")
+    except (OSError, ImportError) as err:
+        written.append(f"not all written: {err}")
+    return f" ({'; '.join(written)})"
 
 
 class _XdistHooks:
@@ -133,7 +163,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if session is None:
         return None
     s = session.settings
-    models = ", ".join(f"{m.name} ({m.checkpoint or 'no checkpoint'})" for m in session.models.values())
+    models = ", ".join([f"{m.name} ({m.checkpoint or 'no checkpoint'})" for m in session.models.values()]
+                       + [f"{e['name']} (NOT loaded: see test_model_loads)" for e in session.model_errors.values()])
     return [f"vit-audit: {models}; {len(session.images)} images; device {session.device}; seed {s.seed}",
             f"vit-audit: gates {', '.join(s.gate) or 'none'} (threshold {s.threshold:+g}, "
             f"{'strict' if s.strict else 'inconclusive = skipped'}); policy from {', '.join(s.sources) or 'defaults'}"]
@@ -143,10 +174,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     session = metafunc.config.stash.get(SESSION, None)
     names = metafunc.fixturenames
     if session is None:
-        if {"audit_case", "audit_map", "audit_model_map", "audit_gate"} & set(names):
+        if {"audit_model", "audit_case", "audit_map", "audit_model_map", "audit_gate"} & set(names):
             raise pytest.UsageError("the vit-audit checks need the vit-audit plugin active: run them as "
                                     "`pytest checks` from the project root or with `vit-audit`")
         return
+    if "audit_model" in names:
+        metafunc.parametrize("audit_model", session.model_ids, ids=session.model_ids)
     if "audit_case" in names:
         cases = session.cases()
         metafunc.parametrize("audit_case", cases, ids=[c.id for c in cases])

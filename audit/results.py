@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from .figures import png_data_uri
 from .models import LoadedModel
 from .pipeline import ImageAudit
 
-__all__ = ["SCHEMA", "environment_record", "model_record", "run_record", "error_run_record", "write_json", "clean"]
+__all__ = ["SCHEMA", "environment_record", "model_record", "run_record", "error_run_record", "stopped_results",
+           "write_json", "clean"]
 
 SCHEMA = "vit-audit/1"
 
@@ -146,6 +148,20 @@ def _float32_list(values: torch.Tensor | None) -> list | None:
 def error_run_record(model: str, source: str, error: str) -> dict[str, Any]:
     return {"model": model, "image": source, "image_name": Path(source).stem, "class": None, "prob": None,
             "error": error, "maps": {}, "restorations": {}, "figures": {}}
+
+
+def stopped_results(error: str, device: str | None = None, seed: int | None = None) -> dict[str, Any]:
+    """The results file of a run that stopped before any check ran (invalid settings, no model, no image).
+
+    Its top-level ``error`` holds the one-line message; every list is empty.
+    """
+    return clean({
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "error": error,
+        "environment": environment_record(device or "not chosen", seed),
+        "models": [], "images": [], "runs": [], "gates": [], "summaries": [], "randomisation": [], "checks": [],
+    })
 
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> Path:

@@ -78,12 +78,24 @@ class AuditSession:
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self.device = self._device(settings.device)
         self.models: dict[str, LoadedModel] = {}
-        for name, checkpoint in zip(settings.model, settings.checkpoint):
+        # A model that cannot be loaded does not stop the others: its error is kept for its check to report. With
+        # no model loaded there is nothing to audit, and the first error stops the run.
+        self.model_errors: dict[str, dict[str, str]] = {}
+        self.model_ids: list[str] = []  # every model of the run, loaded or not, in the order given
+        first_error: AuditError | None = None
+        for index, (name, checkpoint) in enumerate(zip(settings.model, settings.checkpoint)):
             model_id = model_id_for(name)
-            if model_id in self.models:
-                model_id = f"{model_id}{len(self.models)}"
+            if model_id in self.model_ids:
+                model_id = f"{model_id}{index}"
+            self.model_ids.append(model_id)
             pretrained = checkpoint == "pretrained"
-            self.models[model_id] = load_model(name, None if pretrained else checkpoint, pretrained=pretrained)
+            try:
+                self.models[model_id] = load_model(name, None if pretrained else checkpoint, pretrained=pretrained)
+            except AuditError as err:
+                self.model_errors[model_id] = {"name": name, "checkpoint": checkpoint, "error": str(err)}
+                first_error = first_error or err
+        if not self.models and first_error is not None:
+            raise first_error
         paths = find_images(settings.images)
         self.images = list(zip(_image_ids(paths), [str(p) for p in paths]))
         self.measured: dict[str, list[str]] = {}
@@ -253,7 +265,8 @@ class AuditSession:
             "perturbation": self.config.describe(),
             "policy": {"gate": s.gate, "threshold": s.threshold, "min_images": s.min_images, "strict": s.strict,
                        "randomisation_threshold": s.randomisation_threshold, "sources": s.sources},
-            "models": [model_record(loaded, model_id) for model_id, loaded in self.models.items()],
+            "models": [model_record(self.models[model_id], model_id) if model_id in self.models
+                       else {"id": model_id, **self.model_errors[model_id]} for model_id in self.model_ids],
             "images": [{"id": image_id, "path": path} for image_id, path in self.images],
             "runs": runs,
             "gates": gates,

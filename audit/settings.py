@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["AuditSettings", "OPTIONS", "resolve_settings", "read_toml_table", "parse_gate"]
+__all__ = ["AuditSettings", "OPTIONS", "output_settings", "resolve_settings", "read_toml_table", "parse_gate"]
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -190,6 +190,40 @@ def resolve_settings(
             settings.sources.append(where)
     _validate(settings)
     return settings
+
+
+def output_settings(
+    cli: dict[str, Any], config_file: str | Path | None = None, pyproject: str | Path | None = None
+) -> dict[str, Any]:
+    """Where the results file and the report go, read leniently from the sources of :func:`resolve_settings`.
+
+    For a run whose settings are invalid: the one-line error is still written to both files. A source that cannot
+    be read, and any value of the wrong type, is passed over; the rest of the settings are not looked at.
+    """
+    defaults = AuditSettings()
+    out: dict[str, Any] = {"audit_json": None, "report": None, "report_thumbnail": defaults.report_thumbnail,
+                           "report_max_mb": defaults.report_max_mb}
+    tables: list[dict[str, Any]] = []
+    for path, table in ((pyproject, "tool.vit-audit"), (config_file, None)):
+        if path is not None and Path(path).is_file():
+            try:
+                tables.append(read_toml_table(path, table))
+            except ValueError:
+                pass
+    tables.append({k: v for k, v in cli.items() if v is not None})
+    for table in tables:
+        for key, value in (table.items() if isinstance(table, dict) else ()):
+            name = str(key).replace("-", "_")
+            if name in ("audit_json", "report") and isinstance(value, str) and value:
+                out[name] = value
+            elif name in ("report_thumbnail", "report_max_mb") and not isinstance(value, bool):
+                try:
+                    number = _coerce(name, value, out[name])
+                except ValueError:
+                    continue
+                if (8 <= number <= 512) if name == "report_thumbnail" else number > 0:
+                    out[name] = number
+    return out
 
 
 def _validate(s: AuditSettings) -> None:

@@ -153,11 +153,14 @@ def _stage_title(stage: str) -> str:
 
 
 def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
-    """``fail`` if a gate failed or a check failed or errored; ``inconclusive`` if a gate is; else ``pass``.
+    """``fail`` if the run stopped, a gate failed or a check failed or errored; ``inconclusive`` if a gate is; else
+    ``pass``.
 
     Returns:
         The verdict and the reasons for it, in words.
     """
+    if results.get("error"):
+        return "fail", ["the run stopped before any check ran"]
     gates = [_dict(g) for g in _list(results.get("gates"))]
     checks = [_dict(c) for c in _list(results.get("checks"))]
     failed_gates = [g for g in gates if g.get("verdict") == "fail"]
@@ -592,7 +595,7 @@ class _Builder:
             "schema": self.results.get("schema"), "image_count": image_count,
             "errors": [r for r in self.runs if r.get("error")], "policy": self.policy,
             "perturbation": self.perturbation, "embedded_default": self.results.get("embedded_default"),
-            "check_counts": counts,
+            "check_counts": counts, "run_error": self.results.get("error"),
             "problems": [c for c in checks if c.get("outcome") in ("failed", "error")],
         }
 

@@ -152,6 +152,43 @@ def test_checkpoint_that_does_not_fit_is_a_usage_error(pytester, tiny_files):
     assert "does not fit model 'test_vit2'" in result.stderr.str()
 
 
+def test_a_usage_error_still_writes_the_results_file_and_the_report_with_the_error(pytester, tiny_files):
+    result = pytester.runpytest(*_args(tiny_files, "--steps", "0", "--audit-json", "r.json", "--report", "r.html"))
+    assert result.ret == 4
+    errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
+    assert errors == ["ERROR: steps: expected a positive integer, got 0 (results file: r.json; report: r.html)"]
+    results = json.loads((pytester.path / "r.json").read_text())
+    assert results["error"] == "steps: expected a positive integer, got 0"
+    assert results["schema"] == "vit-audit/1" and results["runs"] == results["checks"] == []
+    html = (pytester.path / "r.html").read_text()
+    assert 'class="verdict verdict-fail"' in html
+    assert "The run stopped before any check ran: steps: expected a positive integer, got 0" in html
+    # The paths come from the policy file when the command line names none, even if another policy value is wrong.
+    pytester.makefile(".toml", pyproject='[tool.vit-audit]\nreport = "out/policy.html"\nsteps = "twenty"\n')
+    result = pytester.runpytest(*_args(tiny_files))
+    assert result.ret == 4 and "steps: 'twenty' is not a valid int" in result.stderr.str()
+    stopped = "The run stopped before any check ran: steps: &#39;twenty&#39; is not a valid int"  # escaped quotes
+    assert stopped in (pytester.path / "out/policy.html").read_text()
+
+
+def test_a_model_that_does_not_load_fails_its_check_and_the_other_models_are_audited(pytester, tiny_files):
+    checkpoint = str(tiny_files["checkpoint"])
+    result = pytester.runpytest(*_base(), "--model", "test_vit", "--checkpoint", checkpoint, "--model", "test_vit2",
+                                "--checkpoint", checkpoint, "--images", str(tiny_files["photos"]), *FAST, "--gate",
+                                "cam@encoder", "--threshold", "-1", "--audit-json", "r.json", "--report", "r.html")
+    assert result.ret == 1
+    assert result.parseoutcomes()["failed"] == 1
+    result.stdout.fnmatch_lines(["test_vit2 (*): checkpoint * does not fit model 'test_vit2': 43 missing*",
+                                 "*PASS*test_vit cam@encoder*n=6*",
+                                 "FAILED *test_models.py::test_model_loads[[]test_vit2[]]*"])
+    results = json.loads((pytester.path / "r.json").read_text())
+    assert [m["id"] for m in results["models"]] == ["test_vit", "test_vit2"]
+    assert "does not fit model 'test_vit2'" in results["models"][1]["error"]
+    assert {r["model_id"] for r in results["runs"]} == {"test_vit"} and len(results["runs"]) == 6
+    html = (pytester.path / "r.html").read_text()
+    assert 'class="verdict verdict-fail"' in html and "Not loaded, not audited: checkpoint" in html
+
+
 def test_no_images_found_is_a_usage_error(pytester, tiny_files):
     empty = pytester.mkdir("empty")
     result = pytester.runpytest(*_args(tiny_files, images=empty))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from audit.settings import resolve_settings
+from audit.settings import output_settings, resolve_settings
 
 BASE = {"model": ["test_vit"], "checkpoint": ["w.safetensors"], "images": ["photos"]}
 
@@ -62,3 +62,16 @@ def test_unknown_key_and_bad_toml_are_reported_with_the_file(tmp_path):
         resolve_settings(BASE, broken)
     with pytest.raises(ValueError, match="audit-config: .*missing.toml' not found"):
         resolve_settings(BASE, tmp_path / "missing.toml")
+
+
+def test_output_settings_are_read_leniently_for_a_run_that_cannot_start(tmp_path):
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[tool.vit-audit]\nreport = "out/r.html"\nsteps = "twenty"\nreport-thumbnail = 96\n')
+    broken = tmp_path / "broken.toml"
+    broken.write_text("audit-json = \n")  # not TOML: passed over
+    with pytest.raises(ValueError, match="steps"):
+        resolve_settings(BASE, None, pyproject)
+    out = output_settings({"audit_json": "r.json", "report_max_mb": "many"}, broken, pyproject)
+    assert out == {"audit_json": "r.json", "report": "out/r.html", "report_thumbnail": 96, "report_max_mb": 5.0}
+    out = output_settings({"report": "cli.html", "report_thumbnail": "0"}, None, pyproject)
+    assert out["report"] == "cli.html" and out["report_thumbnail"] == 96  # 0 px is no thumbnail: not taken
