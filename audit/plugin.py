@@ -7,6 +7,7 @@ own test suite is left alone.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -103,6 +104,8 @@ def pytest_configure(config: pytest.Config) -> None:
     workdir, owns = None, False
     try:
         settings = resolve_settings(cli, config.getoption(_dest("config")), pyproject)
+        if workerinput is None:
+            _check_writable(settings)
         embedded = _embedded_default(settings)
         if workerinput is not None:
             import torch
@@ -126,6 +129,22 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_XdistHooks(), "vit-audit-xdist")
 
 
+def _check_writable(settings) -> None:
+    """Fail before any model work when the results file or the report could not be written at the end."""
+    for option, path in (("audit-json", settings.audit_json), ("report", settings.report)):
+        if not path:
+            continue
+        folder = Path(path).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"{option}: cannot create the folder of {path!r} ({err.strerror or err}); choose a "
+                             "writable path") from None
+        if Path(path).is_dir() or not os.access(folder, os.W_OK):
+            problem = "is a folder" if Path(path).is_dir() else "is in a folder that cannot be written"
+            raise ValueError(f"{option}: {path!r} {problem}; choose a writable file path")
+
+
 def _write_stopped_run(message: str, cli: dict[str, Any], config_file: str | None, pyproject: Path) -> str:
     """Write the results file and the report of a run stopped by a usage error; say where, or why not, in words."""
     paths = output_settings(cli, config_file, pyproject)
@@ -136,17 +155,20 @@ def _write_stopped_run(message: str, cli: dict[str, Any], config_file: str | Non
     device = cli.get("device") if isinstance(cli.get("device"), str) else None
     results = stopped_results(message, device=device)
     written = []
-    try:
-        if paths["audit_json"]:
+    if paths["audit_json"]:
+        try:
             written.append(f"results file: {write_json(paths['audit_json'], results)}")
-        if paths["report"]:
+        except OSError:
+            written.append("results file: not written either")
+    if paths["report"]:
+        try:
             from reports import render_report
 
             report = render_report(results, paths["report"], thumbnail=paths["report_thumbnail"],
                                    max_mb=paths["report_max_mb"])
             written.append(f"report: {report}")
-    except (OSError, ImportError) as err:
-        written.append(f"not all written: {err}")
+        except (OSError, ImportError):
+            written.append("report: not written either")
     return f" ({'; '.join(written)})"
 
 
@@ -258,15 +280,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if s.audit_json:
         from .results import write_json
 
-        state.written.append(f"results: {write_json(s.audit_json, results)}")
+        try:
+            state.written.append(f"results: {write_json(s.audit_json, results)}")
+        except OSError as err:
+            state.written.append(f"results: NOT written to {s.audit_json} ({err})")
     if s.report:
+        start = time.perf_counter()
         try:
             from reports import render_report
-        except ImportError as err:
-            state.written.append(f"report: NOT written ({err})")
-        else:
-            start = time.perf_counter()
+
             path = render_report(results, s.report, thumbnail=s.report_thumbnail, max_mb=s.report_max_mb)
+        except (ImportError, OSError) as err:
+            state.written.append(f"report: NOT written to {s.report} ({err})")
+        else:
             state.written.append(f"report: {path} ({time.perf_counter() - start:.1f} s to render)")
 
 

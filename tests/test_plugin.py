@@ -133,6 +133,8 @@ def test_degenerate_gated_map_fails_with_the_reason(pytester, tiny_files):
     (["--layers", "40"], "stage: block '40' does not exist"),
     (["--gate", "cam@3"], "gate: cam@3 gated but their stage is not in --layers"),
     (["--batch-size", "many"], "batch-size: 'many' is not a valid int"),
+    (["--report", "."], "report: '.' is a folder; choose a writable file path"),
+    (["--audit-json", "/proc/no-such-folder/r.json"], "audit-json: cannot create the folder of"),
 ])
 def test_usage_errors_exit_4_with_one_line_naming_the_option(pytester, tiny_files, extra, message):
     if extra[0] == "--model":
