@@ -97,9 +97,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     cli = {name: config.getoption(_dest(name)) for name in OPTIONS if name != "strict"}
     cli["strict"] = bool(config.getoption("strict", False))
-    pyproject = config.rootpath / "pyproject.toml"
-    if not pyproject.is_file():  # `vit-audit` from a model's repository: the checks live in site-packages
-        pyproject = Path.cwd() / "pyproject.toml"
+    pyproject = _policy_file(config.rootpath)
     workerinput = getattr(config, "workerinput", None)
     workdir, owns = None, False
     try:
@@ -129,6 +127,17 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_XdistHooks(), "vit-audit-xdist")
 
 
+def _policy_file(rootpath: Path) -> Path | None:
+    """The pyproject.toml of the project the run is in: the current folder's, else pytest's rootdir's when the
+    current folder is inside it. Never that of wherever the checks are installed (an editable install of vit-audit
+    run from a model's repository must not apply this project's own policy)."""
+    here = Path.cwd().resolve()
+    for folder in (here, rootpath.resolve()):
+        if (folder == here or folder in here.parents) and (folder / "pyproject.toml").is_file():
+            return folder / "pyproject.toml"
+    return None
+
+
 def _check_writable(settings) -> None:
     """Fail before any model work when the results file or the report could not be written at the end."""
     for option, path in (("audit-json", settings.audit_json), ("report", settings.report)):
@@ -145,7 +154,7 @@ def _check_writable(settings) -> None:
             raise ValueError(f"{option}: {path!r} {problem}; choose a writable file path")
 
 
-def _write_stopped_run(message: str, cli: dict[str, Any], config_file: str | None, pyproject: Path) -> str:
+def _write_stopped_run(message: str, cli: dict[str, Any], config_file: str | None, pyproject: Path | None) -> str:
     """Write the results file and the report of a run stopped by a usage error; say where, or why not, in words."""
     paths = output_settings(cli, config_file, pyproject)
     if not (paths["audit_json"] or paths["report"]):

@@ -275,6 +275,18 @@ def test_vit_audit_command_runs_the_packaged_checks_from_any_folder(tiny_files, 
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Warning" not in run.stdout + run.stderr  # e.g. no PytestAssertRewriteWarning for the plugin
     assert json.loads(results.read_text())["gates"][0]["verdict"] == "pass"
+    # The policy is the current folder's: this project's own (report in out/, three gates) does not leak in, even
+    # though the checks are installed from this checkout.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    assert json.loads(results.read_text())["policy"]["sources"] == ["command line"]
+    (tmp_path / "pyproject.toml").write_text('[tool.vit-audit]\naudit-json = "policy.json"\nthreshold = -1\n')
+    run = subprocess.run([command, "--model", "test_vit", "--checkpoint", str(tiny_files["checkpoint"]), "--images",
+                          str(tiny_files["photos"]), *FAST, "--gate", "cam@encoder", "-q"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    policy = json.loads((tmp_path / "policy.json").read_text())["policy"]
+    assert policy["threshold"] == -1 and policy["sources"] == [f"{tmp_path / 'pyproject.toml'} [tool.vit-audit]",
+                                                               "command line"]
     usage = subprocess.run([command, "--model", "test_vit", "--checkpoint", str(tmp_path / "none.safetensors"),
                             "--images", str(tiny_files["photos"])], cwd=tmp_path, capture_output=True, text=True)
     assert usage.returncode == 4 and "ERROR: checkpoint" in usage.stderr
