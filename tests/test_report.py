@@ -451,3 +451,22 @@ def test_sections_fit_the_budget_unless_an_image_is_down_to_the_smallest_plan(da
         assert total <= budget
     if sum(s[0] for s in sizes) <= budget and max(s[0] for s in sizes) * count <= budget:
         assert chosen == [0] * count  # room for every image at the fullest plan, seen from every image
+
+
+def test_python_m_reports_renders_a_results_file_again(audit_run, tmp_path):
+    source = tmp_path / "results.json"
+    source.write_text(json.dumps(audit_run["results"]))
+    run = subprocess.run([sys.executable, "-m", "reports", str(source), str(tmp_path / "again.html"), "--thumbnail",
+                          "48"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.startswith(f"report: {tmp_path / 'again.html'} ("), run.stderr
+    html = (tmp_path / "again.html").read_text()
+    assert "Thumbnails 48 px asked." in html and len(_Dom(html).find("section", "image")) == 7
+    (tmp_path / "other.json").write_text('{"not": "results"}')
+    for args, message in (([str(tmp_path / "other.json")], "is not a vit-audit results file"),
+                          ([str(tmp_path / "missing.json")], "is not a readable results file"),
+                          ([str(source), "--thumbnail", "0"], "thumbnail: expected an integer number of pixels")):
+        bad = subprocess.run([sys.executable, "-m", "reports", *args[:1], str(tmp_path / "bad.html"), *args[1:]],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 2 and len(lines) == 1 and message in lines[0], bad.stderr
+    assert not (tmp_path / "bad.html").exists()
