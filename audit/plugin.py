@@ -128,9 +128,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _policy_file(rootpath: Path) -> Path | None:
-    """The pyproject.toml of the project the run is in: the current folder's, else pytest's rootdir's when the
-    current folder is inside it. Never that of wherever the checks are installed (an editable install of vit-audit
-    run from a model's repository must not apply this project's own policy)."""
+    """The pyproject.toml of the project the run is in, or None.
+
+    The current folder's, else pytest's rootdir's when the current folder is inside it; never that of wherever the
+    checks are installed (an editable install of vit-audit run from a model's repository must not apply this
+    project's own policy).
+    """
     here = Path.cwd().resolve()
     for folder in (here, rootpath.resolve()):
         if (folder == here or folder in here.parents) and (folder / "pyproject.toml").is_file():
