@@ -8,7 +8,7 @@ import io
 import numpy as np
 import torch
 
-__all__ = ["png_data_uri", "to_display"]
+__all__ = ["png_data_uri", "scaled_size", "to_display"]
 
 
 def to_display(image: torch.Tensor | np.ndarray, mode: str = "clip") -> np.ndarray:
@@ -30,6 +30,13 @@ def to_display(image: torch.Tensor | np.ndarray, mode: str = "clip") -> np.ndarr
     return (np.clip(np.nan_to_num(array), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def scaled_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """(width, height) scaled, up or down, so that the longer side is ``longest`` pixels (each side at least 1)."""
+    width, height = size
+    scale = longest / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def png_data_uri(image: torch.Tensor | np.ndarray, size: int | None = None, mode: str = "clip") -> str:
     """Encode a picture as ``data:image/png;base64,...``, its longer side scaled down to at most ``size`` pixels.
 
@@ -39,9 +46,7 @@ def png_data_uri(image: torch.Tensor | np.ndarray, size: int | None = None, mode
 
     picture = Image.fromarray(to_display(image, mode))
     if size is not None and max(picture.size) > size:
-        scale = size / max(picture.size)
-        new_size = (max(1, round(picture.size[0] * scale)), max(1, round(picture.size[1] * scale)))
-        picture = picture.resize(new_size, Image.Resampling.BILINEAR)
+        picture = picture.resize(scaled_size(picture.size, size), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

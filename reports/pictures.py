@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from audit.figures import scaled_size
 from audit.perturb import ORDERS, pixel_ranks, removal_counts
 
 __all__ = ["COLOURMAP", "colour_stops", "colourise", "decode_data_uri", "draw_strip", "encode_png", "fit",
-           "map_overlay", "removal_order", "removal_plan", "removal_strip", "shown_size", "upsample_map"]
+           "map_overlay", "removal_order", "removal_plan", "removal_strip", "scaled_size", "upsample_map"]
 
 # Viridis (perceptually uniform, readable in grey and by colour-blind readers), 11 anchors from 0 to 1.
 _ANCHORS = ["#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c", "#22a884", "#44bf70", "#7ad151",
@@ -63,26 +64,17 @@ def encode_png(picture: Image.Image, colours: int | None = None) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def shown_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
-    """(width, height) scaled, up or down, so that the longer side is ``longest`` pixels: how a picture is shown."""
-    if longest < 1:
-        raise ValueError(f"size: expected a positive number of pixels, got {longest!r}")
-    width, height = size
-    scale = longest / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 def fit(picture: Image.Image, size: int) -> Image.Image:
     """Scale down (box filter) so that the longer side is at most ``size`` pixels; never enlarge.
 
-    A smaller picture keeps its pixels: the report shows it at :func:`shown_size` and lets the browser enlarge it
+    A smaller picture keeps its pixels: the report shows it at :func:`scaled_size` and lets the browser enlarge it
     without smoothing, which costs nothing in file size or rendering time.
     """
     if size < 1:
         raise ValueError(f"size: expected a positive number of pixels, got {size!r}")
     if max(picture.size) <= size:
         return picture
-    return picture.resize(shown_size(picture.size, size), Image.Resampling.BOX)
+    return picture.resize(scaled_size(picture.size, size), Image.Resampling.BOX)
 
 
 def _as_grid(grid: Sequence[Sequence[float | None]] | np.ndarray | None) -> np.ndarray | None:
@@ -211,7 +203,7 @@ def draw_strip(full: Image.Image, ordered: np.ndarray, counts: Sequence[int], fi
     pixels = np.array(full.convert("RGB"), dtype=np.uint8)
     fill_rgb = np.broadcast_to(np.asarray(fill, dtype=np.float64).reshape(-1)[:3], (3,))
     fill_rgb = (np.clip(fill_rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    thumb_w, thumb_h = full.size if max(full.size) <= size else shown_size(full.size, size)
+    thumb_w, thumb_h = full.size if max(full.size) <= size else scaled_size(full.size, size)
     strip = Image.new("RGB", (len(counts) * (thumb_w + GAP) - GAP, thumb_h), (255, 255, 255))
     flat = pixels.reshape(-1, 3)
     done = 0

@@ -285,7 +285,7 @@ class _Builder:
     def _shown(self, index: int, run: dict[str, Any], size: int) -> tuple[int, int]:
         """How large a picture of the input is shown when its longer side is ``size`` px."""
         picture = self._input(index, run)
-        return pictures.shown_size(picture.size, size) if picture is not None else (size, size)
+        return pictures.scaled_size(picture.size, size) if picture is not None else (size, size)
 
     def overlay(self, index: int, run: dict[str, Any], map_key: str, size: int, colours: int | None,
                 ) -> dict[str, Any] | None:
@@ -340,7 +340,7 @@ class _Builder:
                 return None
             picture = pictures.draw_strip(full, *self._cache[key], fill=self.perturbation.get("fill", 127 / 255),
                                           size=plan.strips)
-            frame = pictures.shown_size(full.size, plan.strips)  # a frame as shown; the strip is enlarged alike
+            frame = pictures.scaled_size(full.size, plan.strips)  # a frame as shown; the strip is enlarged alike
             scale = frame[1] / picture.size[1]
             return _encoded(picture, plan.colours, (round(picture.size[0] * scale), frame[1]))
 
@@ -351,7 +351,7 @@ class _Builder:
             picture = pictures.decode_data_uri(uri)
             if picture is None:
                 return None
-            shown = pictures.shown_size(picture.size, plan.restorations)
+            shown = pictures.scaled_size(picture.size, plan.restorations)
             if plan.colours is None and max(picture.size) <= plan.restorations:  # as the run stored it
                 return {"src": uri, "width": shown[0], "height": shown[1], "enlarged": shown[0] > picture.size[0]}
             return _encoded(pictures.fit(picture, plan.restorations), plan.colours, shown)
@@ -364,7 +364,7 @@ class _Builder:
             if picture is None or plan.input_size == 0:
                 return None
             colours = None if plan.colours is None else max(plan.colours, 64)
-            shown = pictures.shown_size(picture.size, plan.input_size)
+            shown = pictures.scaled_size(picture.size, plan.input_size)
             return _encoded(pictures.fit(picture, plan.input_size), colours, shown)
 
         return self._picture(("input", index, plan.input_size, plan.colours), draw)
