@@ -162,26 +162,44 @@ def _write_stopped_run(message: str, cli: dict[str, Any], config_file: str | Non
     paths = output_settings(cli, config_file, pyproject)
     if not (paths["audit_json"] or paths["report"]):
         return ""
-    from .results import stopped_results, write_json
+    from .results import stopped_results
 
     device = cli.get("device") if isinstance(cli.get("device"), str) else None
-    results = stopped_results(message, device=device)
-    written = []
-    if paths["audit_json"]:
+    outcomes = _write_outputs(stopped_results(message, device=device), paths["audit_json"], paths["report"],
+                              paths["report_thumbnail"], paths["report_max_mb"])
+    names = {"results": "results file", "report": "report"}
+    return " (" + "; ".join(f"{names[name]}: {path if path is not None else 'not written either'}"
+                            for name, _, path, _ in outcomes) + ")"
+
+
+def _write_outputs(results: dict[str, Any], audit_json: str | None, report: str | None, thumbnail: int,
+                   max_mb: float) -> list[tuple[str, str, Path | None, str]]:
+    """Write the results file and the report where asked.
+
+    Returns:
+        Per output asked for, ``(name, target, path written or None, detail)``: ``name`` is ``'results'`` or
+        ``'report'``; ``detail`` is the error when nothing was written, else the report's render time ('' for the
+        results file).
+    """
+    outcomes: list[tuple[str, str, Path | None, str]] = []
+    if audit_json:
+        from .results import write_json
+
         try:
-            written.append(f"results file: {write_json(paths['audit_json'], results)}")
-        except OSError:
-            written.append("results file: not written either")
-    if paths["report"]:
+            outcomes.append(("results", audit_json, write_json(audit_json, results), ""))
+        except OSError as err:
+            outcomes.append(("results", audit_json, None, str(err)))
+    if report:
+        start = time.perf_counter()
         try:
             from reports import render_report
 
-            report = render_report(results, paths["report"], thumbnail=paths["report_thumbnail"],
-                                   max_mb=paths["report_max_mb"])
-            written.append(f"report: {report}")
-        except (OSError, ImportError):
-            written.append("report: not written either")
-    return f" ({'; '.join(written)})"
+            path = render_report(results, report, thumbnail=thumbnail, max_mb=max_mb)
+        except (ImportError, OSError) as err:
+            outcomes.append(("report", report, None, str(err)))
+        else:
+            outcomes.append(("report", report, path, f"{time.perf_counter() - start:.1f} s to render"))
+    return outcomes
 
 
 class _XdistHooks:
@@ -289,23 +307,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     results = audit.results(checks=state.checks)
     results["seconds"] = time.perf_counter() - state.started
-    if s.audit_json:
-        from .results import write_json
-
-        try:
-            state.written.append(f"results: {write_json(s.audit_json, results)}")
-        except OSError as err:
-            state.written.append(f"results: NOT written to {s.audit_json} ({err})")
-    if s.report:
-        start = time.perf_counter()
-        try:
-            from reports import render_report
-
-            path = render_report(results, s.report, thumbnail=s.report_thumbnail, max_mb=s.report_max_mb)
-        except (ImportError, OSError) as err:
-            state.written.append(f"report: NOT written to {s.report} ({err})")
+    for name, target, path, detail in _write_outputs(results, s.audit_json, s.report, s.report_thumbnail,
+                                                     s.report_max_mb):
+        if path is None:
+            state.written.append(f"{name}: NOT written to {target} ({detail})")
         else:
-            state.written.append(f"report: {path} ({time.perf_counter() - start:.1f} s to render)")
+            state.written.append(f"{name}: {path}" + (f" ({detail})" if detail else ""))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
