@@ -150,7 +150,7 @@ def error_run_record(model: str, source: str, error: str) -> dict[str, Any]:
             "error": error, "maps": {}, "restorations": {}, "figures": {}}
 
 
-def stopped_results(error: str, device: str | None = None, seed: int | None = None) -> dict[str, Any]:
+def stopped_results(error: str, device: str | None = None) -> dict[str, Any]:
     """The results file of a run that stopped before any check ran (invalid settings, no model, no image).
 
     Its top-level ``error`` holds the one-line message; every list is empty.
@@ -159,7 +159,7 @@ def stopped_results(error: str, device: str | None = None, seed: int | None = No
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "error": error,
-        "environment": environment_record(device or "not chosen", seed),
+        "environment": environment_record(device or "not chosen", None),
         "models": [], "images": [], "runs": [], "gates": [], "summaries": [], "randomisation": [], "checks": [],
     })
 

@@ -214,8 +214,8 @@ def output_settings(
     for table in tables:
         for key, value in (table.items() if isinstance(table, dict) else ()):
             name = str(key).replace("-", "_")
-            if name in ("audit_json", "report") and isinstance(value, str) and value:
-                out[name] = value
+            if name in ("audit_json", "report") and isinstance(value, str):
+                out[name] = _coerce(name, value, None)  # as resolve_settings reads it: "" or "none" turns it off
             elif name in ("report_thumbnail", "report_max_mb") and not isinstance(value, bool):
                 try:
                     number = _coerce(name, value, out[name])

@@ -75,3 +75,6 @@ def test_output_settings_are_read_leniently_for_a_run_that_cannot_start(tmp_path
     assert out == {"audit_json": "r.json", "report": "out/r.html", "report_thumbnail": 96, "report_max_mb": 5.0}
     out = output_settings({"report": "cli.html", "report_thumbnail": "0"}, None, pyproject)
     assert out["report"] == "cli.html" and out["report_thumbnail"] == 96  # 0 px is no thumbnail: not taken
+    # An empty --report turns the policy's report off, as it does for a run that starts.
+    assert output_settings({"report": ""}, None, pyproject)["report"] is None
+    assert resolve_settings({**BASE, "report": ""}).report is None
