@@ -12,13 +12,12 @@ render over the audit) and the report's size, for the thumbnail size and size li
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from reports import render_report
+from reports import read_results, render_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,11 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-mb", type=float, default=5.0)
     args = parser.parse_args(argv)
     try:
-        results = json.loads(args.results.read_text())
-    except (OSError, ValueError) as err:
-        print(f"{args.results}: not a readable results file ({err}); write one with --audit-json", file=sys.stderr)
+        results = read_results(args.results)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    audit = results.get("seconds") if isinstance(results, dict) else None
+    audit = results.get("seconds")
     seconds = []
     with tempfile.TemporaryDirectory() as folder:
         target = Path(folder) / "report.html"
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             render_report(results, target, thumbnail=args.thumbnail, max_mb=args.max_mb)
             seconds.append(time.perf_counter() - start)
         size = target.stat().st_size
-    runs = len(results.get("runs") or []) if isinstance(results, dict) else 0
+    runs = len(results.get("runs") or [])
     print(f"{args.results}: {runs} image records; audit {audit:.2f} s" if isinstance(audit, (int, float))
           else f"{args.results}: {runs} image records; the audit time is not recorded")
     print("render: " + ", ".join(f"{s:.3f} s" for s in seconds) + f"; report {size / 1e6:.2f} MB")

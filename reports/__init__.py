@@ -3,6 +3,6 @@
 ``render_report(results, path)`` is what ``pytest checks --report PATH`` calls at the end of the run.
 """
 
-from .render import overall_verdict, render_report
+from .render import overall_verdict, read_results, render_report
 
-__all__ = ["overall_verdict", "render_report"]
+__all__ = ["overall_verdict", "read_results", "render_report"]

@@ -9,12 +9,11 @@ Exit status 0 when the report is written, 2 on an unreadable results file or a b
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from .render import render_report
+from .render import read_results, render_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,17 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-mb", type=float, default=5.0, help="size limit of the report in MB (default 5)")
     args = parser.parse_args(argv)
     try:
-        results = json.loads(args.results.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        print(f"error: results {str(args.results)!r} is not a readable results file ({err}); write one with "
-              "--audit-json", file=sys.stderr)
-        return 2
-    if not isinstance(results, dict) or not str(results.get("schema", "")).startswith("vit-audit/"):
-        print(f"error: results {str(args.results)!r} is not a vit-audit results file (no 'schema': 'vit-audit/1')",
-              file=sys.stderr)
-        return 2
-    start = time.perf_counter()
-    try:
+        results = read_results(args.results)
+        start = time.perf_counter()
         path = render_report(results, args.report, thumbnail=args.thumbnail, max_mb=args.max_mb)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -8,6 +8,7 @@ with fewer colours, and then leaves whole figure families out, image by image, a
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -23,7 +24,7 @@ from PIL import Image
 
 from . import charts, pictures
 
-__all__ = ["Plan", "overall_verdict", "render_report"]
+__all__ = ["Plan", "overall_verdict", "read_results", "render_report"]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 BASELINES = ("random", "center")
@@ -653,6 +654,22 @@ def _fit_images(builder: _Builder, template, budget: int) -> tuple[list[str], li
                        "title": str(run.get("image_id") or index), "level": level,
                        "cuts": _describe_cuts(plans[level], full) if not run.get("error") else []})
     return sections, chosen
+
+
+def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A results file (schema ``vit-audit/1``) as a dict.
+
+    Raises:
+        ValueError: a one-line message naming the file when it cannot be read or is not a vit-audit results file.
+    """
+    try:
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"results {str(path)!r} is not a readable results file ({err}); write one with "
+                         "--audit-json") from None
+    if not isinstance(results, dict) or not str(results.get("schema", "")).startswith("vit-audit/"):
+        raise ValueError(f"results {str(path)!r} is not a vit-audit results file (no 'schema': 'vit-audit/1')")
+    return results
 
 
 def render_report(
