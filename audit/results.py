@@ -24,7 +24,7 @@ from .models import LoadedModel
 from .pipeline import ImageAudit
 
 __all__ = ["SCHEMA", "environment_record", "model_record", "run_record", "error_run_record", "stopped_results",
-           "write_json", "clean"]
+           "write_json", "write_text_atomically", "clean"]
 
 SCHEMA = "vit-audit/1"
 
@@ -166,15 +166,20 @@ def stopped_results(error: str, device: str | None = None) -> dict[str, Any]:
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
     """Write strict JSON atomically (a temporary file in the same folder, then rename)."""
+    return write_text_atomically(path, json.dumps(clean(payload), allow_nan=False))
+
+
+def write_text_atomically(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 text through a temporary file in the same folder and a rename: readers never see half a file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(clean(payload), stream, allow_nan=False)
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; a results file is for everyone
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; results and reports are for everyone
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

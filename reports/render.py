@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -21,6 +20,8 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
 from PIL import Image
+
+from audit.results import write_text_atomically
 
 from . import charts, pictures
 
@@ -718,18 +719,4 @@ def render_report(
     sections, fitted = _fit_images(builder, env.get_template("image.html.j2"), budget)
     html = page.render(**context, sections=sections, fitted=fitted,
                        render_seconds=f"{time.perf_counter() - start:.1f}")
-    return _write_atomically(Path(path), html)
-
-
-def _write_atomically(target: Path, text: str) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
+    return write_text_atomically(path, html)
