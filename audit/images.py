@@ -2,12 +2,17 @@
 
 Perturbation (MoRF/LeRF) happens in pixel space, values in [0, 1] after resize and crop and before
 normalisation; :func:`normalize` then applies the model's mean/std.
+
+Files are read as image viewers show them: upright as their EXIF Orientation says, and with 16-bit (or 12- and
+32-bit TIFF) and float [0, 1] pixels scaled into 8 bits rather than clipped. Anything that goes wrong with one image
+becomes a one-line :class:`~audit.errors.ImageError` naming it, so that image fails alone.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,9 @@ from .errors import ImageError
 __all__ = ["PreparedImage", "find_images", "normalize", "prepare_image", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+_ORIENTATION = 0x0112  # the EXIF Orientation tag
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # Pillow's integer modes above 8 bits, and float
 
 
 @dataclass
@@ -53,6 +61,94 @@ def _transform(data_config: dict[str, Any]):
                             normalize=False)
 
 
+@contextmanager
+def _one_image(source: str, failure: str = "is not a readable image") -> Iterator[None]:
+    """Turn any error while reading or preparing one image into a one-line :class:`ImageError` naming it."""
+    from PIL import Image
+
+    try:
+        yield
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"image {source!r} not found: pass an existing image file or folder") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"image {source!r} is too large to open safely ({_reason(err)}); downscale, replace or "
+                         "remove it") from None
+    except Exception as err:
+        raise ImageError(f"image {source!r} {failure} ({_reason(err)}); replace or remove it") from None
+
+
+def _reason(err: Exception) -> str:
+    """The error's text on one line, led by its type where the text alone would not say what went wrong."""
+    text = " ".join(str(err).split()).rstrip(".")
+    if text and isinstance(err, (OSError, ValueError, SyntaxError)):
+        return text
+    kind = type(err).__qualname__
+    if type(err).__module__ != "builtins":  # struct.error, zlib.error: "error" alone says nothing
+        kind = f"{type(err).__module__}.{kind}"
+    return f"{kind}: {text}" if text else kind
+
+
+def _decoded(picture: Any, mode: str, source: str) -> Any:
+    """The PIL picture loaded, turned upright as its EXIF Orientation says, in 8 bits and converted to ``mode``."""
+    from PIL import ImageOps
+
+    picture.load()
+    if 0 in picture.size:
+        raise ImageError(f"image {source!r} is empty ({picture.size[0]}x{picture.size[1]} pixels); replace or "
+                         "remove it")
+    bits = _integer_bits(picture)  # before the transpose, which drops a TIFF's tags
+    if _orientation(picture) in range(2, 9):  # copy only pictures that are not upright
+        picture = ImageOps.exif_transpose(picture)
+    return _eight_bit(picture, bits, source).convert(mode)
+
+
+def _orientation(picture: Any) -> Any:
+    """The picture's EXIF Orientation: 1 (upright) where it has none or its EXIF block is damaged."""
+    try:
+        return picture.getexif().get(_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block leaves the pixels readable: viewers show them as stored
+        return 1
+
+
+def _integer_bits(picture: Any) -> int:
+    """Bits per sample of a deep integer picture: a TIFF's BitsPerSample tag (12, 16 or 32), else 16 (PNG, PGM)."""
+    if picture.mode not in _DEEP_MODES:
+        return 8
+    bits = getattr(picture, "tag_v2", {}).get(258, 16)
+    return int(bits[0] if isinstance(bits, tuple) else bits)
+
+
+def _eight_bit(picture: Any, bits: int, source: str) -> Any:
+    """A deep (16-bit, 'I' or float) picture scaled into an 8-bit 'L' one, rounding to nearest; others as they are.
+
+    Integers in [0, 2**bits - 1] and floats in [0, 1] map onto [0, 255]; other values are refused rather than clipped.
+    """
+    from PIL import Image
+
+    if picture.mode not in _DEEP_MODES:
+        return picture
+    values = np.asarray(picture)
+    if picture.mode == "F":
+        if not np.isfinite(values).all():
+            raise ImageError(f"image {source!r} is a float image with NaN or infinite values; vit-audit reads float "
+                             "images with values in [0, 1]: convert it to 8- or 16-bit")
+        low, high = float(values.min()), float(values.max())
+        if low < 0 or high > 1:
+            raise ImageError(f"image {source!r} is a float image with values in [{low:g}, {high:g}]; vit-audit reads "
+                             "float images with values in [0, 1]: convert it to 8- or 16-bit")
+        return Image.fromarray(np.rint(values * 255).astype(np.uint8))
+    top = 2**bits - 1
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > top:
+        raise ImageError(f"image {source!r} is a {bits}-bit image with values in [{low}, {high}], outside [0, {top}]; "
+                         "convert it to 8- or 16-bit")
+    # round(v * 255 / top) in exact integer arithmetic (no ties, as top is odd), in 32 bits where they suffice
+    wide = values.astype(np.int64 if bits > 16 else np.int32)
+    return Image.fromarray(((wide * 510 + top) // (2 * top)).astype(np.uint8))
+
+
 def prepare_image(
     image: str | os.PathLike[str] | Any,
     data_config: dict[str, Any],
@@ -60,34 +156,35 @@ def prepare_image(
 ) -> PreparedImage:
     """Load (if a path) and resize/crop an image with the model's data config, without normalising.
 
+    Files and PIL images are turned upright as their EXIF Orientation says; 16-bit, 'I' and float pixels are scaled
+    into 8 bits (see :func:`_eight_bit`) before the conversion to the model's 'L' or 'RGB' mode.
+
     Args:
         image: a file path, a PIL image, or an (H, W) / (H, W, C) uint8 array.
         data_config: timm's data config of the model (``LoadedModel.data_config``).
         name: id for results; defaults to the file stem.
 
     Raises:
-        ImageError: the file is missing or not a readable image, or the array has an unusable shape.
+        ImageError: the file is missing, not a readable image, too large to open safely or holds values out of its
+            range, or the array has an unusable shape; any error while reading, resizing or cropping one image
+            becomes a one-line ImageError naming it.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     in_chans = int(data_config["input_size"][0])
     mode = {1: "L", 3: "RGB"}.get(in_chans)
     if mode is None:
         raise ImageError(f"model input has {in_chans} channels; vit-audit reads images for 1- or 3-channel models")
+    transform = _transform(data_config)  # outside _one_image: a bad data config is not the image's fault
     if isinstance(image, (str, os.PathLike)):
         source = os.fspath(image)
-        try:
-            with Image.open(source) as handle:
-                handle.load()
-                picture = handle.convert(mode)
-        except FileNotFoundError:
-            raise ImageError(f"image {source!r} not found: pass an existing image file or folder") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-            raise ImageError(f"image {source!r} is not a readable image ({err}); replace or remove it") from None
+        with _one_image(source), Image.open(source) as handle:
+            picture = _decoded(handle, mode, source)
         name = name or Path(source).stem
     elif isinstance(image, Image.Image):
         source = name or "<PIL image>"
-        picture = image.convert(mode)
+        with _one_image(source):
+            picture = _decoded(image, mode, source)
     else:
         array = np.asarray(image)
         source = name or f"<array {array.shape}>"
@@ -98,9 +195,8 @@ def prepare_image(
             raise ImageError(f"image {source!r}: expected a non-empty (H, W) or (H, W, 1|3|4) uint8 array, got "
                              f"{array.shape} {array.dtype}")
         picture = Image.fromarray(array).convert(mode)
-    if 0 in picture.size:
-        raise ImageError(f"image {source!r} is empty ({picture.size[0]}x{picture.size[1]} pixels)")
-    tensor = _transform(data_config)(picture)
+    with _one_image(source, "could not be resized and cropped for the model"):
+        tensor = transform(picture)
     pixel = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
     return PreparedImage(name=name or "image", source=source, pixel=pixel.contiguous())
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 import random
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 from skimage import data as skimage_data
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 
@@ -29,6 +30,10 @@ def quoted(path: Path) -> str:
 
 def one_channel(config: dict) -> dict:
     return {**config, "input_size": (1, *config["input_size"][1:]), "mean": (0.5,), "std": (0.5,)}
+
+
+# A small data config for the file-reading tests: no model needed.
+SMALL = {"input_size": (3, 32, 32), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}
 
 
 # --- prepare_image ----------------------------------------------------------------------------------------------
@@ -169,6 +174,219 @@ def test_single_channel_hw1_array_is_read_like_its_hw_squeeze(vit_tiny, chelsea)
 def test_uint8_array_of_an_unusable_shape_raises_image_error(vit_tiny, shape):
     with pytest.raises(ImageError, match=rf"^image '<array {re.escape(str(shape))}>'"):
         prepare_image(np.zeros(shape, dtype=np.uint8), vit_tiny.data_config)
+
+
+# --- prepare_image: EXIF orientation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix, orientation, turns", [("jpg", 6, -1), ("jpg", 8, 1), ("png", 3, 2), ("tif", 6, -1)],
+                         ids=["jpeg-6-clockwise", "jpeg-8-anticlockwise", "png-3-upside-down", "tiff-6-clockwise"])
+def test_exif_orientation_turns_the_picture_as_image_viewers_show_it(tmp_path, chelsea, suffix, orientation, turns):
+    path = tmp_path / f"turned.{suffix}"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(chelsea).save(path, exif=exif, tiffinfo={0x0112: orientation})
+    with Image.open(path) as stored:
+        assert stored.getexif().get(0x0112) == orientation
+
+    pixel = prepare_image(path, SMALL).pixel
+
+    # np.rot90 turns anticlockwise: a viewer turns orientation 6 a quarter clockwise, 8 anticlockwise, 3 a half
+    upright = prepare_image(np.ascontiguousarray(np.rot90(chelsea, turns)), SMALL).pixel
+    if suffix == "jpg":
+        assert (pixel - upright).abs().mean() < 0.01 and (pixel - upright).abs().max() < 0.1  # JPEG's loss
+    else:
+        assert torch.equal(pixel, upright)  # Pillow turns a TIFF itself: it must not be turned twice
+    assert (pixel - prepare_image(chelsea, SMALL).pixel).abs().mean() > 0.05
+    with Image.open(path) as opened:  # a PIL image opened from the file is turned alike
+        assert torch.equal(prepare_image(opened, SMALL).pixel, pixel)
+
+
+# --- prepare_image: bit depth -----------------------------------------------------------------------------------
+
+
+def _ramp(top: float) -> np.ndarray:
+    """A smooth diagonal 48x64 ramp over [0, top], as floats."""
+    y, x = np.mgrid[0:48, 0:64]
+    return (x / 63 + y / 47) / 2 * top
+
+
+def _eight_bit_ramp() -> np.ndarray:
+    return np.rint(_ramp(255)).astype(np.uint8)
+
+
+def _png_16(tmp_path: Path) -> Path:
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(np.rint(_ramp(65535)).astype(np.uint16)).save(path)
+    return path
+
+
+def _tiff_16(tmp_path: Path) -> Path:
+    path = tmp_path / "ramp16.tif"
+    Image.fromarray(np.rint(_ramp(65535)).astype(np.uint16)).save(path)
+    return path
+
+
+def _tiff_16_big_endian(tmp_path: Path) -> Path:
+    import tifffile
+
+    path = tmp_path / "ramp16be.tif"
+    tifffile.imwrite(path, np.rint(_ramp(65535)).astype(np.uint16), byteorder=">")
+    return path
+
+
+def _tiff_12(tmp_path: Path) -> Path:
+    """A 12-bit grey TIFF (Pillow reads it as 'I;16' holding 0..4095), written by hand: Pillow cannot."""
+    values = np.rint(_ramp(4095)).astype(np.uint32).ravel()
+    first, second = values[0::2], values[1::2]  # two pixels in three bytes, high bits first; the width is even
+    packed = np.stack([first >> 4, (first & 15) << 4 | second >> 8, second & 255], 1).astype(np.uint8).tobytes()
+    tags = [(256, 64), (257, 48), (258, 12), (259, 1), (262, 1), (273, 8 + 2 + 9 * 12 + 4), (277, 1), (278, 48),
+            (279, len(packed))]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", tag, 4, 1, value) for tag, value in tags)
+    path = tmp_path / "ramp12.tif"
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + packed)
+    return path
+
+
+def _tiff_float(tmp_path: Path) -> Path:
+    path = tmp_path / "ramp-float.tif"
+    Image.fromarray((_ramp(65535) / 65535).astype(np.float32)).save(path)
+    return path
+
+
+def _pil_16(tmp_path: Path) -> Image.Image:
+    return Image.fromarray(np.rint(_ramp(65535)).astype(np.uint16))
+
+
+@pytest.mark.parametrize("make", [_png_16, _tiff_16, _tiff_16_big_endian, _tiff_12, _tiff_float, _pil_16],
+                         ids=["png-16", "tiff-16", "tiff-16-big-endian", "tiff-12", "tiff-float", "pil-16"])
+def test_deep_image_is_scaled_into_8_bits_like_its_8_bit_version(tmp_path, make):
+    image = make(tmp_path)
+    for config in (SMALL, one_channel(SMALL)):
+        expected = prepare_image(_eight_bit_ramp(), config).pixel
+        torch.testing.assert_close(prepare_image(image, config).pixel, expected, rtol=0, atol=1 / 255)
+
+
+_NAN_RAMP = (_ramp(1) * np.where(np.eye(48, 64) > 0, np.nan, 1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("values, message", [
+    (_ramp(1000).astype(np.float32), r"is a float image with values in \[0, 1000\]; vit-audit reads float images "
+                                     r"with values in \[0, 1\]: convert it to 8- or 16-bit"),
+    (_NAN_RAMP, r"is a float image with NaN or infinite values; vit-audit reads float images with values in \[0, 1\]: "
+                r"convert it to 8- or 16-bit"),
+    (np.rint(_ramp(1000) - 5).astype(np.int32), r"is a 32-bit image with values in \[-5, 995\], outside "
+                                                r"\[0, 4294967295\]; convert it to 8- or 16-bit"),
+], ids=["float-0-1000", "float-nan", "int-negative"])
+def test_deep_image_with_values_outside_its_range_is_refused_in_one_line(tmp_path, values, message):
+    path = tmp_path / "deep.tif"
+    Image.fromarray(values).save(path)
+    with pytest.raises(ImageError, match=rf"^image {quoted(path)} {message}$"):
+        prepare_image(path, SMALL)
+
+
+# --- prepare_image: damaged files and unexpected errors -----------------------------------------------------------
+
+
+def test_decompression_bomb_raises_image_error_naming_it(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    Image.new("RGB", (32, 24)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 768 pixels: more than twice the limit, as a bomb has
+    message = rf"^image {quoted(path)} is too large to open safely \(.*768 pixels.*\); downscale, replace or remove it$"
+    with pytest.raises(ImageError, match=message) as raised:
+        prepare_image(path, SMALL)
+    assert "\n" not in str(raised.value)
+
+
+def _tiff_entry(blob: bytes, tag: int) -> int:
+    """The offset of a tag's 12-byte entry in a little-endian TIFF's first IFD."""
+    ifd = struct.unpack_from("<I", blob, 4)[0]
+    for entry in range(ifd + 2, ifd + 2 + 12 * struct.unpack_from("<H", blob, ifd)[0], 12):
+        if struct.unpack_from("<H", blob, entry)[0] == tag:
+            return entry
+    raise AssertionError(f"no tag {tag}")
+
+
+# (id, format, mode, offset in the file, struct format, new value)
+_DAMAGED_HEADERS = [
+    ("bmp-huge-width", "BMP", "RGB", lambda blob: 18, "<i", 2**31 - 1),
+    ("bmp-negative-width", "BMP", "RGB", lambda blob: 18, "<i", -32),
+    ("bmp-huge-height", "BMP", "RGB", lambda blob: 22, "<i", 2**31 - 1),
+    ("bmp-zero-width", "BMP", "RGB", lambda blob: 18, "<i", 0),
+    ("bmp-7-bits-per-pixel", "BMP", "RGB", lambda blob: 28, "<H", 7),
+    ("tiff-bogus-ifd-offset", "TIFF", "RGB", lambda blob: 4, "<I", 2**32 - 1),
+    ("tiff-huge-width", "TIFF", "RGB", lambda blob: _tiff_entry(blob, 256) + 8, "<I", 2**32 - 1),
+    ("tiff-strip-offsets-past-the-end", "TIFF", "RGB", lambda blob: _tiff_entry(blob, 273) + 8, "<I", 2**32 - 1),
+    ("tiff-strip-offsets-as-double", "TIFF", "RGB", lambda blob: _tiff_entry(blob, 273) + 2, "<H", 12),
+    ("tiff-strip-offsets-as-text", "TIFF", "RGB", lambda blob: _tiff_entry(blob, 273) + 2, "<H", 2),
+    ("tiff-colormap-as-signed", "TIFF", "P", lambda blob: _tiff_entry(blob, 320) + 2, "<H", 8),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
+@pytest.mark.parametrize("fmt, mode, offset, packing, value", [case[1:] for case in _DAMAGED_HEADERS],
+                         ids=[case[0] for case in _DAMAGED_HEADERS])
+def test_damaged_header_raises_image_error_naming_the_file(tmp_path, chelsea, fmt, mode, offset, packing, value):
+    buffer = io.BytesIO()
+    Image.fromarray(chelsea[:24, :32]).convert(mode).save(buffer, fmt)
+    blob = bytearray(buffer.getvalue())
+    struct.pack_into(packing, blob, offset(blob), value)
+    path = tmp_path / f"damaged.{fmt.lower()}"
+    path.write_bytes(blob)
+
+    message = rf"^image {quoted(path)} (is not a readable image|is too large to open safely) \(.+\); .*remove it$"
+    with pytest.raises(ImageError, match=message) as raised:
+        prepare_image(path, SMALL)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("error, reason", [
+    (ZeroDivisionError("division by zero"), "ZeroDivisionError: division by zero"),
+    (struct.error("unpack requires a buffer of 4 bytes"), "struct.error: unpack requires a buffer of 4 bytes"),
+    (IndexError("tuple index\nout of range"), "IndexError: tuple index out of range"),
+    (MemoryError(), "MemoryError"),
+    (OSError("broken data stream when reading image file"), "broken data stream when reading image file"),
+], ids=["zero-division", "struct", "index-two-lines", "memory", "os"])
+def test_any_error_while_decoding_becomes_one_image_error_line(tmp_path, monkeypatch, error, reason):
+    path = tmp_path / "odd.png"
+    Image.new("RGB", (32, 24)).save(path)
+
+    def load(self):
+        raise error
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    message = rf"^image {quoted(path)} is not a readable image \({re.escape(reason)}\); replace or remove it$"
+    with pytest.raises(ImageError, match=message):
+        prepare_image(path, SMALL)
+    with pytest.raises(ImageError, match=r"^image 'odd' is not a readable image"):  # a PIL image not loaded yet
+        prepare_image(Image.open(path), SMALL, name="odd")
+
+
+def test_interrupt_while_decoding_is_not_caught(tmp_path, monkeypatch):
+    path = tmp_path / "slow.png"
+    Image.new("RGB", (32, 24)).save(path)
+
+    def load(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_image(path, SMALL)
+
+
+def test_error_while_resizing_becomes_one_image_error_line(tmp_path, monkeypatch, chelsea):
+    import audit.images
+
+    def transform(config):
+        def fail(picture):
+            raise RuntimeError("cannot allocate\nthe resized picture")
+        return fail
+
+    monkeypatch.setattr(audit.images, "_transform", transform)
+    message = (r"^image '<array \(300, 451, 3\)>' could not be resized and cropped for the model \(RuntimeError: "
+               r"cannot allocate the resized picture\); replace or remove it$")
+    with pytest.raises(ImageError, match=message):
+        prepare_image(chelsea, SMALL)
 
 
 # --- normalize --------------------------------------------------------------------------------------------------
