@@ -2,11 +2,26 @@
 
 Precedence: the command line, then the ``--audit-config`` file, then ``[tool.vit-audit]`` of the project's
 pyproject.toml, then the defaults below. Every option has the same name in all three places (``batch-size`` on
-the command line is ``batch_size`` or ``batch-size`` in TOML). Bad values raise ``ValueError`` naming the option.
+the command line is ``batch_size`` or ``batch-size`` in TOML). Bad values, and files that cannot be read or are of
+the wrong shape, raise ``ValueError`` (and nothing else) with one line:
+
+- a value: ``<option>: <value> is not a valid <type>``, or out of its range ``<option>: expected <what> in
+  <range>, got <value>`` (or a message of its own, e.g. ``unit: 'x' is not pixel or patch``); `` (in <file>)`` at
+  the end when the value came from a file, and ``<key>: expected ..., got <value> (in <file>)`` for the tables
+  (``tool``, ``tool.vit-audit``, ``limits``, ``limits.<method@stage>[.<limit>]``);
+- a file: ``audit-config: '<file>' <problem>`` (``pyproject:`` for pyproject.toml), e.g. ``not found`` or ``is
+  not a regular file (a FIFO); pass a TOML file``;
+- an unknown key: ``<file>: unknown key '<key>'; known keys: ...``.
+
+The numeric ranges are defined once, in :data:`RANGES`; the code that uses a value reads them from there.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import reprlib
+import stat
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,9 +35,124 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["AuditSettings", "OPTIONS", "output_settings", "resolve_settings", "read_toml_table", "parse_gate"]
+__all__ = ["AuditSettings", "OPTIONS", "output_settings", "resolve_settings", "read_toml_table", "parse_gate",
+           "Range", "RANGES", "check_range", "SEED_MAX", "STEPS_MAX", "BATCH_SIZE_MAX", "MIN_IMAGES_MAX",
+           "RANDOMISATION_IMAGES_MAX", "THUMBNAIL_MIN", "THUMBNAIL_MAX", "MAX_MB_LIMIT"]
 
 DEVICES = ("cpu", "cuda", "auto")
+
+# Static bounds of the numeric options: the one definition, read by the settings (before any model work), by
+# output_settings and by whatever uses the value (reports.render.render_report, the session).
+SEED_MAX = 2**32 - 1  # numpy's default_rng and torch's manual_seed take 0 <= seed < 2**32 on every path
+STEPS_MAX = 10_000  # the per-model bound (at most the pixels or patches of the input) is checked by the session
+BATCH_SIZE_MAX = 1_000_000
+MIN_IMAGES_MAX = 1_000_000
+RANDOMISATION_IMAGES_MAX = 1_000
+THUMBNAIL_MIN, THUMBNAIL_MAX = 8, 512  # report thumbnails: THUMBNAIL_MIN <= px <= THUMBNAIL_MAX
+MAX_MB_LIMIT = 10_000  # report size limit: 0 < MB < MAX_MB_LIMIT
+
+
+@dataclass(frozen=True)
+class Range:
+    """The accepted values of a numeric option: ``value in RANGES[name]``.
+
+    Integer ranges take ``int`` only (not bool); the others ``int`` or ``float`` (not bool), finite. Infinite
+    bounds mean "any finite number".
+    """
+
+    what: str
+    low: float
+    high: float
+    integer: bool = False
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            return False
+        if not self.integer and not _finite(value):
+            return False
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if math.isinf(self.low) and math.isinf(self.high):
+            return "any finite number"
+        return (f"{'(' if self.open_low else '['}{_number_text(self.low)}, {_number_text(self.high)}"
+                f"{')' if self.open_high else ']'}")
+
+
+RANGES: dict[str, Range] = {
+    "steps": Range("an integer", 1, STEPS_MAX, integer=True),
+    "batch_size": Range("an integer", 1, BATCH_SIZE_MAX, integer=True),
+    "seed": Range("an integer", 0, SEED_MAX, integer=True),
+    "min_images": Range("an integer", 1, MIN_IMAGES_MAX, integer=True),
+    "randomisation_images": Range("an integer", 1, RANDOMISATION_IMAGES_MAX, integer=True),
+    "report_thumbnail": Range("an integer number of pixels", THUMBNAIL_MIN, THUMBNAIL_MAX, integer=True),
+    "report_max_mb": Range("a size in MB", 0, MAX_MB_LIMIT, open_low=True, open_high=True),
+    "fill": Range("a pixel value", 0.0, 1.0),
+    "threshold": Range("a finite number", -math.inf, math.inf),
+    "randomisation_threshold": Range("a Spearman correlation", -1.0, 1.0),
+}
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)  # an int too large for a float raises OverflowError
+    except OverflowError:
+        return False
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if math.isfinite(value) and value == int(value) else repr(value)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlong = 40
+_REPR.maxlevel = 3
+
+
+def _show(value: Any) -> str:
+    """A value in a one-line message: its repr, shortened."""
+    try:
+        return _REPR.repr(value)
+    except (ValueError, RecursionError):  # an int of more than 4300 digits; a list nested too deeply
+        return f"<{type(value).__name__}>"
+
+
+def _text(text: str) -> str:
+    """A file name or a key in a one-line message: as is when printable, else its repr."""
+    return text if text.isprintable() else repr(text)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _source(where: str | None) -> str:
+    """The ' (in FILE)' tail of a message about a value read from a file (nothing for the command line)."""
+    return f" (in {where})" if where and where != "command line" else ""
+
+
+def range_message(name: str, value: Any) -> str:
+    """The message for ``value`` outside ``RANGES[name]``: ``<option>: expected <what> in <range>, got <value>``."""
+    rng, flag = RANGES[name], _flag(name)
+    if rng.integer and rng.low == 1 and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+        return f"{flag}: expected a positive integer, got {_show(value)}"  # the words of the first versions
+    if name == "fill":
+        return f"fill: {_show(value)} is outside [0, 1]"  # the words of the first versions
+    if math.isinf(rng.low) and math.isinf(rng.high):
+        return f"{flag}: expected {rng.what}, got {_show(value)}"
+    return f"{flag}: expected {rng.what} in {rng}, got {_show(value)}"
+
+
+def check_range(name: str, value: Any, where: str | None = None) -> None:
+    """Raise ``ValueError`` (one line naming the option, and ``where`` unless it is the command line) when
+    ``value`` is not in ``RANGES[name]``."""
+    if value not in RANGES[name]:
+        raise ValueError(range_message(name, value) + _source(where))
 
 
 @dataclass
@@ -48,6 +178,7 @@ class AuditSettings:
     randomisation_threshold: float = 0.5
     randomisation_images: int = 2
     strict: bool = False
+    keep_duplicate_images: bool = False
     audit_json: str | None = None
     report: str | None = None
     report_thumbnail: int = 64
@@ -67,24 +198,27 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
     "device": ("cpu, cuda or auto (default cpu)", "DEVICE"),
     "methods": (f"comma list of maps: {','.join(METHODS)} (default all)", "LIST"),
     "layers": ("stages whose faithfulness is measured: block indices and/or encoder, or all (default all)", "LIST"),
-    "steps": ("MoRF/LeRF removal steps (default 20)", "N"),
+    "steps": (f"MoRF/LeRF removal steps, 1..{STEPS_MAX} (default 20)", "N"),
     "unit": ("removal unit: pixel or patch (default pixel)", "UNIT"),
     "fill": ("pixel-space fill value of removed pixels, in [0, 1] (default 127/255)", "VALUE"),
-    "batch_size": ("perturbed images per forward pass (default 64)", "N"),
-    "seed": ("seed of the random baseline, the bootstrap and the randomisation check (default 0)", "N"),
+    "batch_size": (f"perturbed images per forward pass, 1..{BATCH_SIZE_MAX} (default 64)", "N"),
+    "seed": (f"seed of the random baseline, the bootstrap and the randomisation check, 0..{SEED_MAX} (default 0)",
+             "N"),
     "act": (f"activation of the gradient maps: {', '.join(ACTIVATIONS)} (default gelu)", "NAME"),
     "amp": ("autocast dtype for perturbation forwards: bfloat16 or float16 (default off: float32)", "DTYPE"),
     "gate": ("gated map as method@stage, e.g. cam@encoder or grad@-2 (repeatable); default: the policy", "MAP"),
     "threshold": ("mean-ABPC threshold of the gates (default 0: better than a random map)", "VALUE"),
     "min_images": (f"fewer images make a gate inconclusive (default {MIN_IMAGES})", "N"),
-    "randomisation_threshold": ("Spearman correlation a gated map must fall below once randomised (default 0.5)",
-                                "VALUE"),
-    "randomisation_images": ("images used by the randomisation check (default 2)", "N"),
+    "randomisation_threshold": ("Spearman correlation a gated map must fall below once randomised, in [-1, 1] "
+                                "(default 0.5)", "VALUE"),
+    "randomisation_images": (f"images used by the randomisation check, 1..{RANDOMISATION_IMAGES_MAX} (default 2)", "N"),
     "strict": ("treat inconclusive gates as failures (for release gating)", None),
+    "keep_duplicate_images": ("audit files with identical bytes under different names each (default: once)", None),
     "audit_json": ("write the results file (schema vit-audit/1) here", "PATH"),
     "report": ("write the HTML report here", "PATH"),
-    "report_thumbnail": ("longer side of the report's thumbnails in pixels (default 64)", "PX"),
-    "report_max_mb": ("size limit of the HTML report in MB (default 5)", "MB"),
+    "report_thumbnail": (f"longer side of the report's thumbnails in pixels, {THUMBNAIL_MIN}..{THUMBNAIL_MAX} "
+                         "(default 64)", "PX"),
+    "report_max_mb": (f"size limit of the HTML report in MB, above 0 and below {MAX_MB_LIMIT} (default 5)", "MB"),
 }
 LIST_OPTIONS = {"model", "checkpoint", "images", "methods", "layers", "gate"}
 
@@ -96,62 +230,169 @@ def parse_gate(text: str) -> tuple[str, str]:
     return method, stage
 
 
-def read_toml_table(path: str | Path, table: str | None) -> dict[str, Any]:
-    """A TOML file's ``[tool.vit-audit]`` table (``table='tool.vit-audit'``), or the whole file (None)."""
-    path = Path(path)
+def _read_toml(path: str | Path, option: str) -> dict[str, Any]:
+    """A TOML file's data; every way it cannot be read is a one-line ``ValueError`` naming ``option`` and the file.
+
+    Never opens anything but a regular file (opening a FIFO would wait for a writer forever): the file is checked
+    before it is opened, and again on the open descriptor, opened non-blocking.
+    """
+    shown = repr(str(path))
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise ValueError(f"audit-config: {str(path)!r} not found") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"audit-config: {str(path)!r} is not valid TOML ({err})") from None
+        raise ValueError(f"{option}: {shown} not found") from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL in the path
+        raise ValueError(f"{option}: {shown} cannot be read ({_reason(err)})") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{option}: {shown} is not a regular file ({_kind(mode)}); pass a TOML file")
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise ValueError(f"{option}: {shown} cannot be read ({_reason(err)})") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        if not stat.S_ISREG(mode):  # replaced since the check above
+            raise ValueError(f"{option}: {shown} is not a regular file ({_kind(mode)}); pass a TOML file")
+        try:
+            raw = handle.read()
+        except OSError as err:
+            raise ValueError(f"{option}: {shown} cannot be read ({_reason(err)})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{option}: {shown} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
+                         f"{err.start})") from None
+    try:
+        return tomllib.loads(text)
+    except ValueError as err:  # TOMLDecodeError, or an integer of more digits than Python converts
+        raise ValueError(f"{option}: {shown} is not valid TOML ({_reason(err)})") from None
+    except RecursionError:
+        raise ValueError(f"{option}: {shown} is not valid TOML (nested too deeply)") from None
+
+
+def _reason(err: Exception) -> str:
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a file")
+
+
+def read_toml_table(path: str | Path, table: str | None, option: str = "audit-config") -> dict[str, Any]:
+    """A TOML file's ``[tool.vit-audit]`` table (``table='tool.vit-audit'``), or the whole file (None).
+
+    With ``table=None`` the file's ``[tool.vit-audit]`` table is taken when it has one, else the whole file.
+
+    Raises:
+        ValueError: one line: ``<option>: '<file>' <why>`` when the file cannot be read as TOML (``option`` names
+            where the file came from, e.g. ``audit-config`` or ``pyproject``), or ``<key>: expected a table, got
+            <value> (in <file>)`` when ``tool`` or ``tool.vit-audit`` is not a table.
+    """
+    data = _read_toml(path, option)
+    where = _text(str(path))
     if table is None:
-        return data.get("tool", {}).get("vit-audit", data) if "tool" in data else data
-    for part in table.split("."):
+        if not isinstance(data.get("tool", {}), dict):
+            raise ValueError(f"tool: expected a table, got {_show(data['tool'])}{_source(where)}")
+        if "vit-audit" not in data.get("tool", {}):
+            return data
+        table = "tool.vit-audit"
+    parts = table.split(".")
+    for depth, part in enumerate(parts, 1):
         data = data.get(part, {})
+        if not isinstance(data, dict):
+            raise ValueError(f"{'.'.join(parts[:depth])}: expected a table, got {_show(data)}{_source(where)}")
     return data
 
 
-def _as_list(name: str, value: Any) -> list[str]:
+def _as_list(name: str, value: Any, where: str | None = None) -> list[str]:
     items = value if isinstance(value, (list, tuple)) else [value]
     out = []
     for item in items:
-        if not isinstance(item, (str, int)):
-            raise ValueError(f"{name}: expected a string or a list of strings, got {item!r}")
+        # A layer may be written as an integer; a bool is not one, nor an integer too long to be a block index.
+        if isinstance(item, bool) or not isinstance(item, (str, int)) or (isinstance(item, int) and
+                                                                          abs(item) >= 2**63):
+            raise ValueError(f"{name}: expected a string or a list of strings, got {_show(item)}{_source(where)}")
         out.extend(part.strip() for part in str(item).split(",") if part.strip())
     return out
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _coerce(name: str, value: Any, default: Any, where: str | None = None) -> Any:
+    """``value`` as the type of ``default``; else ``ValueError``: ``<option>: <value> is not a valid <type>``.
+
+    Strings (the command line) are parsed; from TOML, only the matching type is taken (an integer for a float,
+    and an integral float for an integer, too) - never a bool for a number, nor a number for a bool.
+    """
     if name in LIST_OPTIONS:
-        return _as_list(name, value)
+        return _as_list(name, value, where)
+    kind = "bool" if isinstance(default, bool) else type(default).__name__ if isinstance(default, (int, float)) \
+        else "string"
+    error = ValueError(f"{_flag(name)}: {_show(value)} is not a valid {kind}{_source(where)}")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+            return value.strip().lower() in TRUE_WORDS
+        raise error
+    if kind == "string":
+        if value is None or isinstance(value, str):
+            return None if value in (None, "", "none", "None") else value
+        raise error
+    if isinstance(value, bool):
+        raise error
     try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name.replace('_', '-')}: {value!r} is not a valid {type(default).__name__}") from None
-    return None if value in (None, "", "none", "None") else str(value)
+        if kind == "int":
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, (int, str)):
+                return int(value)  # a string of more than 4300 digits: ValueError
+        elif isinstance(value, (int, float, str)):
+            return float(value)  # an int beyond the floats: OverflowError
+    except (ValueError, OverflowError):
+        pass
+    raise error
 
 
 def _normalise_keys(table: dict[str, Any], where: str) -> dict[str, Any]:
     known = {f.name for f in fields(AuditSettings)} - {"sources"}
     out = {}
     for key, value in table.items():
-        name = key.replace("-", "_")
+        name = str(key).replace("-", "_")
         if name not in known:
             raise ValueError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(OPTIONS))}, limits")
         out[name] = value
+    return out
+
+
+LIMITS = ("max_morf_auc", "min_lerf_auc", "min_abpc")
+
+
+def _read_limits(value: Any, where: str) -> dict[str, GateLimits]:
+    """The ``limits`` table: ``method@stage = {max_morf_auc = ..., ...}``, each limit a finite number."""
+    if not isinstance(value, dict):
+        raise ValueError(f"limits: expected a table of method@stage = {{...}}, got {_show(value)}{_source(where)}")
+    out = {}
+    for key, table in value.items():
+        method, sep, stage = str(key).partition("@")
+        if not sep or method not in METHODS or not stage:
+            raise ValueError(f"limits: {key!r} is not method@stage with a method from {', '.join(METHODS)}"
+                             f"{_source(where)}")
+        name = f"limits.{_text(key)}"
+        if not isinstance(table, dict):
+            raise ValueError(f"{name}: expected a table of {', '.join(LIMITS)}, got {_show(table)}{_source(where)}")
+        for limit, number in table.items():
+            if limit in LIMITS and (isinstance(number, bool) or not isinstance(number, (int, float))
+                                    or not _finite(number)):
+                raise ValueError(f"{name}.{limit}: expected a finite number, got {_show(number)}{_source(where)}")
+        try:
+            out[key] = GateLimits.from_mapping(table, name)  # unknown limit names
+        except ValueError as err:
+            raise ValueError(f"{err}{_source(where)}") from None
     return out
 
 
@@ -161,34 +402,38 @@ def resolve_settings(
     """Merge the three sources and validate every value.
 
     Args:
-        cli: option name -> value given on the command line (None or missing: not given).
+        cli: option name -> value given on the command line (None, False or an empty list: not given).
         config_file: the ``--audit-config`` TOML file (its ``[tool.vit-audit]`` table if it has one, else the file).
-        pyproject: the project's pyproject.toml, whose ``[tool.vit-audit]`` table holds the policy.
+        pyproject: the project's pyproject.toml, whose ``[tool.vit-audit]`` table holds the policy (passed over
+            when it is not a regular file).
+
+    Raises:
+        ValueError: only this, with one line naming the option or the file, and for a value read from a file
+            ``(in <file>)`` at its end.
     """
     settings = AuditSettings()
     defaults = {f.name: getattr(settings, f.name) for f in fields(AuditSettings)}
     layers: list[tuple[str, dict[str, Any]]] = []
     if pyproject is not None and Path(pyproject).is_file():
-        table = read_toml_table(pyproject, "tool.vit-audit")
+        table = read_toml_table(pyproject, "tool.vit-audit", option="pyproject")
         if table:
-            layers.append((f"{pyproject} [tool.vit-audit]", table))
+            layers.append((f"{_text(str(pyproject))} [tool.vit-audit]", table))
     if config_file is not None:
-        layers.append((str(config_file), read_toml_table(config_file, None)))
-    layers.append(("command line", {k: v for k, v in cli.items() if v not in (None, [], False)}))
+        layers.append((_text(str(config_file)), read_toml_table(config_file, None)))
+    given = {k: v for k, v in cli.items() if not (v is None or v is False or (isinstance(v, list) and not v))}
+    layers.append(("command line", given))
+    origins: dict[str, str] = {}
     for where, table in layers:
-        table = _normalise_keys(dict(table), where)
+        table = _normalise_keys(table, where)
         limits = table.pop("limits", None)
         if limits is not None:
-            if not isinstance(limits, dict):
-                raise ValueError(f"{where}: limits must be a table of method@stage = {{...}}")
-            for key, value in limits.items():
-                parse_gate(key)
-                settings.limits[key] = GateLimits.from_mapping(value, f"limits.{key}")
+            settings.limits.update(_read_limits(limits, where))
         for name, value in table.items():
-            setattr(settings, name, _coerce(name, value, defaults[name]))
+            setattr(settings, name, _coerce(name, value, defaults[name], where))
+            origins[name] = where
         if table or limits:
             settings.sources.append(where)
-    _validate(settings)
+    _validate(settings, origins)
     return settings
 
 
@@ -198,63 +443,73 @@ def output_settings(
     """Where the results file and the report go, read leniently from the sources of :func:`resolve_settings`.
 
     For a run whose settings are invalid: the one-line error is still written to both files. A source that cannot
-    be read, and any value of the wrong type, is passed over; the rest of the settings are not looked at.
+    be read, and any value of the wrong type or out of range, is passed over; the rest of the settings are not
+    looked at. Never raises for any content of the files, and never opens anything but a regular file.
     """
     defaults = AuditSettings()
     out: dict[str, Any] = {"audit_json": None, "report": None, "report_thumbnail": defaults.report_thumbnail,
                            "report_max_mb": defaults.report_max_mb}
     tables: list[dict[str, Any]] = []
-    for path, table in ((pyproject, "tool.vit-audit"), (config_file, None)):
-        if path is not None and Path(path).is_file():
+    for path, table, option in ((pyproject, "tool.vit-audit", "pyproject"), (config_file, None, "audit-config")):
+        if path is not None:
             try:
-                tables.append(read_toml_table(path, table))
+                tables.append(read_toml_table(path, table, option))
             except ValueError:
                 pass
     tables.append({k: v for k, v in cli.items() if v is not None})
     for table in tables:
-        for key, value in (table.items() if isinstance(table, dict) else ()):
+        for key, value in table.items():
             name = str(key).replace("-", "_")
             if name in ("audit_json", "report") and isinstance(value, str):
                 out[name] = _coerce(name, value, None)  # as resolve_settings reads it: "" or "none" turns it off
-            elif name in ("report_thumbnail", "report_max_mb") and not isinstance(value, bool):
+            elif name in ("report_thumbnail", "report_max_mb"):
                 try:
                     number = _coerce(name, value, out[name])
                 except ValueError:
                     continue
-                if (8 <= number <= 512) if name == "report_thumbnail" else number > 0:
+                if number in RANGES[name]:
                     out[name] = number
     return out
 
 
-def _validate(s: AuditSettings) -> None:
+def _validate(s: AuditSettings, origins: dict[str, str] | None = None) -> None:
+    """Check the merged settings; ``origins`` says where each option's value came from (for the message)."""
+    origins = origins or {}
+
+    def fail(name: str, message: str) -> ValueError:
+        return ValueError(message + _source(origins.get(name)))
+
     if s.device not in DEVICES:
-        raise ValueError(f"device: {s.device!r} is not one of {', '.join(DEVICES)}")
+        raise fail("device", f"device: {s.device!r} is not one of {', '.join(DEVICES)}")
+    if not s.methods:
+        raise fail("methods", f"methods: expected at least one of {','.join(METHODS)}, got an empty list")
     unknown = [m for m in s.methods if m not in METHODS]
-    if unknown or not s.methods:
-        raise ValueError(f"methods: unknown {unknown or 'empty list'}; choose from {', '.join(METHODS)}")
+    if unknown:
+        raise fail("methods", f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")
     if s.act not in ACTIVATIONS:
-        raise ValueError(f"act: {s.act!r} is not one of {', '.join(ACTIVATIONS)}")
+        raise fail("act", f"act: {s.act!r} is not one of {', '.join(ACTIVATIONS)}")
     if s.amp not in (None, "bfloat16", "float16"):
-        raise ValueError(f"amp: {s.amp!r} is not bfloat16 or float16")
+        raise fail("amp", f"amp: {s.amp!r} is not bfloat16 or float16")
     if s.unit not in ("pixel", "patch"):
-        raise ValueError(f"unit: {s.unit!r} is not pixel or patch")
-    for name in ("steps", "batch_size", "min_images", "randomisation_images", "report_thumbnail"):
-        if getattr(s, name) < 1:
-            raise ValueError(f"{name.replace('_', '-')}: expected a positive integer, got {getattr(s, name)}")
-    if not 0.0 <= s.fill <= 1.0:
-        raise ValueError(f"fill: {s.fill} is outside [0, 1]")
-    if s.report_max_mb <= 0:
-        raise ValueError(f"report-max-mb: expected a positive number, got {s.report_max_mb}")
+        raise fail("unit", f"unit: {s.unit!r} is not pixel or patch")
+    for name in RANGES:
+        check_range(name, getattr(s, name), origins.get(name))
     for gate in s.gate:
-        method, _ = parse_gate(gate)
+        try:
+            method, _ = parse_gate(gate)
+        except ValueError as err:
+            raise fail("gate", str(err)) from None
         if method not in s.methods:
-            raise ValueError(f"gate: {gate!r} gates a map that --methods does not compute ({','.join(s.methods)})")
+            raise fail("gate", f"gate: {gate!r} gates a map that --methods does not compute ({','.join(s.methods)})")
+    if not s.layers:
+        raise fail("layers", "layers: expected at least one block index, 'encoder' or 'all', got an empty list")
     for layer in s.layers:
         if layer != "all" and layer != "encoder":
             try:
                 int(layer)
             except ValueError:
-                raise ValueError(f"layers: {layer!r} is not a block index, 'encoder' or 'all'") from None
+                raise fail("layers", f"layers: {layer!r} is not a block index, 'encoder' or 'all'") from None
     if len(s.checkpoint) != len(s.model):
-        raise ValueError(f"checkpoint: {len(s.checkpoint)} checkpoints for {len(s.model)} models; give one "
-                         "--checkpoint per --model, in the same order ('pretrained' for timm's own weights)")
+        raise fail("checkpoint" if "checkpoint" in origins else "model",
+                   f"checkpoint: {len(s.checkpoint)} checkpoints for {len(s.model)} models; give one "
+                   "--checkpoint per --model, in the same order ('pretrained' for timm's own weights)")

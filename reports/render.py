@@ -4,15 +4,15 @@ Reads nothing but the results dict: pictures are PNG data URIs, charts inline SV
 request to the network or to any other file. It renders whatever the run produced (failed or erroring checks, runs
 with ``error`` set, missing gates, null fields). To stay under ``max_mb`` it draws the per-image figures smaller,
 with fewer colours, and then leaves whole figure families out, image by image, and says so in the report.
-"""
 
+This module draws the per-image sections and fits them to the size limit; the run-level sections are
+:mod:`reports.summary`'s, the lenient readers and number formats :mod:`reports.values`'.
+"""
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from PIL import Image
 from audit.results import write_text_atomically
 
 from . import charts, pictures
+from .summary import _perturbation_text, aggregates, gate_rows, header, overall_verdict
+from .values import _dict, _list, _num, _records, _sorted_stages, _stage_title, fmt, fmt_ci
 
 __all__ = ["Plan", "overall_verdict", "read_results", "render_report"]
 
@@ -100,116 +102,8 @@ def _describe_cuts(plan: Plan, full: Plan) -> list[str]:
     return cuts
 
 
-# -- small readers that tolerate missing or null fields -----------------------------------------------------------
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _pair(value: Any) -> tuple[float | None, float | None] | None:
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return _num(value[0]), _num(value[1])
-    return None
-
-
-def fmt(value: Any, digits: int = 3, signed: bool = False) -> str:
-    """A number for a table cell; ``n/a`` for null or non-numbers."""
-    number = _num(value)
-    if number is None:
-        return "n/a"
-    return f"{number:+.{digits}f}" if signed else f"{number:.{digits}f}"
-
-
-def fmt_ci(value: Any, digits: int = 3, signed: bool = False) -> str:
-    pair = _pair(value)
-    if pair is None:
-        return "n/a"
-    return f"[{fmt(pair[0], digits, signed)}, {fmt(pair[1], digits, signed)}]"
-
-
-def _stage_order(stage: str) -> tuple[int, int]:
-    order = {"patch_embed": -2, "embed": -1, "encoder": 10**6}
-    if stage in order:
-        return (0, order[stage])
-    try:
-        return (0, int(stage))
-    except ValueError:
-        return (1, 0)
-
-
-def _sorted_stages(stages: Iterable[str]) -> list[str]:
-    return sorted(dict.fromkeys(str(s) for s in stages), key=_stage_order)
-
-
-def _stage_title(stage: str) -> str:
-    return {"patch_embed": "patch emb.", "embed": "embedding", "encoder": "encoder"}.get(stage, f"block {stage}")
-
-
-def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
-    """``fail`` if the run stopped, a gate failed or a check failed or errored; ``inconclusive`` if a gate is; else
-    ``pass``.
-
-    Returns:
-        The verdict and the reasons for it, in words.
-    """
-    if results.get("error"):
-        return "fail", ["the run stopped before any check ran"]
-    gates = [_dict(g) for g in _list(results.get("gates"))]
-    checks = [_dict(c) for c in _list(results.get("checks"))]
-    failed_gates = [g for g in gates if g.get("verdict") == "fail"]
-    inconclusive = [g for g in gates if g.get("verdict") == "inconclusive"]
-    failed = [c for c in checks if c.get("outcome") == "failed"]
-    errors = [c for c in checks if c.get("outcome") == "error"]
-    reasons = []
-    if failed_gates:
-        reasons.append(f"{len(failed_gates)} gate(s) failed")
-    if failed:
-        reasons.append(f"{len(failed)} check(s) failed")
-    if errors:
-        reasons.append(f"{len(errors)} check(s) errored")
-    if reasons:
-        return "fail", reasons
-    if inconclusive:
-        return "inconclusive", [f"{len(inconclusive)} gate(s) inconclusive"]
-    if not gates and not checks:
-        return "pass", ["no gate and no check recorded"]
-    return "pass", [f"{len(gates)} gate(s) passed", f"{len(checks)} check(s) without failure"]
-
-
-def _profile_line(label: str, rows: list[dict[str, Any]], name: str, colour: str, dash: str | None = None) -> tuple:
-    """One series of a layer-wise profile: a summary field and its CI (``<name>_ci``) at each stage."""
-    return label, [_num(r.get(name)) for r in rows], [_pair(r.get(f"{name}_ci")) for r in rows], colour, dash
-
-
-def _perturbation_text(perturbation: dict[str, Any]) -> str:
-    steps = perturbation.get("steps", "?")
-    fill = perturbation.get("fill")
-    if isinstance(fill, (list, tuple)):
-        fill_text = "(" + ", ".join(fmt(v, 3) for v in fill) + ")"
-    else:
-        fill_text = fmt(fill, 3) + (f" = {round(fill * 255)}/255" if _num(fill) is not None else "")
-    unit = perturbation.get("unit", "pixel")
-    amp = perturbation.get("amp")
-    return (f"{steps} steps; image k of {steps}+1 has the first round(k·N/{steps}) {unit}s of the map's ranking "
-            f"(N {unit}s of the model input) replaced by the fill {fill_text} in pixel space, all channels, before "
-            f"normalisation; ranking: the map upsampled {perturbation.get('interpolation', 'bilinearly')} to the "
-            f"model input, MoRF descending, LeRF ascending, ties in row-major order; y_k: softmax probability of the "
-            f"explained class (the clean image's top-1); AUC: {perturbation.get('auc_rule', 'trapezoid')}; "
-            f"ABPC = LeRF AUC − MoRF AUC (lower MoRF AUC, higher LeRF AUC and higher ABPC are better); "
-            f"{'float32' if not amp else f'autocast {amp}'} forwards")
-
-
 class _Builder:
-    """Turns a results dict into the template's context, drawing the per-image figures under a size budget."""
+    """Turns each run of a results dict into its image section's context, drawing its figures under a plan."""
 
     def __init__(self, results: dict[str, Any], thumbnail: int, max_mb: float):
         self.results = results if isinstance(results, dict) else {}
@@ -218,9 +112,9 @@ class _Builder:
         self.max_mb = max_mb
         self.perturbation = _dict(self.results.get("perturbation"))
         self.policy = _dict(self.results.get("policy"))
-        self.models = [_dict(m) for m in _list(self.results.get("models"))]
-        self.runs = [_dict(r) for r in _list(self.results.get("runs"))]
-        self.gates = [_dict(g) for g in _list(self.results.get("gates"))]
+        self.models = _records(self.results, "models")
+        self.runs = _records(self.results, "runs")
+        self.gates = _records(self.results, "gates")
         self.anchors: dict[tuple[Any, Any], str] = {}  # (model id, image id) -> the first section of that pair
         for i, run in enumerate(self.runs):
             self.anchors.setdefault((run.get("model_id"), run.get("image_id")), f"img-{i}")
@@ -502,105 +396,6 @@ class _Builder:
                 "degenerate": bool(entry.get("degenerate")), "reason": entry.get("reason"),
                 "missing": key not in maps, "class_text": class_text, "shown_before": shown_before}
 
-    def gate_rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for gate in self.gates:
-            baseline = _dict(gate.get("random_baseline"))
-            worst = []
-            for item in _list(gate.get("worst_images")):
-                item = _dict(item)
-                worst.append({"image": str(item.get("image")), "abpc": fmt(item.get("abpc"), 3, True),
-                              "anchor": self.anchors.get((gate.get("model_id"), item.get("image")))})
-            rows.append({
-                "model": gate.get("model_id") or gate.get("model"), "model_name": gate.get("model"),
-                "method": gate.get("method"), "stage": gate.get("stage"),
-                "statistic": fmt(gate.get("statistic"), 3, True), "ci": fmt_ci(gate.get("ci95"), 3, True),
-                "threshold": fmt(gate.get("threshold"), 3, True), "n_images": gate.get("n_images"),
-                "verdict": str(gate.get("verdict") or "unknown"), "reason": gate.get("reason"),
-                "morf": f"{fmt(gate.get('morf_auc'))} {fmt_ci(gate.get('morf_auc_ci95'))}",
-                "lerf": f"{fmt(gate.get('lerf_auc'))} {fmt_ci(gate.get('lerf_auc_ci95'))}",
-                "baseline": (f"{fmt(baseline.get('statistic'), 3, True)} {fmt_ci(baseline.get('ci95'), 3, True)}, "
-                             f"n={baseline.get('n_images')}" if baseline else "n/a"),
-                "worst": worst, "rule": gate.get("rule"),
-                "degenerate": {str(k): str(v) for k, v in _dict(gate.get("degenerate_images")).items()},
-                "unreadable": [str(x) for x in _list(gate.get("unreadable_images"))],
-                "bootstrap": f"seed {gate.get('seed')}, {gate.get('n_boot')} resamples",
-            })
-        return rows
-
-    def aggregates(self) -> list[dict[str, Any]]:
-        """Per model: the layer-wise profile of every method and the randomisation curves."""
-        out = []
-        summaries = [_dict(s) for s in _list(self.results.get("summaries"))]
-        sanity = [_dict(s) for s in _list(self.results.get("randomisation"))]
-        model_ids = list(dict.fromkeys([m.get("id") for m in self.models] + [s.get("model_id") for s in summaries]
-                                       + [s.get("model_id") for s in sanity]))
-        for model_id in model_ids:
-            mine = [s for s in summaries if s.get("model_id") == model_id]
-            methods = list(dict.fromkeys(str(s.get("method")) for s in mine))
-            by_key = {(str(s.get("method")), str(s.get("stage"))): s for s in mine}
-            stages = _sorted_stages(str(s.get("stage")) for s in mine)
-            profiles = []
-            for method in methods:
-                rows = [by_key.get((method, stage), {}) for stage in stages]
-                series = [_profile_line("MoRF AUC", rows, "morf_auc", charts.MORF),
-                          _profile_line("LeRF AUC", rows, "lerf_auc", charts.LERF),
-                          _profile_line("ABPC", rows, "abpc", charts.ABPC)]
-                if method != "random" and "random" in methods:
-                    baseline = [by_key.get(("random", stage), {}) for stage in stages]
-                    series.append(_profile_line("random ABPC", baseline, "abpc", charts.BASELINE, "4 3"))
-                counts = sorted({s.get("n_images") for s in mine if s.get("method") == method}, key=str)
-                first = next((s for s in mine if s.get("method") == method), {})
-                profiles.append({
-                    "method": method,
-                    "chart": charts.profile_chart(f"layer-wise faithfulness of {method} ({model_id})", stages, series),
-                    "n_images": ", ".join(str(c) for c in counts), "seed": first.get("seed"),
-                    "n_boot": first.get("n_boot")})
-            randomisation = []
-            for record in (s for s in sanity if s.get("model_id") == model_id):
-                curves = {k: _dict(v) for k, v in _dict(record.get("curves")).items()}
-                by_method: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-                for key, curve in curves.items():
-                    by_method.setdefault(str(curve.get("method") or key.split("@")[0]), []).append((key, curve))
-                for method, items in by_method.items():
-                    items.sort(key=lambda kc: _stage_order(str(kc[1].get("stage") or kc[0].split("@")[-1])))
-                    labels = next((_list(c.get("labels")) for _, c in items if c.get("labels")), [])
-                    lines = []
-                    for i, (key, curve) in enumerate(items):
-                        colour = charts.PALETTE[i % len(charts.PALETTE)]
-                        dash = None if i < len(charts.PALETTE) else ("4 3" if i < 2 * len(charts.PALETTE) else "1 2")
-                        lines.append((str(curve.get("stage") or key), [_num(v) for v in _list(curve.get("spearman"))],
-                                      colour, dash))
-                    randomisation.append({
-                        "method": method,
-                        "chart": charts.randomisation_chart(
-                            f"randomisation of {method} maps ({model_id})", [str(x) for x in labels], lines,
-                            _num(record.get("threshold"))),
-                        "after": [{"stage": str(c.get("stage") or k), "step": c.get("dependency_step"),
-                                   "value": fmt(c.get("after_dependencies"), 3, True)} for k, c in items],
-                        "images": ", ".join(str(x) for x in _list(record.get("images"))) or "none",
-                        "threshold": fmt(record.get("threshold"), 2), "rule": record.get("rule")})
-            out.append({"model_id": model_id, "profiles": profiles, "randomisation": randomisation})
-        return out
-
-    def header(self) -> dict[str, Any]:
-        environment = _dict(self.results.get("environment"))
-        verdict, reasons = overall_verdict(self.results)
-        checks = [_dict(c) for c in _list(self.results.get("checks"))]
-        counts: dict[str, int] = {}
-        for check in checks:
-            counts[str(check.get("outcome"))] = counts.get(str(check.get("outcome")), 0) + 1
-        image_count = len(_list(self.results.get("images"))) or len({r.get("image") for r in self.runs})
-        return {
-            "verdict": verdict, "reasons": reasons, "environment": environment, "models": self.models,
-            "created": self.results.get("created"), "seconds": fmt(self.results.get("seconds"), 1),
-            "schema": self.results.get("schema"), "image_count": image_count,
-            "errors": [r for r in self.runs if r.get("error")], "policy": self.policy,
-            "perturbation": self.perturbation, "embedded_default": self.results.get("embedded_default"),
-            "check_counts": counts, "run_error": self.results.get("error"),
-            "problems": [c for c in checks if c.get("outcome") in ("failed", "error")],
-        }
-
 
 def _encoded(picture: Image.Image, colours: int | None, shown: tuple[int, int] | None = None) -> dict[str, Any]:
     """A picture for the template: its data URI and the size it is shown at (enlarged: without smoothing)."""
@@ -698,17 +493,21 @@ def render_report(
     """
     if not isinstance(results, dict):
         raise TypeError(f"results: expected a dict (the results file), got {type(results).__name__}")
-    if isinstance(thumbnail, bool) or not isinstance(thumbnail, int) or not 8 <= thumbnail <= 512:
-        raise ValueError(f"thumbnail: expected an integer number of pixels in 8..512, got {thumbnail!r}")
-    if isinstance(max_mb, bool) or not isinstance(max_mb, (int, float)) or not 0 < max_mb < 10_000:
-        raise ValueError(f"max_mb: expected a positive size in MB, got {max_mb!r}")
+    from audit.settings import RANGES  # the one definition of both ranges, shared with the run's settings
+
+    pixels, size = RANGES["report_thumbnail"], RANGES["report_max_mb"]
+    if thumbnail not in pixels:
+        raise ValueError(f"thumbnail: expected an integer number of pixels in {pixels.low}..{pixels.high}, "
+                         f"got {thumbnail!r}")
+    if max_mb not in size:
+        raise ValueError(f"max_mb: expected a positive size in MB, got {max_mb!r}; accepted: {size}")
     start = time.perf_counter()
     env = _environment()
     builder = _Builder(results, thumbnail, float(max_mb))
     page = env.get_template("report.html.j2")
-    context = {"header": builder.header(), "gates": builder.gate_rows(), "aggregates": builder.aggregates(),
-               "caption": builder.caption, "max_mb": builder.max_mb, "thumbnail": thumbnail,
-               "runs": builder.runs, "anchors": builder.anchors}
+    context = {"header": header(results), "gates": gate_rows(results, builder.anchors),
+               "aggregates": aggregates(results), "caption": builder.caption, "max_mb": builder.max_mb,
+               "thumbnail": thumbnail, "runs": builder.runs, "anchors": builder.anchors}
     # The page without its image sections, with the longest size notice for every image, sets their budget.
     plans = plans_for(thumbnail)
     longest = max((_describe_cuts(plan, plans[0]) for plan in plans), key=lambda cuts: len("; ".join(cuts)))

@@ -77,7 +77,9 @@ def audit_run(tmp_path_factory) -> dict[str, Any]:
     (photos / "<script>alert(1)<").mkdir(parents=True)
     for name in PHOTOS:
         Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((200, 160)).save(photos / f"{name}.png")
-    shutil.copy(photos / "chelsea.png", photos / "<script>alert(1)<" / "script>.png")
+    # Mirrored: a byte-identical copy would be counted once (under the other name).
+    Image.open(photos / "chelsea.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photos / "<script>alert(1)<"
+                                                                                      / "script>.png")
     (photos / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     (root / "nested_plugin.py").write_text(NESTED_PLUGIN)
     report, results = root / "out" / "report.html", root / "out" / "results.json"
@@ -305,6 +307,74 @@ def test_partial_results_still_render(audit_run, tmp_path, cut):
 def test_overall_verdict_fails_on_any_failure_then_inconclusive_then_passes(gates, checks, expected):
     results = {"gates": [{"verdict": v} for v in gates], "checks": [{"outcome": o} for o in checks]}
     assert overall_verdict(results)[0] == expected
+
+
+# -- an interrupted run, files left out ---------------------------------------------------------------------------
+def _small_results(**extra: Any) -> dict[str, Any]:
+    """A run of 20 images (one unreadable) whose one gate and every check passed: no picture to draw."""
+    images = [{"id": f"photo{i}", "path": f"photos/photo{i}.png", "sha256": f"{i:064x}"} for i in range(20)]
+    return {"schema": "vit-audit/1", "created": "2026-11-26T04:12:00+0000", "images": images,
+            "models": [{"name": "test_vit", "id": "test_vit"}],
+            "runs": [{"model": "test_vit", "model_id": "test_vit", "image": "photos/photo0.png", "image_id": "photo0",
+                      "error": "image 'photos/photo0.png' cannot be read"}],
+            "gates": [{"model": "test_vit", "model_id": "test_vit", "method": "cam", "stage": "encoder",
+                       "verdict": "pass", "flat_images": ["photo3"]}],
+            "checks": [{"nodeid": "checks/test_faithfulness.py::test_gate", "outcome": "passed"}], **extra}
+
+
+def _header(html: str) -> str:
+    return html[html.index("<header>"):html.index("</header>")]
+
+
+@pytest.mark.parametrize("signal", ["SIGTERM", "SIGINT"])
+def test_an_interrupted_run_fails_and_its_header_says_so(tmp_path, signal):
+    results = _small_results(interrupted=signal)
+    reason = f"the run was interrupted by {signal} before every check ran"
+    assert overall_verdict(results) == ("fail", [reason])  # its gate and checks all passed: still a failure
+    results["gates"][0]["verdict"] = "fail"
+    assert overall_verdict(results) == ("fail", [reason, "1 gate(s) failed"])
+    html = render_report(_small_results(interrupted=signal), tmp_path / "r.html").read_text()
+    assert 'class="verdict verdict-fail">FAIL<' in html and "<title>vit-audit report: FAIL" in html
+    assert ">PASS<" not in html
+    (line,) = re.findall(r'<p class="error run-interrupted">([^<]*)</p>', html)
+    assert f"interrupted by {signal} before every check ran" in line
+
+
+def test_files_left_out_are_listed_escaped_and_at_most_ten_in_the_header(tmp_path):
+    left_out = [{"path": f"photos/<script>alert({i})</script>.png", "reason": "identical bytes to another image "
+                 "(counted once)", "same_as": 'photos/a&"b".png'} for i in range(11)]
+    left_out += [{"path": "photos/photo1.png", "reason": "listed more than once (the same file)"}, "not a record"]
+    html = render_report(_small_results(images_left_out=left_out), tmp_path / "r.html").read_text()
+    assert "<script" not in html.lower()
+    header = _header(html)
+    assert "<td>20, of which 1 could not be audited; 13 file(s) left out:" in header
+    items = re.findall(r"<li>([^<]*)</li>", header.split('<ul class="small left-out-images">')[1].split("</ul>")[0])
+    assert len(items) == 11 and items[-1].startswith("and 3 more")
+    assert items[0] == ("photos/&lt;script&gt;alert(0)&lt;/script&gt;.png: identical bytes to another image (counted "
+                        "once) (same as photos/a&amp;&#34;b&#34;.png)")
+    assert "photo1.png" not in header  # the 12th entry is counted, not named
+
+
+def test_an_older_results_file_renders_as_before_and_the_new_keys_change_only_the_header(tmp_path):
+    old = _small_results()
+    for image in old["images"]:
+        del image["sha256"]
+    del old["gates"][0]["flat_images"]
+    new = _small_results(interrupted="SIGTERM", images_left_out=[
+        {"path": "photos/copy.png", "reason": "identical bytes to another image (counted once)",
+         "same_as": "photos/photo1.png"}])
+    pages = {}
+    for name, results in (("old", old), ("new", new)):
+        html = render_report(results, tmp_path / f"{name}.html").read_text()
+        pages[name] = re.sub(r"rendered in [0-9.]+ s", "", html)
+    assert 'class="verdict verdict-pass">PASS<' in pages["old"] and "run-interrupted" not in pages["old"]
+    assert "<td>20, of which 1 could not be audited</td>" in pages["old"] and "left out:" not in _header(pages["old"])
+    assert 'class="verdict verdict-fail">FAIL<' in pages["new"] and "run-interrupted" in pages["new"]
+    assert ("; 1 file(s) left out:" in pages["new"]
+            and "photos/copy.png: identical bytes to another image (counted once) (same as photos/photo1.png)"
+            in pages["new"])
+    body = {name: html.split("</header>", 1)[1] for name, html in pages.items()}
+    assert body["new"] == body["old"]  # gates, checks and image sections as before
 
 
 # -- limits -------------------------------------------------------------------------------------------------------

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-import pytest
+import datetime
+import math
+import os
+import re
+import sys
+import threading
 
-from audit.settings import output_settings, resolve_settings
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audit.settings import OPTIONS, output_settings, read_toml_table, resolve_settings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 BASE = {"model": ["test_vit"], "checkpoint": ["w.safetensors"], "images": ["photos"]}
 
@@ -78,3 +92,370 @@ def test_output_settings_are_read_leniently_for_a_run_that_cannot_start(tmp_path
     # An empty --report turns the policy's report off, as it does for a run that starts.
     assert output_settings({"report": ""}, None, pyproject)["report"] is None
     assert resolve_settings({**BASE, "report": ""}).report is None
+
+
+# --- Ranges: one definition, used by the settings, output_settings and the report renderer. ---------------------
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert type(err.value) is ValueError and message and len(message.splitlines()) == 1, repr(message)
+    return message
+
+
+@pytest.mark.parametrize("cli, message", [
+    ({"seed": "-1"}, r"^seed: expected an integer in \[0, 4294967295\], got -1$"),
+    ({"seed": str(2**32)}, r"^seed: expected an integer in \[0, 4294967295\], got 4294967296$"),
+    ({"seed": "9" * 400}, r"^seed: expected an integer in \[0, 4294967295\], got 9999"),
+    ({"threshold": "nan"}, r"^threshold: expected a finite number, got nan$"),
+    ({"threshold": "-inf"}, r"^threshold: expected a finite number, got -inf$"),
+    ({"randomisation_threshold": "nan"}, r"^randomisation-threshold: expected a Spearman correlation in \[-1, 1\], "
+                                         r"got nan$"),
+    ({"randomisation_threshold": "1.5"}, r"^randomisation-threshold: expected a Spearman correlation in \[-1, 1\]"),
+    ({"report_thumbnail": "7"}, r"^report-thumbnail: expected an integer number of pixels in \[8, 512\], got 7$"),
+    ({"report_thumbnail": "513"}, r"^report-thumbnail: expected an integer number of pixels in \[8, 512\], got 513$"),
+    ({"report_max_mb": "inf"}, r"^report-max-mb: expected a size in MB in \(0, 10000\), got inf$"),
+    ({"report_max_mb": "nan"}, r"^report-max-mb: expected a size in MB in \(0, 10000\), got nan$"),
+    ({"report_max_mb": "10000"}, r"^report-max-mb: expected a size in MB in \(0, 10000\), got 10000.0$"),
+    ({"steps": "10001"}, r"^steps: expected an integer in \[1, 10000\], got 10001$"),
+    ({"batch_size": str(10**30)}, r"^batch-size: expected an integer in \[1, 1000000\], got 1000000000000"),
+    ({"min_images": str(10**30)}, r"^min-images: expected an integer in \[1, 1000000\], got 1000000000000"),
+    ({"randomisation_images": "1001"}, r"^randomisation-images: expected an integer in \[1, 1000\], got 1001$"),
+    ({"fill": "nan"}, r"^fill: nan is outside \[0, 1\]$"),
+    ({"layers": [""]}, r"^layers: expected at least one block index, 'encoder' or 'all', got an empty list$"),
+    ({"methods": [" , "]}, r"^methods: expected at least one of cam,.*, got an empty list$"),
+    ({"batch_size": "0"}, r"^batch-size: expected a positive integer, got 0$"),  # the first versions' words
+])
+def test_out_of_range_values_are_refused_before_the_run_with_the_option_and_range(cli, message):
+    with pytest.raises(ValueError) as err:
+        resolve_settings({**BASE, **cli})
+    assert re.search(message, _one_line(err)), str(err.value)
+
+
+def test_the_bounds_of_every_range_are_accepted_and_exported():
+    from audit.settings import RANGES, SEED_MAX, STEPS_MAX
+
+    assert (SEED_MAX, STEPS_MAX) == (2**32 - 1, 10_000)
+    assert RANGES["seed"].high == SEED_MAX and RANGES["steps"].high == STEPS_MAX
+    for name, rng in RANGES.items():
+        for value in (rng.low, rng.high):
+            if value in rng:  # the closed ends
+                settings = resolve_settings({**BASE, name: str(value)})
+                assert getattr(settings, name) == value
+    edges = resolve_settings({**BASE, "seed": str(2**32 - 1), "randomisation_threshold": "-1", "steps": "10000",
+                              "report_max_mb": "9999.5", "report_thumbnail": "512", "fill": "0"})
+    assert (edges.seed, edges.randomisation_threshold, edges.steps) == (2**32 - 1, -1.0, 10_000)
+
+
+def test_a_range_error_from_a_file_names_the_file(tmp_path):
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text("[tool.vit-audit]\nsteps = 0\n")
+    with pytest.raises(ValueError) as err:
+        resolve_settings(BASE, None, pyproject)
+    assert _one_line(err) == f"steps: expected a positive integer, got 0 (in {pyproject} [tool.vit-audit])"
+    config = tmp_path / "policy.toml"
+    config.write_text("seed = -1\nsteps = 5\n")
+    with pytest.raises(ValueError) as err:
+        resolve_settings(BASE, config, pyproject)  # the effective value's file: the config file wins
+    assert _one_line(err) == f"seed: expected an integer in [0, 4294967295], got -1 (in {config})"
+    assert resolve_settings({**BASE, "seed": "4"}, config).seed == 4  # the command line overrides the bad value
+
+
+def test_render_report_and_the_settings_share_the_ranges_of_the_report_options(monkeypatch):
+    import reports.render
+    from audit.settings import RANGES
+    from reports.render import render_report
+
+    class Accepted(Exception):
+        pass
+
+    def accepted():
+        raise Accepted
+
+    monkeypatch.setattr(reports.render, "_environment", accepted)  # past the argument check: the value was taken
+
+    def renderer_takes(**kwargs) -> bool:
+        try:
+            render_report({}, "unused.html", **kwargs)
+        except Accepted:
+            return True
+        except ValueError:
+            return False
+        raise AssertionError("render_report neither accepted nor refused")
+
+    def settings_take(name, value) -> bool:
+        try:
+            resolve_settings({**BASE, name: str(value)})
+        except ValueError as err:
+            assert str(err).startswith(name.replace("_", "-") + ": ")
+            return False
+        return True
+
+    pixels, size = RANGES["report_thumbnail"], RANGES["report_max_mb"]
+    for value in (pixels.low - 1, pixels.low, pixels.low + 1, 64, pixels.high - 1, pixels.high, pixels.high + 1):
+        taken = pixels.low <= value <= pixels.high
+        assert renderer_takes(thumbnail=value) is settings_take("report_thumbnail", value) is taken, value
+        taken_leniently = output_settings({"report_thumbnail": str(value)})["report_thumbnail"] == value
+        assert taken_leniently is taken, value
+    for value in (-1.0, 0.0, 1e-9, 5.0, size.high - 0.5, float(size.high), size.high + 1.0, math.inf, math.nan):
+        taken = 0 < value < size.high
+        assert renderer_takes(max_mb=value) is settings_take("report_max_mb", value) is taken, value
+        taken_leniently = output_settings({"report_max_mb": str(value)})["report_max_mb"] == value
+        assert taken_leniently is taken, value
+
+
+# --- TOML of the wrong shape, and files that are not readable TOML. ----------------------------------------------
+
+WRONG_SHAPES = [
+    ("tool = 5\n", "tool: expected a table, got 5"),
+    ("[tool]\nvit-audit = 5\n", "tool.vit-audit: expected a table, got 5"),
+    ('[tool]\nvit-audit = ["steps"]\n', "tool.vit-audit: expected a table, got ['steps']"),
+    ("steps = {a = 1}\n", "steps: {'a': 1} is not a valid int"),
+    ("threshold = [0.1]\n", "threshold: [0.1] is not a valid float"),
+    ("device = {a = 1}\n", "device: {'a': 1} is not a valid string"),
+    ("report = 5\n", "report: 5 is not a valid string"),
+    ("gate = [{x = 1}]\n", "gate: expected a string or a list of strings, got {'x': 1}"),
+    ("methods = [[\"cam\"]]\n", "methods: expected a string or a list of strings, got ['cam']"),
+    ("limits = 5\n", "limits: expected a table of method@stage = {...}, got 5"),
+    ('limits = ["cam@encoder"]\n', "limits: expected a table of method@stage = {...}, got ['cam@encoder']"),
+    ('limits."cam@encoder" = 5\n', "limits.cam@encoder: expected a table of max_morf_auc, min_lerf_auc, min_abpc, "
+                                   "got 5"),
+    ('limits."cam@encoder".max_morf_auc = "x"\n', "limits.cam@encoder.max_morf_auc: expected a finite number, "
+                                                  "got 'x'"),
+    ('limits."cam@encoder".max_morf_auc = {a = 1}\n', "limits.cam@encoder.max_morf_auc: expected a finite number, "
+                                                      "got {'a': 1}"),
+    ('limits."cam@encoder".max_morf_auc = true\n', "limits.cam@encoder.max_morf_auc: expected a finite number, "
+                                                   "got True"),
+    ('limits."cam@encoder".min_abpc = nan\n', "limits.cam@encoder.min_abpc: expected a finite number, got nan"),
+    (f'limits."cam@encoder".min_abpc = {10**400}\n', "limits.cam@encoder.min_abpc: expected a finite number, got 1"),
+    ('limits."cam@encoder".max_abpc = 0.1\n', "limits.cam@encoder: unknown limits ['max_abpc']"),
+    ('limits.cam-encoder.min_abpc = 0.1\n', "limits: 'cam-encoder' is not method@stage"),
+    ('limits."cam@\\n" = 5\n', "limits.'cam@\\n': expected a table of"),
+    (f"threshold = {10**400}\n", "threshold: 1000000"),
+]
+
+
+@pytest.mark.parametrize("where", ["audit-config", "pyproject"])
+@pytest.mark.parametrize("text, message", WRONG_SHAPES)
+def test_toml_of_the_wrong_shape_is_one_line_naming_the_key_and_the_file(tmp_path, where, text, message):
+    if where == "pyproject":
+        path = tmp_path / "pyproject.toml"
+        if not text.startswith(("tool", "[tool]")):
+            text = "[tool.vit-audit]\n" + text.replace("[tool.vit-audit]\n", "")
+        path.write_text(text)
+        args = (BASE, None, path)
+    else:
+        path = tmp_path / "policy.toml"
+        path.write_text(text)
+        args = (BASE, path)
+    with pytest.raises(ValueError) as err:
+        resolve_settings(*args)
+    line = _one_line(err)
+    assert line.startswith(message) and f"(in {path}" in line, line
+    assert output_settings({}, *args[1:]) == DEFAULT_OUTPUTS  # the lenient reader passes them over
+
+
+DEFAULT_OUTPUTS = {"audit_json": None, "report": None, "report_thumbnail": 64, "report_max_mb": 5.0}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("steps = true\n", "steps: True is not a valid int"),
+    ("batch-size = false\n", "batch-size: False is not a valid int"),
+    ("threshold = true\n", "threshold: True is not a valid float"),
+    ("fill = false\n", "fill: False is not a valid float"),
+    ("report-max-mb = true\n", "report-max-mb: True is not a valid float"),
+    ("strict = 5\n", "strict: 5 is not a valid bool"),
+    ("strict = 0\n", "strict: 0 is not a valid bool"),
+    ('strict = "maybe"\n', "strict: 'maybe' is not a valid bool"),
+    ("strict = [true]\n", "strict: [True] is not a valid bool"),
+    ("layers = [true]\n", "layers: expected a string or a list of strings, got True"),
+    ("methods = [false]\n", "methods: expected a string or a list of strings, got False"),
+    ("model = true\n", "model: expected a string or a list of strings, got True"),
+])
+def test_booleans_and_numbers_are_not_taken_for_each_other(tmp_path, text, message):
+    config = tmp_path / "policy.toml"
+    config.write_text(text)
+    with pytest.raises(ValueError) as err:
+        resolve_settings(BASE, config)
+    assert _one_line(err) == f"{message} (in {config})"
+
+
+def test_booleans_that_are_booleans_and_layer_numbers_are_still_taken(tmp_path):
+    config = tmp_path / "policy.toml"
+    config.write_text('strict = true\nlayers = [0, "encoder"]\nsteps = 12.0\nfill = 0\n')
+    settings = resolve_settings(BASE, config)
+    assert (settings.strict, settings.layers, settings.steps, settings.fill) == (True, ["0", "encoder"], 12, 0.0)
+    assert resolve_settings({**BASE, "strict": "yes"}).strict is True
+
+
+def test_a_number_on_the_command_line_overrides_the_policy_even_when_it_is_zero(tmp_path):
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text("[tool.vit-audit]\nthreshold = 0.5\nseed = 3\n")
+    settings = resolve_settings({**BASE, "threshold": 0, "seed": 0}, None, pyproject)
+    assert (settings.threshold, settings.seed) == (0.0, 0)
+
+
+def _within(seconds: float, function):
+    """Run ``function`` in a thread; (finished, result-or-exception)."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = function()
+        except BaseException as err:  # handed back to the test
+            box["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive(), box
+
+
+def _unblock(fifo) -> None:
+    """Release a reader stuck opening ``fifo`` (a regression), so that no thread is left hanging."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_as_audit_config_is_refused_without_opening_it(tmp_path):
+    fifo = tmp_path / "policy.toml"
+    os.mkfifo(fifo)
+    try:
+        finished, box = _within(10, lambda: resolve_settings(BASE, fifo))
+        assert finished, "resolve_settings hangs on a FIFO"
+        err = box.get("error")
+        assert type(err) is ValueError, box
+        assert str(err) == f"audit-config: {str(fifo)!r} is not a regular file (a FIFO); pass a TOML file"
+        finished, box = _within(10, lambda: output_settings({"report": "r.html"}, fifo, fifo))
+        assert finished, "output_settings hangs on a FIFO"
+        assert box == {"result": {**DEFAULT_OUTPUTS, "report": "r.html"}}
+        finished, box = _within(10, lambda: read_toml_table(fifo, "tool.vit-audit", option="pyproject"))
+        assert finished and type(box.get("error")) is ValueError, box
+    finally:
+        _unblock(fifo)
+
+
+def _folder(tmp_path):
+    return tmp_path
+
+
+def _missing(tmp_path):
+    return tmp_path / "missing.toml"
+
+
+def _latin1(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('report = "r\xe9sum\xe9.html"\n'.encode("latin-1"))
+    return path
+
+
+def _invalid(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("threshold = = 0.1\n")
+    return path
+
+
+def _long_integer(tmp_path):
+    path = tmp_path / "long.toml"
+    path.write_text("steps = " + "9" * 5000 + "\n")
+    return path
+
+
+def _deep(tmp_path):
+    path = tmp_path / "deep.toml"
+    path.write_text("gate = " + "[" * 5000 + "]" * 5000 + "\n")
+    return path
+
+
+@pytest.mark.parametrize("make, tail", [
+    (_folder, r"is not a regular file \(a folder\); pass a TOML file"),
+    (_missing, r"not found"),
+    (_latin1, r"is not UTF-8 text \(byte 0xe9 at offset 11\)"),
+    (_invalid, r"is not valid TOML \(.*line 1.*\)"),
+    (_long_integer, r"is not valid TOML \(.*\)"),
+    (_deep, r"is not valid TOML \(nested too deeply\)"),
+])
+def test_an_audit_config_that_is_not_a_readable_toml_file_is_one_line(tmp_path, make, tail):
+    path = make(tmp_path)
+    with pytest.raises(ValueError) as err:
+        resolve_settings(BASE, path)
+    assert re.fullmatch(rf"audit-config: {re.escape(repr(str(path)))} {tail}", _one_line(err)), str(err.value)
+    assert output_settings({}, path, path) == DEFAULT_OUTPUTS
+
+
+def test_a_pyproject_of_the_wrong_shape_names_that_file_and_output_settings_pass_it_over(tmp_path):
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('tool = "vit-audit"\n')
+    with pytest.raises(ValueError) as err:
+        resolve_settings(BASE, None, pyproject)
+    assert _one_line(err) == f"tool: expected a table, got 'vit-audit' (in {pyproject})"
+    assert output_settings({"report": "r.html"}, None, pyproject)["report"] == "r.html"
+    pyproject.write_bytes(b"[tool.vit-audit]\nsteps = 3\n\xff\n")
+    with pytest.raises(ValueError) as err:
+        resolve_settings(BASE, None, pyproject)
+    assert _one_line(err) == f"pyproject: {str(pyproject)!r} is not UTF-8 text (byte 0xff at offset 27)"
+
+
+# --- Property: any TOML-able value under any option gives settings or a one-line ValueError. ---------------------
+
+OPTION_KEYS = sorted({*OPTIONS, *(name.replace("_", "-") for name in OPTIONS), "limits"})
+INNER_KEYS = st.one_of(st.sampled_from(["vit-audit", "cam@encoder", "grad@0", "max_morf_auc", "min_abpc", "a", ""]),
+                       st.text(max_size=8))
+SCALARS = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-2**70, max_value=2**70),
+    st.sampled_from([0, 1, -1, 7, 8, 512, 513, 10_000, 2**32 - 1, 2**32, 10**400]),
+    st.floats(allow_subnormal=False),  # conftest flushes denormals to zero
+    st.sampled_from(["", "none", "cam", "cam,random", "cam@encoder", "grad@0", "all", "encoder", "0", "-1", "true",
+                     "nan", "inf", "1e999", "cpu", "patch", "bfloat16", "relu"]),
+    st.text(max_size=12),
+    st.dates(),
+    st.datetimes(),
+)
+VALUES = st.recursive(SCALARS, lambda children: st.one_of(st.lists(children, max_size=4),
+                                                          st.dictionaries(INNER_KEYS, children, max_size=4)),
+                      max_leaves=12)
+
+
+def _toml_string(text: str) -> str:
+    escaped = "".join("\\" + ch if ch in '"\\' else f"\\u{ord(ch):04x}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch
+                      for ch in text)
+    return f'"{escaped}"'
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, str)):
+        return str(value) if isinstance(value, int) else _toml_string(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    return "{" + ", ".join(f"{_toml_string(key)} = {_toml(item)}" for key, item in value.items()) + "}"
+
+
+@given(table=st.dictionaries(st.sampled_from([*OPTION_KEYS, "tool"]), VALUES, min_size=1, max_size=3))
+@settings(max_examples=200, deadline=None)
+def test_any_toml_values_give_settings_or_one_line_value_error_and_output_settings_never_raise(tmp_path_factory,
+                                                                                              table):
+    folder = tmp_path_factory.mktemp("property")
+    body = "".join(f"{_toml_string(key)} = {_toml(value)}\n" for key, value in table.items())
+    tomllib.loads(body)  # the file is TOML: what is checked is how its values are taken
+    config, pyproject = folder / "policy.toml", folder / "pyproject.toml"
+    config.write_text(body)
+    pyproject.write_text("[tool.vit-audit]\n" + body)
+    for cli, args, path in ((BASE, (config,), config), (BASE, (None, pyproject), pyproject),
+                            ({**BASE, **table}, (), None)):
+        try:
+            resolve_settings(cli, *args)
+        except ValueError as err:
+            message = str(err)
+            assert type(err) is ValueError and len(message.splitlines()) == 1, repr(message)
+            assert path is None or str(path) in message, message
+    assert set(output_settings({}, config, pyproject)) == set(DEFAULT_OUTPUTS)
+    assert set(output_settings({**table}, config, pyproject)) == set(DEFAULT_OUTPUTS)

@@ -1,0 +1,194 @@
+"""The report's run-level sections: the verdict and header, the gates, and the charts over the image set.
+
+Each function reads the results dict (leniently, see :mod:`reports.values`) and returns the template's context for
+its section; the per-image sections are :mod:`reports.render`'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import charts
+from .values import _dict, _list, _num, _pair, _records, _sorted_stages, _stage_order, fmt, fmt_ci
+
+__all__ = ["aggregates", "gate_rows", "header", "overall_verdict"]
+
+
+LEFT_OUT_SHOWN = 10  # files left out that the header names; it counts the rest
+
+
+def _interruption(results: dict[str, Any]) -> str | None:
+    """The signal that stopped the run (``interrupted``: ``SIGTERM`` or ``SIGINT``), or None if it ran to its end."""
+    signal = results.get("interrupted")
+    if not signal:
+        return None
+    return signal if isinstance(signal, str) else "a signal"
+
+
+def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
+    """``fail`` if the run stopped or was interrupted, a gate failed or a check failed or errored; ``inconclusive``
+    if a gate is; else ``pass``.
+
+    Returns:
+        The verdict and the reasons for it, in words.
+    """
+    if results.get("error"):
+        return "fail", ["the run stopped before any check ran"]
+    gates = _records(results, "gates")
+    checks = _records(results, "checks")
+    failed_gates = [g for g in gates if g.get("verdict") == "fail"]
+    inconclusive = [g for g in gates if g.get("verdict") == "inconclusive"]
+    failed = [c for c in checks if c.get("outcome") == "failed"]
+    errors = [c for c in checks if c.get("outcome") == "error"]
+    reasons = []
+    signal = _interruption(results)
+    if signal:  # the checks that would have run are missing: what was recorded cannot make it pass
+        reasons.append(f"the run was interrupted by {signal} before every check ran")
+    if failed_gates:
+        reasons.append(f"{len(failed_gates)} gate(s) failed")
+    if failed:
+        reasons.append(f"{len(failed)} check(s) failed")
+    if errors:
+        reasons.append(f"{len(errors)} check(s) errored")
+    if reasons:
+        return "fail", reasons
+    if inconclusive:
+        return "inconclusive", [f"{len(inconclusive)} gate(s) inconclusive"]
+    if not gates and not checks:
+        return "pass", ["no gate and no check recorded"]
+    return "pass", [f"{len(gates)} gate(s) passed", f"{len(checks)} check(s) without failure"]
+
+
+def _perturbation_text(perturbation: dict[str, Any]) -> str:
+    """How the MoRF/LeRF curves were measured, in words: the caption of every curve and score."""
+    steps = perturbation.get("steps", "?")
+    fill = perturbation.get("fill")
+    if isinstance(fill, (list, tuple)):
+        fill_text = "(" + ", ".join(fmt(v, 3) for v in fill) + ")"
+    else:
+        fill_text = fmt(fill, 3) + (f" = {round(fill * 255)}/255" if _num(fill) is not None else "")
+    unit = perturbation.get("unit", "pixel")
+    amp = perturbation.get("amp")
+    return (f"{steps} steps; image k of {steps}+1 has the first round(k·N/{steps}) {unit}s of the map's ranking "
+            f"(N {unit}s of the model input) replaced by the fill {fill_text} in pixel space, all channels, before "
+            f"normalisation; ranking: the map upsampled {perturbation.get('interpolation', 'bilinearly')} to the "
+            f"model input, MoRF descending, LeRF ascending, ties in row-major order; y_k: softmax probability of the "
+            f"explained class (the clean image's top-1); AUC: {perturbation.get('auc_rule', 'trapezoid')}; "
+            f"ABPC = LeRF AUC − MoRF AUC (lower MoRF AUC, higher LeRF AUC and higher ABPC are better); "
+            f"{'float32' if not amp else f'autocast {amp}'} forwards")
+
+
+def header(results: dict[str, Any]) -> dict[str, Any]:
+    """The header: verdict, interruption, models, environment, images (and files left out), policy; and the check
+    counts and problems."""
+    runs = _records(results, "runs")
+    verdict, reasons = overall_verdict(results)
+    checks = _records(results, "checks")
+    counts: dict[str, int] = {}
+    for check in checks:
+        counts[str(check.get("outcome"))] = counts.get(str(check.get("outcome")), 0) + 1
+    image_count = len(_list(results.get("images"))) or len({r.get("image") for r in runs})
+    left_out = [{"path": str(e.get("path") or "unknown file"), "reason": str(e.get("reason") or "left out"),
+                 "same_as": None if e.get("same_as") is None else str(e["same_as"])}
+                for e in _records(results, "images_left_out")]
+    return {
+        "verdict": verdict, "reasons": reasons, "environment": _dict(results.get("environment")),
+        "models": _records(results, "models"),
+        "created": results.get("created"), "seconds": fmt(results.get("seconds"), 1),
+        "schema": results.get("schema"), "image_count": image_count,
+        "errors": [r for r in runs if r.get("error")], "policy": _dict(results.get("policy")),
+        "perturbation": _dict(results.get("perturbation")), "embedded_default": results.get("embedded_default"),
+        "check_counts": counts, "run_error": results.get("error"), "interrupted": _interruption(results),
+        "left_out": left_out[:LEFT_OUT_SHOWN], "left_out_count": len(left_out),
+        "problems": [c for c in checks if c.get("outcome") in ("failed", "error")],
+    }
+
+
+def gate_rows(results: dict[str, Any], anchors: dict[tuple[Any, Any], str]) -> list[dict[str, Any]]:
+    """One row per gate; ``anchors`` maps (model id, image id) to the image's section, linked from its worst images."""
+    rows = []
+    for gate in _records(results, "gates"):
+        baseline = _dict(gate.get("random_baseline"))
+        worst = []
+        for item in _list(gate.get("worst_images")):
+            item = _dict(item)
+            worst.append({"image": str(item.get("image")), "abpc": fmt(item.get("abpc"), 3, True),
+                          "anchor": anchors.get((gate.get("model_id"), item.get("image")))})
+        rows.append({
+            "model": gate.get("model_id") or gate.get("model"), "model_name": gate.get("model"),
+            "method": gate.get("method"), "stage": gate.get("stage"),
+            "statistic": fmt(gate.get("statistic"), 3, True), "ci": fmt_ci(gate.get("ci95"), 3, True),
+            "threshold": fmt(gate.get("threshold"), 3, True), "n_images": gate.get("n_images"),
+            "verdict": str(gate.get("verdict") or "unknown"), "reason": gate.get("reason"),
+            "morf": f"{fmt(gate.get('morf_auc'))} {fmt_ci(gate.get('morf_auc_ci95'))}",
+            "lerf": f"{fmt(gate.get('lerf_auc'))} {fmt_ci(gate.get('lerf_auc_ci95'))}",
+            "baseline": (f"{fmt(baseline.get('statistic'), 3, True)} {fmt_ci(baseline.get('ci95'), 3, True)}, "
+                         f"n={baseline.get('n_images')}" if baseline else "n/a"),
+            "worst": worst, "rule": gate.get("rule"),
+            "degenerate": {str(k): str(v) for k, v in _dict(gate.get("degenerate_images")).items()},
+            "unreadable": [str(x) for x in _list(gate.get("unreadable_images"))],
+            "bootstrap": f"seed {gate.get('seed')}, {gate.get('n_boot')} resamples",
+        })
+    return rows
+
+
+def _profile_line(label: str, rows: list[dict[str, Any]], name: str, colour: str, dash: str | None = None) -> tuple:
+    """One series of a layer-wise profile: a summary field and its CI (``<name>_ci``) at each stage."""
+    return label, [_num(r.get(name)) for r in rows], [_pair(r.get(f"{name}_ci")) for r in rows], colour, dash
+
+
+def aggregates(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per model: the layer-wise profile of every method and the randomisation curves."""
+    out = []
+    models = _records(results, "models")
+    summaries = _records(results, "summaries")
+    sanity = _records(results, "randomisation")
+    model_ids = list(dict.fromkeys([m.get("id") for m in models] + [s.get("model_id") for s in summaries]
+                                   + [s.get("model_id") for s in sanity]))
+    for model_id in model_ids:
+        mine = [s for s in summaries if s.get("model_id") == model_id]
+        methods = list(dict.fromkeys(str(s.get("method")) for s in mine))
+        by_key = {(str(s.get("method")), str(s.get("stage"))): s for s in mine}
+        stages = _sorted_stages(str(s.get("stage")) for s in mine)
+        profiles = []
+        for method in methods:
+            rows = [by_key.get((method, stage), {}) for stage in stages]
+            series = [_profile_line("MoRF AUC", rows, "morf_auc", charts.MORF),
+                      _profile_line("LeRF AUC", rows, "lerf_auc", charts.LERF),
+                      _profile_line("ABPC", rows, "abpc", charts.ABPC)]
+            if method != "random" and "random" in methods:
+                baseline = [by_key.get(("random", stage), {}) for stage in stages]
+                series.append(_profile_line("random ABPC", baseline, "abpc", charts.BASELINE, "4 3"))
+            counts = sorted({s.get("n_images") for s in mine if s.get("method") == method}, key=str)
+            first = next((s for s in mine if s.get("method") == method), {})
+            profiles.append({
+                "method": method,
+                "chart": charts.profile_chart(f"layer-wise faithfulness of {method} ({model_id})", stages, series),
+                "n_images": ", ".join(str(c) for c in counts), "seed": first.get("seed"),
+                "n_boot": first.get("n_boot")})
+        randomisation = []
+        for record in (s for s in sanity if s.get("model_id") == model_id):
+            curves = {k: _dict(v) for k, v in _dict(record.get("curves")).items()}
+            by_method: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+            for key, curve in curves.items():
+                by_method.setdefault(str(curve.get("method") or key.split("@")[0]), []).append((key, curve))
+            for method, items in by_method.items():
+                items.sort(key=lambda kc: _stage_order(str(kc[1].get("stage") or kc[0].split("@")[-1])))
+                labels = next((_list(c.get("labels")) for _, c in items if c.get("labels")), [])
+                lines = []
+                for i, (key, curve) in enumerate(items):
+                    colour = charts.PALETTE[i % len(charts.PALETTE)]
+                    dash = None if i < len(charts.PALETTE) else ("4 3" if i < 2 * len(charts.PALETTE) else "1 2")
+                    lines.append((str(curve.get("stage") or key), [_num(v) for v in _list(curve.get("spearman"))],
+                                  colour, dash))
+                randomisation.append({
+                    "method": method,
+                    "chart": charts.randomisation_chart(
+                        f"randomisation of {method} maps ({model_id})", [str(x) for x in labels], lines,
+                        _num(record.get("threshold"))),
+                    "after": [{"stage": str(c.get("stage") or k), "step": c.get("dependency_step"),
+                               "value": fmt(c.get("after_dependencies"), 3, True)} for k, c in items],
+                    "images": ", ".join(str(x) for x in _list(record.get("images"))) or "none",
+                    "threshold": fmt(record.get("threshold"), 2), "rule": record.get("rule")})
+        out.append({"model_id": model_id, "profiles": profiles, "randomisation": randomisation})
+    return out

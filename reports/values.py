@@ -1,0 +1,72 @@
+"""Lenient readers of the results dict and the report's number formats.
+
+A results file may be partial or hand-edited: every reader here tolerates missing, null or mistyped fields.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["fmt", "fmt_ci"]
+
+
+# -- small readers that tolerate missing or null fields -----------------------------------------------------------
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _pair(value: Any) -> tuple[float | None, float | None] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return _num(value[0]), _num(value[1])
+    return None
+
+
+def _records(results: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The records of a top-level list of the results (``runs``, ``gates``, ...); a non-dict record reads as ``{}``."""
+    return [_dict(record) for record in _list(results.get(key))]
+
+
+def fmt(value: Any, digits: int = 3, signed: bool = False) -> str:
+    """A number for a table cell; ``n/a`` for null or non-numbers."""
+    number = _num(value)
+    if number is None:
+        return "n/a"
+    return f"{number:+.{digits}f}" if signed else f"{number:.{digits}f}"
+
+
+def fmt_ci(value: Any, digits: int = 3, signed: bool = False) -> str:
+    pair = _pair(value)
+    if pair is None:
+        return "n/a"
+    return f"[{fmt(pair[0], digits, signed)}, {fmt(pair[1], digits, signed)}]"
+
+
+# -- stages: patch_embed, embed, blocks 0..L-1, encoder -----------------------------------------------------------
+def _stage_order(stage: str) -> tuple[int, int]:
+    order = {"patch_embed": -2, "embed": -1, "encoder": 10**6}
+    if stage in order:
+        return (0, order[stage])
+    try:
+        return (0, int(stage))
+    except ValueError:
+        return (1, 0)
+
+
+def _sorted_stages(stages: Iterable[str]) -> list[str]:
+    return sorted(dict.fromkeys(str(s) for s in stages), key=_stage_order)
+
+
+def _stage_title(stage: str) -> str:
+    return {"patch_embed": "patch emb.", "embed": "embedding", "encoder": "encoder"}.get(stage, f"block {stage}")
