@@ -7,7 +7,7 @@ The pipeline, one module a stage: :mod:`~audit.models` (load a checkpoint safely
 """
 
 from .capture import Capture, capture
-from .errors import AuditError, CheckpointError, ImageError, ModelLoadError, UnsupportedModelError
+from .errors import AuditError, CheckpointError, ImageError, ModelLoadError, NonFiniteError, UnsupportedModelError
 from .images import PreparedImage, find_images, normalize, prepare_image
 from .layout import TokenLayout, check_supported, layout_of, stage_names
 from .maps import ACTIVATIONS, METHODS, MapResult, compute_maps
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS", "METHODS", "SCORE_DIRECTION",
-    "AuditError", "CheckpointError", "ImageError", "ModelLoadError", "UnsupportedModelError",
+    "AuditError", "CheckpointError", "ImageError", "ModelLoadError", "NonFiniteError", "UnsupportedModelError",
     "Capture", "Curves", "ImageAudit", "LoadedModel", "MapResult", "PatchInverse", "PerturbationConfig",
     "PreparedImage", "Restoration", "Summary", "TokenLayout",
     "audit_image", "audit_images", "auc", "bootstrap_ci", "capture", "check_supported", "compute_maps",

@@ -25,3 +25,7 @@ class UnsupportedModelError(AuditError, TypeError):
 
 class ImageError(AuditError, ValueError):
     """An image that cannot be read or does not fit the model."""
+
+
+class NonFiniteError(AuditError, ValueError):
+    """A model whose activations on an image are not finite (NaN or infinity): nothing measured on it means anything."""

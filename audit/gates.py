@@ -50,12 +50,17 @@ class _Stat:
 
 @dataclass
 class GateInput:
-    """Per-image AUCs of one gated map; ``degenerate`` lists the images where the map could not be ranked."""
+    """Per-image AUCs of one gated map.
+
+    ``degenerate`` lists the images where the map could not be ranked; ``flat`` the measured images whose class
+    probability did not move under any removal (MoRF and LeRF curves constant), where ABPC is 0 whatever the map.
+    """
 
     images: list[str] = field(default_factory=list)
     morf_auc: list[float] = field(default_factory=list)
     lerf_auc: list[float] = field(default_factory=list)
     degenerate: dict[str, str] = field(default_factory=dict)
+    flat: list[str] = field(default_factory=list)
 
 
 def _stat(values: Sequence[float], seed: int, n_boot: int) -> _Stat:
@@ -105,7 +110,7 @@ def evaluate_gate(
         "threshold": threshold, "n_images": n,
         "morf_auc": morf.mean, "morf_auc_ci95": list(morf.ci), "lerf_auc": lerf.mean, "lerf_auc_ci95": list(lerf.ci),
         "worst_images": [{"image": image, "abpc": value} for image, value in worst],
-        "degenerate_images": dict(data.degenerate), "seed": seed, "n_boot": n_boot,
+        "degenerate_images": dict(data.degenerate), "flat_images": list(data.flat), "seed": seed, "n_boot": n_boot,
         "rule": (f"pass if the 95% CI of the mean ABPC is above {threshold}, fail if below, else inconclusive; "
                  f"at least {min_images} images"),
     }
@@ -119,6 +124,11 @@ def evaluate_gate(
     if n == 0:
         reasons = "; ".join(sorted(set(data.degenerate.values()))) or "no image was measured"
         verdict, reason = "fail", f"{method}@{stage} could not be scored on any image: {reasons}"
+    elif len(set(data.flat) & set(data.images)) == n:
+        verdict = "inconclusive"
+        reason = (f"{what}, but the probability of the explained class is constant under every removal on all {n} "
+                  "images (for example a 1-class head, whose softmax is always 1): ABPC is 0 whatever the map, so "
+                  "faithfulness cannot be measured on this model")
     elif n < min_images:
         verdict = "inconclusive"
         reason = f"{what}; only {n} images, at least {min_images} are needed for a decisive CI"

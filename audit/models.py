@@ -191,6 +191,31 @@ def _class_names(num_classes: int) -> list[str] | None:
     return [info.index_to_description(i) for i in range(num_classes)]
 
 
+def _default_class_names(model: nn.Module, num_classes: int) -> list[str] | None:
+    """The names of the model's label set, only when the head is the one that label set describes.
+
+    A pretrained config that names its dataset's classes (``label_names``, e.g. Fashion-MNIST's ten) gives them when
+    their count is the head's size and no names otherwise: a head of another size (a 1000-class checkpoint on that
+    architecture) never borrows ImageNet's. Without such names, a head of an ImageNet label set's size gets that
+    set's names; else None (classes are shown by index).
+    """
+    label_names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+    if label_names:
+        return list(label_names) if len(label_names) == num_classes else None
+    return _class_names(num_classes)
+
+
+def _check_finite(model: nn.Module, label: str) -> None:
+    """Refuse weights with NaN or infinity: every number the audit computes from them would be meaningless."""
+    bad = [key for key, value in model.state_dict().items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        more = f", ... (+{len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else ""
+        raise CheckpointError(f"checkpoint {label!r} has non-finite weights (NaN or infinity) in {len(bad)} "
+                              f"tensor(s): {', '.join(bad[:MAX_LISTED])}{more}; re-export the model from a "
+                              "healthy training state")
+
+
 def _data_config(model: nn.Module, name: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
     """timm's data config of the model, with the input size the model was built for and the user's overrides."""
     from timm.data import resolve_model_data_config
@@ -288,13 +313,11 @@ def load_model(
             raise CheckpointError(f"checkpoint {label!r} does not fit model {name!r}: {problem}")
         model.load_state_dict(state_dict, strict=True)
     model.eval()
+    _check_finite(model, label or f"{name} ({'pretrained' if pretrained else 'random init'})")
 
     data_config = _data_config(model, name, data_config)
     classes = int(model.num_classes)
-    names = class_names
-    if names is None:
-        label_names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
-        names = list(label_names) if label_names and len(label_names) == classes else _class_names(classes)
+    names = class_names if class_names is not None else _default_class_names(model, classes)
     if names is not None and len(names) != classes:
         raise ValueError(f"class_names: {len(names)} names given for a model with {classes} classes")
     return LoadedModel(

@@ -28,7 +28,7 @@ from torch import nn
 from .images import normalize
 
 __all__ = ["PerturbationConfig", "Curves", "faithfulness_curves", "auc", "removal_counts", "pixel_ranks",
-           "ORDERS", "SCORE_DIRECTION"]
+           "max_steps", "ORDERS", "SCORE_DIRECTION"]
 
 ORDERS = ("morf", "lerf")
 UNITS = ("pixel", "patch")
@@ -151,6 +151,11 @@ def pixel_ranks(
     return ranks.flatten()
 
 
+def max_steps(unit: str, input_size: tuple[int, int], grid: tuple[int, int]) -> int:
+    """The most removal steps an input supports: one unit (a pixel, or a patch) removed per step at least."""
+    return int(input_size[0] * input_size[1]) if unit == "pixel" else int(grid[0] * grid[1])
+
+
 def _amp_context(device: torch.device, amp: str | None):
     if amp is None:
         return nullcontext()
@@ -191,7 +196,9 @@ def faithfulness_curves(
     steps = config.steps
     fill = torch.as_tensor(config.fill, dtype=torch.float32).expand(chans).reshape(chans, 1)
     flat_pixel = pixel.reshape(chans, -1).float()
-    units = height * width if config.unit == "pixel" else grid[0] * grid[1]
+    units = max_steps(config.unit, (height, width), grid)
+    if steps > units:
+        raise ValueError(f"steps: {steps} removal steps, but the input has only {units} {config.unit}s to remove")
     counts = removal_counts(units, steps)
 
     # One rank vector per distinct (map, order); identical maps share their curves.

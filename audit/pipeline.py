@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .capture import Capture, capture
-from .errors import AuditError
+from .errors import AuditError, NonFiniteError
 from .images import PreparedImage, normalize, prepare_image
 from .layout import normalize_stage
 from .maps import METHODS, MapResult, compute_maps
@@ -87,6 +87,7 @@ def audit_image(
     model = loaded.model.to(device)
     pixel = prepared.pixel.to(device)
     cap = capture(model, normalize(pixel, loaded.mean, loaded.std), target=target)
+    _check_finite(cap, prepared.source)
     maps = compute_maps(model, cap, methods=methods, act=act, seed=seed, image=prepared.name)
     measured = set(cap.map_stages if stages is None else (normalize_stage(s, cap.layout.depth) for s in stages))
     scored = {key: m.values for key, m in maps.items() if m.stage in measured and m.rankable}
@@ -106,6 +107,20 @@ def audit_image(
         removed_prob=shared["removed"],
         capture=cap if keep_capture else None,
     )
+
+
+def _check_finite(cap: Capture, source: str) -> None:
+    """Stop an image whose tokens, gradients or logits are not finite, naming the first stage where they are not."""
+    def first_bad(tensors: dict[str, torch.Tensor]) -> str | None:
+        return next((stage for stage in cap.stages if not bool(torch.isfinite(tensors[stage]).all())), None)
+
+    tokens, grads = first_bad(cap.tokens), first_bad(cap.grads)
+    if tokens is None and grads is None and bool(torch.isfinite(cap.logits).all()):
+        return
+    where = (f"tokens from stage {tokens} on" if tokens is not None
+             else f"gradients (first at stage {grads})" if grads is not None else "logits")
+    raise NonFiniteError(f"image {source!r}: the model's activations are not finite (NaN or infinity in its {where}), "
+                         "so nothing can be measured on this image; check the checkpoint for weights that overflow")
 
 
 def audit_images(

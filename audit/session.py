@@ -1,43 +1,36 @@
 """The state of one audit run, shared by every check: models, images, and results computed once.
 
-Per-image results and the randomisation check are computed once per (model, image) / model and kept as JSON
-records in a folder shared by every process of the run (pytest-xdist workers included), under a file lock, so
-that each is computed by exactly one process and every check, gate and the results file read the same numbers.
+Set-up (loading the models, finding the images) is :mod:`audit.inputs`; the records computed once per
+(model, image) and per model, shared by every process of the run, are kept by :mod:`audit.store`. This class ties
+them to the gates and assembles the results file.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from collections import Counter
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 
 from .errors import AuditError, ImageError
 from .gates import GateInput, evaluate_gate
-from .images import find_images, normalize, prepare_image
+from .images import normalize, prepare_image
+from .inputs import collect_images, load_models, model_id_for
 from .layout import normalize_stage, stage_names
-from .models import LoadedModel, load_model
-from .perturb import PerturbationConfig
+from .perturb import PerturbationConfig, max_steps
 from .pipeline import audit_image
 from .restore import PatchInverse
-from .results import SCHEMA, clean, environment_record, error_run_record, model_record, run_record, write_json
+from .results import SCHEMA, clean, environment_record, error_run_record, model_record, run_record
 from .sanity import randomisation_curves
 from .settings import AuditSettings
 from .stats import summarize
+from .store import RecordStore
 
 __all__ = ["AuditSession", "Case", "model_id_for"]
 
-
-def model_id_for(name: str) -> str:
-    """A short readable id: ``vit_tiny_patch16_224.augreg_in21k_ft_in1k`` -> ``vit_tiny``."""
-    base = name.split(".", 1)[0]
-    return base.split("_patch", 1)[0] if "_patch" in base else base
+FLAT_TOLERANCE = 1e-12  # a class probability that moves less than this under every removal is constant
 
 
 class Case:
@@ -50,13 +43,12 @@ class Case:
     def id(self) -> str:
         return f"{self.model_id}-{self.image_id}"
 
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.model_id, self.image_id)
+
     def __repr__(self) -> str:
         return f"Case({self.id})"
-
-
-def _image_ids(paths: list[Path]) -> list[str]:
-    stems = Counter(p.stem for p in paths)
-    return [p.stem if stems[p.stem] == 1 else f"{p.parent.name}/{p.stem}" for p in paths]
 
 
 class AuditSession:
@@ -73,49 +65,42 @@ class AuditSession:
     def __init__(self, settings: AuditSettings, workdir: str | os.PathLike[str], embedded: bool = False):
         self.settings = settings
         self.embedded = embedded
-        self.workdir = Path(workdir)
-        for sub in ("runs", "sanity", "gates"):
-            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        self.store = RecordStore(workdir)
         self.device = self._device(settings.device)
-        self.models: dict[str, LoadedModel] = {}
         # A model that cannot be loaded does not stop the others: its error is kept for its check to report. With
         # no model loaded there is nothing to audit, and the first error stops the run.
-        self.model_errors: dict[str, dict[str, str]] = {}
-        self.model_ids: list[str] = []  # every model of the run, loaded or not, in the order given
-        first_error: AuditError | None = None
-        for index, (name, checkpoint) in enumerate(zip(settings.model, settings.checkpoint)):
-            model_id = model_id_for(name)
-            if model_id in self.model_ids:
-                model_id = f"{model_id}{index}"
-            self.model_ids.append(model_id)
-            pretrained = checkpoint == "pretrained"
-            try:
-                self.models[model_id] = load_model(name, None if pretrained else checkpoint, pretrained=pretrained)
-            except AuditError as err:
-                self.model_errors[model_id] = {"name": name, "checkpoint": checkpoint, "error": str(err)}
-                first_error = first_error or err
-        if not self.models and first_error is not None:
-            raise first_error
-        paths = find_images(settings.images)
-        self.images = list(zip(_image_ids(paths), [str(p) for p in paths]))
+        loaded = load_models(settings.model, settings.checkpoint)
+        self.models, self.model_errors, self.model_ids = loaded.models, loaded.errors, loaded.ids
+        self.image_set = collect_images(settings.images, keep_duplicates=settings.keep_duplicate_images)
+        self.images = [(entry.id, entry.path) for entry in self.image_set.entries]
         self.measured: dict[str, list[str]] = {}
         self.gates: dict[str, list[tuple[str, str]]] = {}
-        for model_id, loaded in self.models.items():
-            depth = loaded.layout.depth
-            layers = stage_names(depth) if "all" in settings.layers else settings.layers
-            try:
-                self.measured[model_id] = list(dict.fromkeys(normalize_stage(s, depth) for s in layers))
-                self.gates[model_id] = [(m, normalize_stage(s, depth)) for m, s in settings.gated()]
-            except ValueError as err:
-                raise ValueError(f"{err} (model {loaded.name!r})") from None
-            missing = [f"{m}@{s}" for m, s in self.gates[model_id] if s not in self.measured[model_id]]
-            if missing:
-                raise ValueError(f"gate: {', '.join(missing)} gated but their stage is not in --layers "
-                                 f"({','.join(settings.layers)})")
+        for model_id, model in self.models.items():
+            self._plan(model_id, model)
         self.inverses = {model_id: PatchInverse(loaded.model) for model_id, loaded in self.models.items()}
         self.config = PerturbationConfig(steps=settings.steps, fill=settings.fill, unit=settings.unit,
                                          batch_size=settings.batch_size, amp=settings.amp)
-        self._runs: dict[str, dict[str, Any]] = {}
+        self._runs: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def _plan(self, model_id: str, loaded) -> None:
+        """The stages measured and gated for one model; a usage error when the settings do not fit it."""
+        settings = self.settings
+        depth = loaded.layout.depth
+        layers = stage_names(depth) if "all" in settings.layers else settings.layers
+        try:
+            self.measured[model_id] = list(dict.fromkeys(normalize_stage(s, depth) for s in layers))
+            self.gates[model_id] = [(m, normalize_stage(s, depth)) for m, s in settings.gated()]
+        except ValueError as err:
+            raise ValueError(f"{err} (model {loaded.name!r})") from None
+        missing = [f"{m}@{s}" for m, s in self.gates[model_id] if s not in self.measured[model_id]]
+        if missing:
+            raise ValueError(f"gate: {', '.join(missing)} gated but their stage is not in --layers "
+                             f"({','.join(settings.layers)})")
+        most = max_steps(settings.unit, loaded.input_size, loaded.layout.grid)
+        if settings.steps > most:
+            raise ValueError(f"steps: {settings.steps} removal steps, but model {loaded.name!r} takes "
+                             f"{'x'.join(map(str, loaded.input_size))} inputs with only {most} "
+                             f"{settings.unit}s to remove; use --steps {most} or fewer")
 
     @staticmethod
     def _device(device: str) -> str:
@@ -141,22 +126,11 @@ class AuditSession:
         return (method, stage) in self.gates.get(model_id, [])
 
     # -- results computed once -----------------------------------------------------------------------------------
-    def _once(self, path: Path, compute) -> dict[str, Any]:
-        with FileLock(str(path) + ".lock"):
-            if path.exists():
-                return json.loads(path.read_text())
-            record = clean(compute())
-            write_json(path, record)
-            return record
-
     def run(self, case: Case) -> dict[str, Any]:
         """The record of one (model, image): computed by the first process that asks, read by the others."""
-        if case.id not in self._runs:
-            self._runs[case.id] = self._once(self._run_path(case.id), lambda: self._compute_run(case))
-        return self._runs[case.id]
-
-    def _run_path(self, case_id: str) -> Path:
-        return self.workdir / "runs" / f"{_safe(case_id)}.json"
+        if case.key not in self._runs:
+            self._runs[case.key] = self.store.once("runs", case.key, lambda: self._compute_run(case))
+        return self._runs[case.key]
 
     def _compute_run(self, case: Case) -> dict[str, Any]:
         loaded = self.models[case.model_id]
@@ -178,8 +152,7 @@ class AuditSession:
 
     def randomisation(self, model_id: str) -> dict[str, Any]:
         """The cascading randomisation check of a model, on its first ``randomisation_images`` readable images."""
-        path = self.workdir / "sanity" / f"{_safe(model_id)}.json"
-        return self._once(path, lambda: self._compute_randomisation(model_id))
+        return self.store.once("sanity", (model_id,), lambda: self._compute_randomisation(model_id))
 
     def _compute_randomisation(self, model_id: str) -> dict[str, Any]:
         loaded = self.models[model_id]
@@ -222,6 +195,8 @@ class AuditSession:
                 target.images.append(run["image_id"])
                 target.morf_auc.append(entry["morf_auc"])
                 target.lerf_auc.append(entry["lerf_auc"])
+                if _constant(entry["morf"]) and _constant(entry["lerf"]):
+                    target.flat.append(run["image_id"])
         s = self.settings
         record = evaluate_gate(self.models[model_id].name, method, stage, data, threshold=s.threshold, seed=s.seed,
                                min_images=s.min_images, limits=s.limits.get(f"{method}@{stage}"),
@@ -230,22 +205,21 @@ class AuditSession:
         if skipped:
             record["unreadable_images"] = skipped
             record["reason"] += f"; {len(skipped)} image(s) could not be read: {', '.join(skipped)}"
-        write_json(self.workdir / "gates" / f"{_safe(model_id)}--{method}@{stage}.json", record)
+        self.store.write("gates", (model_id, method, stage), record)
         return record
 
     def gate_records(self) -> list[dict[str, Any]]:
         """Every gate evaluated so far (by any process), in the order of :meth:`gate_keys`."""
         order = {key: i for i, key in enumerate(self.gate_keys())}
-        gates = [json.loads(p.read_text()) for p in (self.workdir / "gates").glob("*.json")]
+        gates = self.store.read_all("gates")
         return sorted(gates, key=lambda g: order.get((g["model_id"], g["method"], g["stage"]), len(order)))
 
     # -- the results file ----------------------------------------------------------------------------------------
     def results(self, checks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Assemble the results file from every record the run produced (any process)."""
-        runs = [json.loads(path.read_text()) for path in (self._run_path(case.id) for case in self.cases())
-                if path.exists()]
+        runs = [run for run in (self.store.read("runs", case.key) for case in self.cases()) if run is not None]
         gates = self.gate_records()
-        sanity = [json.loads(p.read_text()) for p in sorted((self.workdir / "sanity").glob("*.json"))]
+        sanity = self.store.read_all("sanity")
         summaries = []
         for model_id, loaded in self.models.items():
             records = [(key.split("@")[0], key.split("@")[1], m["morf_auc"], m["lerf_auc"])
@@ -267,7 +241,8 @@ class AuditSession:
                        "randomisation_threshold": s.randomisation_threshold, "sources": s.sources},
             "models": [model_record(self.models[model_id], model_id) if model_id in self.models
                        else {"id": model_id, **self.model_errors[model_id]} for model_id in self.model_ids],
-            "images": [{"id": image_id, "path": path} for image_id, path in self.images],
+            "images": self.image_set.record(),
+            "images_left_out": self.image_set.left_out,
             "runs": runs,
             "gates": gates,
             "summaries": summaries,
@@ -276,5 +251,6 @@ class AuditSession:
         })
 
 
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in text)
+def _constant(curve: list[float | None] | None) -> bool:
+    values = [v for v in curve or [] if v is not None]
+    return bool(values) and max(values) - min(values) <= FLAT_TOLERANCE

@@ -1,0 +1,162 @@
+"""What a run audits: its models and its images, found and checked before any check runs.
+
+Images are identified so that no two can share a record and no image is counted twice:
+
+- a file listed twice (``--images D --images D``, or a file and its folder) is audited once: duplicates are the
+  same resolved path;
+- files with identical bytes under different names are audited once by default (``keep_duplicates`` keeps them);
+  every image's sha256 is recorded;
+- ids are unique and readable: the file stem, or as much of the path as tells clashing stems apart
+  (``x.png`` / ``x.jpg``, ``a/x.png`` / ``b/x.png``).
+
+Each image left out is kept as a note that the results file, the terminal and the report show.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import AuditError
+from .images import find_images
+from .models import LoadedModel, load_model
+
+__all__ = ["ImageEntry", "ImageSet", "LoadedModels", "collect_images", "image_ids", "load_models", "model_id_for"]
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One image of the run: its unique id, its path as found, and the sha256 of its bytes (None if unreadable)."""
+
+    id: str
+    path: str
+    sha256: str | None
+
+
+@dataclass
+class ImageSet:
+    """The images of a run, and the files left out with the reason (``{"path", "reason", "same_as"}``)."""
+
+    entries: list[ImageEntry]
+    left_out: list[dict[str, str]] = field(default_factory=list)
+
+    def record(self) -> list[dict[str, str | None]]:
+        return [{"id": e.id, "path": e.path, "sha256": e.sha256} for e in self.entries]
+
+
+def _sha256(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return None  # the image fails its own checks when it is read
+    return digest.hexdigest()
+
+
+def image_ids(paths: list[Path]) -> list[str]:
+    """Unique readable ids: the stem, else the shortest tail of the path that tells clashing images apart.
+
+    ``[a/x.png, a/x.jpg, b/y.png]`` -> ``[x.png, x.jpg, y]``; ``[a/x.png, b/x.png]`` -> ``[a/x.png, b/x.png]``.
+    """
+    def candidate(path: Path, level: int) -> str:
+        if level == 0:
+            return path.stem
+        parts = path.parts
+        return "/".join(parts[-min(level, len(parts)):])
+
+    levels = [0] * len(paths)
+    while True:
+        ids = [candidate(p, level) for p, level in zip(paths, levels)]
+        counts = Counter(ids)
+        clashing = [i for i, image_id in enumerate(ids) if counts[image_id] > 1]
+        if not clashing:
+            return ids
+        grown = False
+        for i in clashing:
+            if levels[i] < len(paths[i].parts):
+                levels[i] += 1
+                grown = True
+        if not grown:  # identical paths cannot reach here (they are removed first); number what is left
+            seen: Counter[str] = Counter()
+            for i in clashing:
+                seen[ids[i]] += 1
+                ids[i] = f"{ids[i]}#{seen[ids[i]]}"
+            return ids
+
+
+def collect_images(paths: Iterable[str | os.PathLike[str]], keep_duplicates: bool = False) -> ImageSet:
+    """Find the images of the run: every file once, with a unique id and its sha256.
+
+    Raises:
+        ImageError: a path does not exist, or no image was found (see :func:`audit.images.find_images`).
+    """
+    found, left_out = [], []
+    first_of: dict[Path, Path] = {}
+    for path in find_images(paths):
+        resolved = path.resolve()
+        if resolved in first_of:
+            left_out.append({"path": str(path), "reason": "listed more than once (the same file)",
+                             "same_as": str(first_of[resolved])})
+            continue
+        first_of[resolved] = path
+        found.append(path)
+    digests = [_sha256(path) for path in found]
+    kept, kept_digests = [], []
+    first_with: dict[str, Path] = {}
+    for path, digest in zip(found, digests):
+        if digest is not None and digest in first_with and not keep_duplicates:
+            left_out.append({"path": str(path), "reason": "identical bytes to another image (counted once)",
+                             "same_as": str(first_with[digest])})
+            continue
+        if digest is not None:
+            first_with.setdefault(digest, path)
+        kept.append(path)
+        kept_digests.append(digest)
+    entries = [ImageEntry(image_id, str(path), digest)
+               for image_id, path, digest in zip(image_ids(kept), kept, kept_digests)]
+    return ImageSet(entries, left_out)
+
+
+def model_id_for(name: str) -> str:
+    """A short readable id: ``vit_tiny_patch16_224.augreg_in21k_ft_in1k`` -> ``vit_tiny``."""
+    base = name.split(".", 1)[0]
+    return base.split("_patch", 1)[0] if "_patch" in base else base
+
+
+@dataclass
+class LoadedModels:
+    """The models of a run: ``ids`` in the order given, ``models`` those loaded, ``errors`` those that were not."""
+
+    ids: list[str] = field(default_factory=list)
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    errors: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def load_models(names: list[str], checkpoints: list[str]) -> LoadedModels:
+    """Load every model; one that cannot be loaded keeps its one-line error and does not stop the others.
+
+    Raises:
+        AuditError: no model could be loaded (the first model's error).
+    """
+    out = LoadedModels()
+    first_error: AuditError | None = None
+    for index, (name, checkpoint) in enumerate(zip(names, checkpoints)):
+        model_id = model_id_for(name)
+        if model_id in out.ids:
+            model_id = f"{model_id}{index}"
+        out.ids.append(model_id)
+        pretrained = checkpoint == "pretrained"
+        try:
+            out.models[model_id] = load_model(name, None if pretrained else checkpoint, pretrained=pretrained)
+        except AuditError as err:
+            out.errors[model_id] = {"name": name, "checkpoint": checkpoint, "error": str(err)}
+            first_error = first_error or err
+    if not out.models and first_error is not None:
+        raise first_error
+    return out
