@@ -7,9 +7,10 @@ own test suite is left alone.
 
 from __future__ import annotations
 
-import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ import pytest
 
 from .errors import AuditError
 from .maps import BASELINES
-from .settings import LIST_OPTIONS, OPTIONS, output_settings, resolve_settings
+from .outputs import check_outputs, write_outputs, write_stopped_run
+from .settings import LIST_OPTIONS, OPTIONS, resolve_settings
 
 SESSION = pytest.StashKey["AuditSession"]()
 STATE = pytest.StashKey["_State"]()
@@ -33,6 +35,9 @@ class _State:
     checks: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     written: list[str] = field(default_factory=list)
+    interrupted: str | None = None  # 'SIGTERM' or 'SIGINT' when the run was stopped by one
+    sigterm_before: Any = None  # the SIGTERM handler to restore, once ours is installed
+    finishing: bool = False  # the outputs are being written: a SIGTERM no longer interrupts
 
 
 def _dest(name: str) -> str:
@@ -47,6 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         flag = "--" + name.replace("_", "-")
         if name in LIST_OPTIONS:
             group.addoption(flag, action="append", dest=_dest(name), default=None, metavar=metavar, help=help_text)
+        elif metavar is None:  # a switch
+            group.addoption(flag, action="store_true", dest=_dest(name), default=None, help=help_text)
         else:
             group.addoption(flag, action="store", dest=_dest(name), default=None, metavar=metavar, help=help_text)
     group.addoption("--audit-config", dest=_dest("config"), default=None, metavar="TOML",
@@ -99,11 +106,12 @@ def pytest_configure(config: pytest.Config) -> None:
     cli["strict"] = bool(config.getoption("strict", False))
     pyproject = _policy_file(config.rootpath)
     workerinput = getattr(config, "workerinput", None)
+    collect_only = bool(config.getoption("collectonly", False))
     workdir, owns = None, False
     try:
         settings = resolve_settings(cli, config.getoption(_dest("config")), pyproject)
         if workerinput is None:
-            _check_writable(settings)
+            check_outputs(settings, create=not collect_only)
         embedded = _embedded_default(settings)
         if workerinput is not None:
             import torch
@@ -119,10 +127,12 @@ def pytest_configure(config: pytest.Config) -> None:
         if owns:
             shutil.rmtree(workdir, ignore_errors=True)
         message = str(err)
-        if workerinput is None:  # the controller writes what the run has: the error, in both files
-            message += _write_stopped_run(message, cli, config.getoption(_dest("config")), pyproject)
+        if workerinput is None and not collect_only:  # the controller writes what the run has: the error
+            message += write_stopped_run(message, cli, config.getoption(_dest("config")), pyproject)
         raise pytest.UsageError(message) from None
-    config.stash[STATE] = _State(workdir=workdir, owns_workdir=owns)
+    state = config.stash[STATE] = _State(workdir=workdir, owns_workdir=owns)
+    if workerinput is None:
+        _stop_on_sigterm(state)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "vit-audit-xdist")
 
@@ -141,67 +151,6 @@ def _policy_file(rootpath: Path) -> Path | None:
     return None
 
 
-def _check_writable(settings) -> None:
-    """Fail before any model work when the results file or the report could not be written at the end."""
-    for option, path in (("audit-json", settings.audit_json), ("report", settings.report)):
-        if not path:
-            continue
-        folder = Path(path).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ValueError(f"{option}: cannot create the folder of {path!r} ({err.strerror or err}); choose a "
-                             "writable path") from None
-        if Path(path).is_dir() or not os.access(folder, os.W_OK):
-            problem = "is a folder" if Path(path).is_dir() else "is in a folder that cannot be written"
-            raise ValueError(f"{option}: {path!r} {problem}; choose a writable file path")
-
-
-def _write_stopped_run(message: str, cli: dict[str, Any], config_file: str | None, pyproject: Path | None) -> str:
-    """Write the results file and the report of a run stopped by a usage error; say where, or why not, in words."""
-    paths = output_settings(cli, config_file, pyproject)
-    if not (paths["audit_json"] or paths["report"]):
-        return ""
-    from .results import stopped_results
-
-    device = cli.get("device") if isinstance(cli.get("device"), str) else None
-    outcomes = _write_outputs(stopped_results(message, device=device), paths["audit_json"], paths["report"],
-                              paths["report_thumbnail"], paths["report_max_mb"])
-    names = {"results": "results file", "report": "report"}
-    return " (" + "; ".join(f"{names[name]}: {path if path is not None else 'not written either'}"
-                            for name, _, path, _ in outcomes) + ")"
-
-
-def _write_outputs(results: dict[str, Any], audit_json: str | None, report: str | None, thumbnail: int,
-                   max_mb: float) -> list[tuple[str, str, Path | None, str]]:
-    """Write the results file and the report where asked.
-
-    Returns:
-        Per output asked for, ``(name, target, path written or None, detail)``: ``name`` is ``'results'`` or
-        ``'report'``; ``detail`` is the error when nothing was written, else the report's render time ('' for the
-        results file).
-    """
-    outcomes: list[tuple[str, str, Path | None, str]] = []
-    if audit_json:
-        from .results import write_json
-
-        try:
-            outcomes.append(("results", audit_json, write_json(audit_json, results), ""))
-        except OSError as err:
-            outcomes.append(("results", audit_json, None, str(err)))
-    if report:
-        start = time.perf_counter()
-        try:
-            from reports import render_report
-
-            path = render_report(results, report, thumbnail=thumbnail, max_mb=max_mb)
-        except (ImportError, OSError) as err:
-            outcomes.append(("report", report, None, str(err)))
-        else:
-            outcomes.append(("report", report, path, f"{time.perf_counter() - start:.1f} s to render"))
-    return outcomes
-
-
 class _XdistHooks:
     """Hands the shared folder to pytest-xdist workers."""
 
@@ -217,9 +166,15 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     s = session.settings
     models = ", ".join([f"{m.name} ({m.checkpoint or 'no checkpoint'})" for m in session.models.values()]
                        + [f"{e['name']} (NOT loaded: see test_model_loads)" for e in session.model_errors.values()])
-    return [f"vit-audit: {models}; {len(session.images)} images; device {session.device}; seed {s.seed}",
-            f"vit-audit: gates {', '.join(s.gate) or 'none'} (threshold {s.threshold:+g}, "
-            f"{'strict' if s.strict else 'inconclusive = skipped'}); policy from {', '.join(s.sources) or 'defaults'}"]
+    lines = [f"vit-audit: {models}; {len(session.images)} images; device {session.device}; seed {s.seed}",
+             f"vit-audit: gates {', '.join(s.gate) or 'none'} (threshold {s.threshold:+g}, "
+             f"{'strict' if s.strict else 'inconclusive = skipped'}); policy from {', '.join(s.sources) or 'defaults'}"]
+    left_out = session.image_set.left_out
+    if left_out:
+        shown = "; ".join(f"{e['path']}: {e['reason']}, same as {e['same_as']}" for e in left_out[:3])
+        more = f"; ... (+{len(left_out) - 3} more, see the results file)" if len(left_out) > 3 else ""
+        lines.append(f"vit-audit: {len(left_out)} image file(s) left out: {shown}{more}")
+    return lines
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -273,7 +228,8 @@ def _outcome(report: pytest.TestReport) -> dict[str, Any] | None:
 
 
 class _Collector:
-    """Keeps every check's outcome on the controller (pytest-xdist forwards workers' reports to it)."""
+    """Keeps every check's outcome on the controller (pytest-xdist forwards workers' reports to it), and whether a
+    Ctrl-C stopped the run (a SIGTERM records itself)."""
 
     def __init__(self, state: _State):
         self.state = state
@@ -287,6 +243,10 @@ class _Collector:
         if report.failed:
             self.state.checks.append({"nodeid": report.nodeid, "outcome": "error", "when": "collect",
                                       "message": str(report.longrepr)[:2000], "duration": 0.0})
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        if self.state.interrupted is None and excinfo.errisinstance(KeyboardInterrupt):
+            self.state.interrupted = "SIGINT"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -302,15 +262,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = config.stash.get(STATE, None)
     if audit is None or state is None or hasattr(config, "workerinput"):
         return  # the controller alone writes the results
+    state.finishing = True
     s = audit.settings
     if not (s.audit_json or s.report):
         return
+    if config.getoption("collectonly", False):
+        state.written.append("nothing audited (--collect-only): the results file and the report were not written")
+        return
     results = audit.results(checks=state.checks)
     results["seconds"] = time.perf_counter() - state.started
-    for name, target, path, detail in _write_outputs(results, s.audit_json, s.report, s.report_thumbnail,
+    if state.interrupted:
+        results["interrupted"] = state.interrupted
+    for name, target, path, detail in write_outputs(results, s.audit_json, s.report, s.report_thumbnail,
                                                      s.report_max_mb):
         if path is None:
             state.written.append(f"{name}: NOT written to {target} ({detail})")
+            if session.exitstatus == pytest.ExitCode.OK:  # a run whose outputs are missing did not pass
+                session.exitstatus = pytest.ExitCode.USAGE_ERROR
         else:
             state.written.append(f"{name}: {path}" + (f" ({detail})" if detail else ""))
 
@@ -321,6 +289,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if audit is None or state is None or hasattr(config, "workerinput"):
         return
     terminalreporter.section("vit-audit")
+    if state.interrupted:
+        terminalreporter.write_line(f"interrupted by {state.interrupted}: the outputs hold the checks done before it")
     for gate in audit.gate_records():
         terminalreporter.write_line(
             f"{gate['verdict'].upper():<13} {gate['model_id']} {gate['method']}@{gate['stage']}: mean ABPC "
@@ -334,7 +304,31 @@ def _num(value: float | None) -> str:
     return "nan" if value is None else f"{value:+.3f}"
 
 
+def _stop_on_sigterm(state: _State) -> None:
+    """Make SIGTERM stop the run as Ctrl-C does (the controller's main thread only; workers are left alone).
+
+    pytest's interrupt path then writes the outputs with what is done (``pytest_sessionfinish``), removes the
+    temporary folder (``pytest_unconfigure``) and exits with status 2; once the outputs are being written, a
+    SIGTERM lets them be finished. A second SIGTERM gets the handler there was before (by default: end at once).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, state.sigterm_before)
+        if not state.finishing:
+            state.interrupted = "SIGTERM"
+            raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, stop)
+    state.sigterm_before = signal.SIG_DFL if before is None else before  # None: set outside Python
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
-    if state is not None and state.owns_workdir:
+    if state is None:
+        return
+    if state.sigterm_before is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, state.sigterm_before)
+    if state.owns_workdir:
         shutil.rmtree(state.workdir, ignore_errors=True)

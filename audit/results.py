@@ -170,7 +170,11 @@ def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
 
 
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 text through a temporary file in the same folder and a rename: readers never see half a file."""
+    """Write UTF-8 text through a temporary file in the same folder and a rename: readers never see half a file.
+
+    Raises:
+        OSError: the file cannot be written, or ``path`` exists and is not a regular file (a device, a FIFO).
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -180,6 +184,8 @@ def write_text_atomically(path: str | os.PathLike[str], text: str) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; results and reports are for everyone
+        if target.exists() and not target.is_file():  # never replace a device, a FIFO or a folder by a file
+            raise OSError(f"{str(target)!r} is not a regular file; nothing was written there")
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
