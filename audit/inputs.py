@@ -44,6 +44,9 @@ class ImageSet:
     entries: list[ImageEntry]
     left_out: list[dict[str, str]] = field(default_factory=list)
 
+    def entry(self, image_id: str) -> ImageEntry | None:
+        return next((e for e in self.entries if e.id == image_id), None)
+
     def record(self) -> list[dict[str, str | None]]:
         return [{"id": e.id, "path": e.path, "sha256": e.sha256} for e in self.entries]
 

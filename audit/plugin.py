@@ -181,7 +181,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     session = metafunc.config.stash.get(SESSION, None)
     names = metafunc.fixturenames
     if session is None:
-        if {"audit_model", "audit_case", "audit_map", "audit_model_map", "audit_gate"} & set(names):
+        if {"audit_model", "audit_case", "audit_map", "audit_model_map", "audit_gate", "audit_comparison"} & set(names):
             raise pytest.UsageError("the vit-audit checks need the vit-audit plugin active: run them as "
                                     "`pytest checks` from the project root or with `vit-audit`")
         return
@@ -199,6 +199,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "audit_gate" in names:
         keys = session.gate_keys()
         metafunc.parametrize("audit_gate", keys, ids=[f"{m}-{method}@{stage}" for m, method, stage in keys])
+    if "audit_comparison" in names:
+        keys = session.comparison_keys()
+        baseline = session.baseline.model.get("id") if session.baseline is not None else "baseline"
+        metafunc.parametrize("audit_comparison", keys,
+                             ids=[f"{m}-vs-{baseline}-{method}@{stage}" for m, method, stage in keys])
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The comparison checks are collected only when the run has a baseline."""
+    session = config.stash.get(SESSION, None)
+    if session is not None and session.baseline is None and collection_path.name == "test_compare.py":
+        try:
+            if collection_path.resolve().parent == _checks_dir():
+                return True
+        except ImportError:
+            return None
+    return None
 
 
 @pytest.fixture(scope="session")
@@ -296,12 +313,24 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             f"{gate['verdict'].upper():<13} {gate['model_id']} {gate['method']}@{gate['stage']}: mean ABPC "
             f"{gate['statistic'] if gate['statistic'] is not None else float('nan'):+.3f} "
             f"[{_num(gate['ci95'][0])}, {_num(gate['ci95'][1])}] vs {gate['threshold']:+g}, n={gate['n_images']}")
+    for record in audit.comparison_records():
+        drift = record["drift"]
+        terminalreporter.write_line(
+            f"{record['verdict'].upper():<13} {record['model_id']} vs baseline {record['method']}@{record['stage']}: "
+            f"mean ABPC difference {_num(record['statistic'])} [{_num(record['ci95'][0])}, {_num(record['ci95'][1])}] "
+            f"vs -{record['margin']:g}, n={record['n_pairs']}; maps: median Spearman {_num(drift['statistic'])} "
+            f"[{_num(drift['ci95'][0])}, {_num(drift['ci95'][1])}] ({drift['verdict']}), same class on "
+            f"{_percent(drift['top1_agreement'])} of the images")
     for line in state.written:
         terminalreporter.write_line(line)
 
 
 def _num(value: float | None) -> str:
     return "nan" if value is None else f"{value:+.3f}"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
 def _stop_on_sigterm(state: _State) -> None:

@@ -23,33 +23,9 @@ from torch import nn
 from .capture import capture
 from .layout import MAP_STAGE_ENCODER
 from .maps import compute_maps
+from .stats import spearman
 
 __all__ = ["RandomisationCurve", "cascade_steps", "randomisation_curves", "spearman", "dependency_step"]
-
-
-def spearman(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
-    """Spearman rank correlation with average ranks for ties; nan when either input is constant."""
-    x, y = (np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64).ravel()
-            for v in (a, b))
-    if x.shape != y.shape:
-        raise ValueError(f"spearman: shapes differ, {x.shape} vs {y.shape}")
-    rx, ry = _average_ranks(x), _average_ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = float(np.sqrt((rx * rx).sum() * (ry * ry).sum()))
-    return float((rx * ry).sum() / denominator) if denominator > 0 else float("nan")
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(values.size, dtype=np.float64)
-    ranks[order] = np.arange(values.size, dtype=np.float64)
-    sorted_values = values[order]
-    start = 0
-    for end in range(1, values.size + 1):
-        if end == values.size or sorted_values[end] != sorted_values[start]:
-            ranks[order[start:end]] = (start + end - 1) / 2.0
-            start = end
-    return ranks
 
 
 def cascade_steps(model: nn.Module) -> list[tuple[str, list[nn.Module | nn.Parameter]]]:

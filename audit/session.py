@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .compare import Baseline, baseline_stage, check_measured, check_recipe, compare_map, load_baseline, maps_for_class
 from .errors import AuditError, ImageError
 from .gates import GateInput, evaluate_gate
 from .images import normalize, prepare_image
@@ -80,7 +81,17 @@ class AuditSession:
         self.inverses = {model_id: PatchInverse(loaded.model) for model_id, loaded in self.models.items()}
         self.config = PerturbationConfig(steps=settings.steps, fill=settings.fill, unit=settings.unit,
                                          batch_size=settings.batch_size, amp=settings.amp)
+        self.baseline = self._baseline() if settings.baseline else None
         self._runs: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def _baseline(self) -> Baseline:
+        """The baseline results file, checked against every model's recipe and gates (a usage error otherwise)."""
+        baseline = load_baseline(self.settings.baseline)
+        written = [(method, stage) for method, stage in self.settings.gated()]
+        for loaded in self.models.values():
+            check_recipe(baseline, self.config.describe(), asdict(self.settings), loaded)
+        check_measured(baseline, written)
+        return baseline
 
     def _plan(self, model_id: str, loaded) -> None:
         """The stages measured and gated for one model; a usage error when the settings do not fit it."""
@@ -141,11 +152,23 @@ class AuditSession:
                                  act=self.settings.act, config=self.config, seed=self.settings.seed,
                                  device=self.device, keep_capture=True, inverse=self.inverses[case.model_id])
             record = run_record(loaded, result, thumbnail=max(self.settings.report_thumbnail, 64))
+            self._maps_for_baseline_class(case, loaded, prepared, record)
         except AuditError as err:
             record = error_run_record(loaded.name, case.path, str(err))
         record.update(model_id=case.model_id, image_id=case.image_id, seconds=time.perf_counter() - start,
                       inverse_exact=self.inverses[case.model_id].exact, measured_stages=self.measured[case.model_id])
         return record
+
+    def _maps_for_baseline_class(self, case: Case, loaded, prepared, record: dict[str, Any]) -> None:
+        """Where the baseline explained another class on this image, the gated maps of that class too (drift
+        compares maps of the same class)."""
+        entry = self.image_set.entry(case.image_id)
+        other = self.baseline.runs.get(entry.sha256) if self.baseline and entry and entry.sha256 else None
+        if other is None or other.get("error") or other.get("class") in (None, record["class"]):
+            return
+        record["baseline_class"] = other["class"]
+        record["baseline_class_maps"] = maps_for_class(loaded, prepared, int(other["class"]), self.gates[case.model_id],
+                                                       self.settings.act, self.settings.seed, self.device)
 
     def runs_of(self, model_id: str) -> list[dict[str, Any]]:
         return [self.run(Case(model_id, image_id, path)) for image_id, path in self.images]
@@ -208,6 +231,30 @@ class AuditSession:
         self.store.write("gates", (model_id, method, stage), record)
         return record
 
+    def comparison_keys(self) -> list[tuple[str, str, str]]:
+        """(model id, method, stage) of every gated map compared with the baseline (none without a baseline)."""
+        return self.gate_keys() if self.baseline is not None else []
+
+    def comparison(self, model_id: str, method: str, stage: str) -> dict[str, Any]:
+        """Compare one gated map with the baseline, image by image (computed once for the run)."""
+        return self.store.once("comparisons", (model_id, method, stage),
+                               lambda: self._compute_comparison(model_id, method, stage))
+
+    def _compute_comparison(self, model_id: str, method: str, stage: str) -> dict[str, Any]:
+        written = dict(zip(self.gates[model_id], self.settings.gated()))[(method, stage)][1]
+        loaded, s = self.models[model_id], self.settings
+        digests = {entry.id: entry.sha256 for entry in self.image_set.entries}
+        record = compare_map(self.runs_of(model_id), digests, self.baseline, method, stage,
+                             baseline_stage(self.baseline, written), model_id=model_id, model_name=loaded.name,
+                             input_size=loaded.input_size, margin=s.margin, min_images=s.min_images,
+                             min_map_agreement=s.min_map_agreement, seed=s.seed)
+        return record
+
+    def comparison_records(self) -> list[dict[str, Any]]:
+        order = {key: i for i, key in enumerate(self.comparison_keys())}
+        records = self.store.read_all("comparisons")
+        return sorted(records, key=lambda r: order.get((r["model_id"], r["method"], r["stage"]), len(order)))
+
     def gate_records(self) -> list[dict[str, Any]]:
         """Every gate evaluated so far (by any process), in the order of :meth:`gate_keys`."""
         order = {key: i for i, key in enumerate(self.gate_keys())}
@@ -247,8 +294,22 @@ class AuditSession:
             "gates": gates,
             "summaries": summaries,
             "randomisation": sanity,
+            **self._comparison_results(),
             "checks": checks or [],
         })
+
+    def _comparison_results(self) -> dict[str, Any]:
+        """The results file's ``baseline`` block and ``comparisons`` (nothing without a baseline)."""
+        if self.baseline is None:
+            return {}
+        mine = {entry.sha256 for entry in self.image_set.entries if entry.sha256}
+        only_in_baseline = sorted(str(run.get("image_id")) for digest, run in self.baseline.runs.items()
+                                  if digest not in mine)
+        only_in_candidate = [entry.id for entry in self.image_set.entries
+                             if not entry.sha256 or entry.sha256 not in self.baseline.runs]
+        return {"baseline": {**self.baseline.record(), "images_only_in_baseline": only_in_baseline,
+                             "images_only_in_candidate": only_in_candidate},
+                "comparisons": self.comparison_records()}
 
 
 def _constant(curve: list[float | None] | None) -> bool:

@@ -37,7 +37,7 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = ["AuditSettings", "OPTIONS", "output_settings", "resolve_settings", "read_toml_table", "parse_gate",
            "Range", "RANGES", "check_range", "SEED_MAX", "STEPS_MAX", "BATCH_SIZE_MAX", "MIN_IMAGES_MAX",
-           "RANDOMISATION_IMAGES_MAX", "THUMBNAIL_MIN", "THUMBNAIL_MAX", "MAX_MB_LIMIT"]
+           "RANDOMISATION_IMAGES_MAX", "THUMBNAIL_MIN", "THUMBNAIL_MAX", "MAX_MB_LIMIT", "DEFAULT_MARGIN"]
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -48,6 +48,9 @@ STEPS_MAX = 10_000  # the per-model bound (at most the pixels or patches of the 
 BATCH_SIZE_MAX = 1_000_000
 MIN_IMAGES_MAX = 1_000_000
 RANDOMISATION_IMAGES_MAX = 1_000
+#: The default non-inferiority margin of a comparison with a baseline, on the mean ABPC difference (README,
+#: "Gating a release", gives the measurement it rests on).
+DEFAULT_MARGIN = 0.05
 THUMBNAIL_MIN, THUMBNAIL_MAX = 8, 512  # report thumbnails: THUMBNAIL_MIN <= px <= THUMBNAIL_MAX
 MAX_MB_LIMIT = 10_000  # report size limit: 0 < MB < MAX_MB_LIMIT
 
@@ -94,7 +97,11 @@ RANGES: dict[str, Range] = {
     "fill": Range("a pixel value", 0.0, 1.0),
     "threshold": Range("a finite number", -math.inf, math.inf),
     "randomisation_threshold": Range("a Spearman correlation", -1.0, 1.0),
+    "margin": Range("an ABPC difference", 0.0, 1.0),
+    "min_map_agreement": Range("a Spearman correlation", -1.0, 1.0),
 }
+#: Numeric options that may be left unset (None: not used).
+OPTIONAL_NUMBERS = {"min_map_agreement"}
 
 
 def _finite(value: int | float) -> bool:
@@ -179,6 +186,9 @@ class AuditSettings:
     randomisation_images: int = 2
     strict: bool = False
     keep_duplicate_images: bool = False
+    baseline: str | None = None
+    margin: float = DEFAULT_MARGIN
+    min_map_agreement: float | None = None
     audit_json: str | None = None
     report: str | None = None
     report_thumbnail: int = 64
@@ -214,6 +224,11 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
     "randomisation_images": (f"images used by the randomisation check, 1..{RANDOMISATION_IMAGES_MAX} (default 2)", "N"),
     "strict": ("treat inconclusive gates as failures (for release gating)", None),
     "keep_duplicate_images": ("audit files with identical bytes under different names each (default: once)", None),
+    "baseline": ("results file of the released model's audit: gate this run against it, image by image", "PATH"),
+    "margin": (f"non-inferiority margin on the mean ABPC difference from the baseline (default {DEFAULT_MARGIN})",
+               "VALUE"),
+    "min_map_agreement": ("gate the median Spearman of the maps with the baseline's against this (default: not "
+                          "gated)", "VALUE"),
     "audit_json": ("write the results file (schema vit-audit/1) here", "PATH"),
     "report": ("write the HTML report here", "PATH"),
     "report_thumbnail": (f"longer side of the report's thumbnails in pixels, {THUMBNAIL_MIN}..{THUMBNAIL_MAX} "
@@ -330,6 +345,10 @@ def _coerce(name: str, value: Any, default: Any, where: str | None = None) -> An
     """
     if name in LIST_OPTIONS:
         return _as_list(name, value, where)
+    if name in OPTIONAL_NUMBERS:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        default = 0.0
     kind = "bool" if isinstance(default, bool) else type(default).__name__ if isinstance(default, (int, float)) \
         else "string"
     error = ValueError(f"{_flag(name)}: {_show(value)} is not a valid {kind}{_source(where)}")
@@ -493,7 +512,8 @@ def _validate(s: AuditSettings, origins: dict[str, str] | None = None) -> None:
     if s.unit not in ("pixel", "patch"):
         raise fail("unit", f"unit: {s.unit!r} is not pixel or patch")
     for name in RANGES:
-        check_range(name, getattr(s, name), origins.get(name))
+        if not (name in OPTIONAL_NUMBERS and getattr(s, name) is None):
+            check_range(name, getattr(s, name), origins.get(name))
     for gate in s.gate:
         try:
             method, _ = parse_gate(gate)

@@ -1,9 +1,9 @@
 """Records computed once per run, in a folder shared by every process of the run (pytest-xdist workers included).
 
-Each record is a JSON file under a kind's folder (``runs``, ``sanity``, ``gates``), written under a file lock so
-that it is computed by exactly one process and read by the others. File names are derived from the record's key
-by a readable prefix and a digest of the exact key, so two keys never share a file, whatever characters they hold
-(``a b`` and ``a_b``, or names longer than a file name may be).
+Each record is a JSON file under a kind's folder (``runs``, ``sanity``, ``gates``, ``comparisons``), written under
+a file lock so that it is computed by exactly one process and read by the others. File names are derived from the
+record's key by a readable prefix and a digest of the exact key, so two keys never share a file, whatever
+characters they hold (``a b`` and ``a_b``, or names longer than a file name may be).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .results import clean, write_json
 
 __all__ = ["RecordStore", "file_name"]
 
-KINDS = ("runs", "sanity", "gates")
+KINDS = ("runs", "sanity", "gates", "comparisons")
 READABLE_CHARS = 60
 
 

@@ -1,0 +1,347 @@
+"""Release gates against the released model: a candidate's audit paired image by image with its baseline's.
+
+The baseline is the results file of an earlier run (the released model's audit, kept as a CI artefact). Images are
+matched by the sha256 of their bytes, never by path. For every gated ``method@stage``:
+
+- **non-inferiority of faithfulness**: per image d_i = ABPC_candidate,i - ABPC_baseline,i; the statistic is the
+  mean d with a seeded paired bootstrap 95% CI (the same resamples for MoRF, LeRF and ABPC). Pass when the CI's
+  lower bound is above -margin, fail when its upper bound is below -margin, otherwise (or with fewer than
+  ``min_images`` pairs) inconclusive;
+- **explanation drift**: per image, the Spearman rank correlation between the baseline's map and the candidate's
+  map *of the same class* (the baseline's explained class; the candidate is captured again with that target when
+  its own top-1 differs), on the patch grid, or after bilinear upsampling to the candidate's input size when the
+  grids differ; summarised by the median with a bootstrap CI, gated only when ``min_map_agreement`` is set; and
+  top-1 agreement (the fraction of images whose class is unchanged, the changed ones listed).
+
+A baseline whose recipe differs from the run's (steps, unit, fill, interpolation, amp, act, seed, or the data
+config of a model of the same architecture) is refused: its numbers would not be comparable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .capture import capture
+from .images import PreparedImage, normalize
+from .layout import normalize_stage
+from .maps import compute_maps
+from .models import LoadedModel, sha256_of
+from .stats import bootstrap_ci, paired_difference, spearman
+
+__all__ = ["Baseline", "baseline_stage", "check_measured", "check_recipe", "compare_map", "load_baseline",
+           "map_agreement", "maps_for_class"]
+
+SCHEMAS = ("vit-audit/1",)
+LARGEST_LISTED = 3
+PERTURBATION_KEYS = ("steps", "unit", "fill", "interpolation", "amp")
+SETTINGS_KEYS = ("act", "seed")
+DATA_CONFIG_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode")
+
+
+@dataclass
+class Baseline:
+    """A baseline results file, read and checked.
+
+    Attributes:
+        source: the path as given; ``sha256``: of the file's bytes.
+        results: the whole results dict.
+        model: the baseline's model record (its one audited model).
+        runs: image sha256 -> the baseline's run of that image.
+        unhashed: images of the baseline that have no sha256 in the file and whose file is no longer there to hash
+            (a results file of an earlier version of the schema records none): they cannot be paired.
+    """
+
+    source: str
+    sha256: str
+    results: dict[str, Any]
+    model: dict[str, Any]
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unhashed: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        recipe = {k: self.results.get("perturbation", {}).get(k) for k in PERTURBATION_KEYS}
+        recipe.update({k: self.results.get("settings", {}).get(k) for k in SETTINGS_KEYS})
+        return {"source": self.source, "sha256": self.sha256, "schema": self.results.get("schema"),
+                "created": self.results.get("created"), "model": self.model.get("name"),
+                "model_id": self.model.get("id"), "checkpoint": self.model.get("checkpoint"),
+                "checkpoint_sha256": self.model.get("checkpoint_sha256"), "recipe": recipe,
+                "images": len(self.runs), "images_without_sha256": self.unhashed}
+
+
+def _fail(path: str, problem: str) -> ValueError:
+    return ValueError(f"baseline: {path!r} {problem}")
+
+
+def load_baseline(path: str | os.PathLike[str]) -> Baseline:
+    """Read a baseline results file.
+
+    Raises:
+        ValueError: one line naming the file: missing, not a regular file, not JSON (a truncated file), not a
+            vit-audit results file, a run that stopped before any check ran, or not exactly one audited model.
+    """
+    label = os.fspath(path)
+    file = Path(label)
+    if not file.exists():
+        raise _fail(label, "not found: pass the results file (--audit-json) of the released model's audit")
+    if not file.is_file():
+        raise _fail(label, "is not a regular file; pass a results file")
+    try:
+        raw = file.read_bytes()
+        results = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise _fail(label, f"is not a readable results file ({reason}); was it truncated?") from None
+    if not isinstance(results, dict) or results.get("schema") not in SCHEMAS:
+        raise _fail(label, f"is not a vit-audit results file (schema {', '.join(SCHEMAS)})")
+    if results.get("error"):
+        raise _fail(label, f"is the results file of a run that stopped ({results['error']}); audit the baseline again")
+    models = [m for m in results.get("models") or [] if isinstance(m, dict) and not m.get("error")]
+    if len(models) != 1:
+        raise _fail(label, f"holds {len(models)} audited models; a baseline is the audit of one model")
+    model = models[0]
+    baseline = Baseline(source=label, sha256=hashlib.sha256(raw).hexdigest(), results=results, model=model)
+    images = {image.get("id"): image for image in results.get("images") or [] if isinstance(image, dict)}
+    for run in results.get("runs") or []:
+        if not isinstance(run, dict) or run.get("model_id", model.get("id")) != model.get("id"):
+            continue
+        image = images.get(run.get("image_id"), {})
+        digest = image.get("sha256") or _hash_if_there(run.get("image"))
+        if digest is None:
+            baseline.unhashed.append(str(run.get("image_id") or run.get("image")))
+        else:
+            baseline.runs.setdefault(digest, run)
+    return baseline
+
+
+def _hash_if_there(path: Any) -> str | None:
+    try:
+        return sha256_of(path) if isinstance(path, str) and Path(path).is_file() else None
+    except OSError:
+        return None
+
+
+def _architecture(name: str | None) -> str:
+    return str(name or "").split(".", 1)[0]
+
+
+def check_recipe(baseline: Baseline, perturbation: dict[str, Any], settings: dict[str, Any],
+                 loaded: LoadedModel) -> None:
+    """Refuse a baseline whose numbers were made another way than the run's.
+
+    Raises:
+        ValueError: one line naming every difference, e.g. ``steps 20 (baseline) vs 10 (this run)``.
+    """
+    theirs = baseline.results
+    differences = []
+    for key in PERTURBATION_KEYS:
+        mine, other = perturbation.get(key), (theirs.get("perturbation") or {}).get(key)
+        if not _same(mine, other):
+            differences.append(f"{key} {other!r} (baseline) vs {mine!r} (this run)")
+    for key in SETTINGS_KEYS:
+        mine, other = settings.get(key), (theirs.get("settings") or {}).get(key)
+        if not _same(mine, other):
+            differences.append(f"{key} {other!r} (baseline) vs {mine!r} (this run)")
+    if _architecture(baseline.model.get("name")) == _architecture(loaded.name):
+        config = loaded.data_config
+        mine_config = {"input_size": list(config["input_size"]), **{k: config.get(k) for k in DATA_CONFIG_KEYS}}
+        other_config = {"input_size": baseline.model.get("input_size"), **(baseline.model.get("data_config") or {})}
+        for key, mine in mine_config.items():
+            if not _same(mine, other_config.get(key)):
+                differences.append(f"data config {key} {other_config.get(key)!r} (baseline) vs {mine!r} (this run)")
+    if differences:
+        raise ValueError(f"baseline: {baseline.source!r} was audited with another recipe: {'; '.join(differences)}; "
+                         "audit both models with the same recipe")
+
+
+def _same(one: Any, other: Any) -> bool:
+    if isinstance(one, (list, tuple)) and isinstance(other, (list, tuple)):
+        return len(one) == len(other) and all(_same(a, b) for a, b in zip(one, other))
+    if isinstance(one, (int, float)) and isinstance(other, (int, float)) and not isinstance(one, bool):
+        return math.isclose(float(one), float(other), rel_tol=1e-9, abs_tol=1e-12)
+    return one == other
+
+
+def baseline_stage(baseline: Baseline, stage: str) -> str:
+    """The baseline's stage for a gate written as ``stage`` (negative block indices count from its own last)."""
+    return normalize_stage(stage, int(baseline.model.get("depth") or 0))
+
+
+def check_measured(baseline: Baseline, gates: list[tuple[str, str]]) -> None:
+    """Refuse a baseline in which a gated map was not measured (its runs have no curves for it)."""
+    measured: set[str] = set()
+    for run in baseline.runs.values():
+        measured.update(key for key, m in (run.get("maps") or {}).items() if m.get("morf_auc") is not None)
+    missing = [f"{method}@{baseline_stage(baseline, stage)}" for method, stage in gates
+               if f"{method}@{baseline_stage(baseline, stage)}" not in measured]
+    if baseline.runs and missing:
+        raise ValueError(f"baseline: {baseline.source!r} has no curves for {', '.join(missing)}; audit the baseline "
+                         "with these maps in --methods and their stages in --layers")
+
+
+def maps_for_class(loaded: LoadedModel, prepared: PreparedImage, target: int, keys: list[tuple[str, str]],
+                   act: str, seed: int, device: torch.device | str) -> dict[str, Any]:
+    """The model's maps of class ``target`` (not its own top-1) at ``keys`` ((method, stage)), as raw grids."""
+    model = loaded.model.to(device)
+    cap = capture(model, normalize(prepared.pixel.to(device), loaded.mean, loaded.std), target=target)
+    methods = list(dict.fromkeys(method for method, _ in keys))
+    stages = list(dict.fromkeys(stage for _, stage in keys))
+    maps = compute_maps(model, cap, methods=methods, stages=stages, act=act, seed=seed, image=prepared.name)
+    return {f"{m}@{s}": (maps[f"{m}@{s}"].values.float().tolist() if maps[f"{m}@{s}"].values is not None else None)
+            for m, s in keys}
+
+
+def _on_input(grid: list, size: tuple[int, int]) -> torch.Tensor:
+    values = torch.as_tensor(grid, dtype=torch.float64)[None, None]
+    return F.interpolate(values, size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
+def map_agreement(baseline_grid: list | None, candidate_grid: list | None, input_size: tuple[int, int]) -> float:
+    """Spearman between two maps: on their grid when the grids match, else after bilinear upsampling both to
+    ``input_size``; nan when either is missing or constant."""
+    if baseline_grid is None or candidate_grid is None:
+        return float("nan")
+    one, other = np.asarray(baseline_grid, dtype=np.float64), np.asarray(candidate_grid, dtype=np.float64)
+    if one.shape != other.shape:
+        one, other = _on_input(baseline_grid, input_size), _on_input(candidate_grid, input_size)
+    return spearman(one, other)
+
+
+def _verdict(low: float, high: float, bound: float, n: int, min_images: int) -> str:
+    if n < min_images or not (math.isfinite(low) and math.isfinite(high)):
+        return "inconclusive"
+    return "pass" if low > bound else "fail" if high < bound else "inconclusive"
+
+
+def compare_map(
+    candidate_runs: list[dict[str, Any]], image_digests: dict[str, str | None], baseline: Baseline, method: str,
+    stage: str, base_stage: str, *, model_id: str, model_name: str, input_size: tuple[int, int],
+    margin: float, min_images: int = 5, min_map_agreement: float | None = None, seed: int = 0,
+    n_boot: int = 10_000,
+) -> dict[str, Any]:
+    """Compare one gated map of a candidate with the baseline, image by image.
+
+    Args:
+        candidate_runs: the candidate's run records (``audit.session``), one per image.
+        image_digests: image id -> sha256 of its bytes.
+        baseline: the baseline.
+        method, stage: the gated map, ``stage`` normalised for the candidate.
+        base_stage: the same gate's stage normalised for the baseline (:func:`baseline_stage` of the gate as
+            written: ``-1`` is each model's own last block).
+        model_id, model_name, input_size: the candidate.
+        margin: the non-inferiority margin on the mean ABPC difference.
+        min_images: fewer pairs make every verdict inconclusive.
+        min_map_agreement: gate the median Spearman's CI lower bound against this (None: measured, not gated).
+        seed, n_boot: the bootstrap.
+
+    Returns:
+        A comparison record (``docs/results-schema.md``).
+    """
+    key = f"{method}@{stage}"
+    base_key = f"{method}@{base_stage}"
+    pairs, unpaired, grids = [], {}, {}
+    for run in candidate_runs:
+        image = run.get("image_id")
+        digest = image_digests.get(image)
+        other = baseline.runs.get(digest) if digest else None
+        if other is None:
+            unpaired[image] = "not in the baseline"
+            continue
+        if run.get("error") or other.get("error"):
+            unpaired[image] = f"could not be audited ({'candidate' if run.get('error') else 'baseline'})"
+            continue
+        mine, theirs = (run.get("maps") or {}).get(key) or {}, (other.get("maps") or {}).get(base_key) or {}
+        if mine.get("morf_auc") is None or theirs.get("morf_auc") is None:
+            unpaired[image] = "map not ranked (degenerate) in " + ("the candidate" if mine.get("morf_auc") is None
+                                                                   else "the baseline")
+            continue
+        same_class = run.get("class") == other.get("class")
+        candidate_grid = mine.get("grid") if same_class else (run.get("baseline_class_maps") or {}).get(key)
+        grids[image] = (theirs.get("grid"), candidate_grid)
+        pairs.append({
+            "image": image, "sha256": digest,
+            "candidate_class": run.get("class"), "baseline_class": other.get("class"),
+            "candidate_class_name": run.get("class_name"), "baseline_class_name": other.get("class_name"),
+            "candidate_morf_auc": mine["morf_auc"], "candidate_lerf_auc": mine["lerf_auc"],
+            "baseline_morf_auc": theirs["morf_auc"], "baseline_lerf_auc": theirs["lerf_auc"],
+            "candidate_abpc": mine["lerf_auc"] - mine["morf_auc"],
+            "baseline_abpc": theirs["lerf_auc"] - theirs["morf_auc"],
+            "candidate_morf": mine.get("morf"), "candidate_lerf": mine.get("lerf"),
+            "baseline_morf": theirs.get("morf"), "baseline_lerf": theirs.get("lerf"),
+            "spearman": map_agreement(theirs.get("grid"), candidate_grid, input_size),
+        })
+    for pair in pairs:
+        pair["d"] = pair["candidate_abpc"] - pair["baseline_abpc"]
+    n = len(pairs)
+    diff = paired_difference([p["candidate_morf_auc"] for p in pairs], [p["candidate_lerf_auc"] for p in pairs],
+                             [p["baseline_morf_auc"] for p in pairs], [p["baseline_lerf_auc"] for p in pairs],
+                             seed=seed, n_boot=n_boot)
+    candidate_mean = float(np.mean([p["candidate_abpc"] for p in pairs])) if n else float("nan")
+    baseline_mean = float(np.mean([p["baseline_abpc"] for p in pairs])) if n else float("nan")
+    largest = sorted(pairs, key=lambda p: p["d"])[:LARGEST_LISTED]
+    verdict = _verdict(diff.abpc_ci[0], diff.abpc_ci[1], -margin, n, min_images)
+    what = (f"{method}@{stage} of {model_id} vs the baseline {baseline.model.get('name')}: mean ABPC difference "
+            f"{diff.abpc:+.3f} [95% CI {diff.abpc_ci[0]:+.3f}, {diff.abpc_ci[1]:+.3f}] over {n} paired images "
+            f"(candidate {candidate_mean:+.3f}, baseline {baseline_mean:+.3f}), margin {margin:.3f}")
+    dropped = ", ".join(f"{p['image']} ({p['baseline_abpc']:+.3f} -> {p['candidate_abpc']:+.3f})" for p in largest)
+    if n < min_images:
+        reason = f"{what}; only {n} paired images, at least {min_images} are needed"
+    elif verdict == "pass":
+        reason = f"{what}: not less faithful than the baseline (the CI is above -{margin:.3f})"
+    elif verdict == "fail":
+        reason = (f"{what}: less faithful than the baseline (the CI is below -{margin:.3f}); ABPC dropped most on "
+                  f"{dropped}")
+    else:
+        reason = f"{what}: the CI straddles -{margin:.3f}; more images are needed to decide; dropped most: {dropped}"
+    if unpaired:
+        reason += f"; {len(unpaired)} image(s) not paired"
+    return {
+        "model": model_name, "model_id": model_id, "baseline_model": baseline.model.get("name"),
+        "method": method, "stage": stage, "baseline_stage": base_stage, "n_pairs": n,
+        "margin": margin, "statistic": diff.abpc, "ci95": list(diff.abpc_ci),
+        "morf_auc_difference": diff.morf_auc, "morf_auc_difference_ci95": list(diff.morf_auc_ci),
+        "lerf_auc_difference": diff.lerf_auc, "lerf_auc_difference_ci95": list(diff.lerf_auc_ci),
+        "candidate_abpc": candidate_mean, "baseline_abpc": baseline_mean, "verdict": verdict, "reason": reason,
+        "rule": (f"d = ABPC(candidate) - ABPC(baseline) per paired image; pass if the 95% CI of the mean d is above "
+                 f"-{margin}, fail if below, else inconclusive; at least {min_images} pairs"),
+        "largest_drops": [{"image": p["image"], "d": p["d"], "candidate_abpc": p["candidate_abpc"],
+                           "baseline_abpc": p["baseline_abpc"], "baseline_grid": grids[p["image"]][0],
+                           "candidate_grid": grids[p["image"]][1]} for p in largest],
+        "drift": _drift(pairs, min_map_agreement, min_images, seed, n_boot, f"{method}@{stage}"),
+        "unpaired_images": unpaired, "pairs": pairs, "seed": seed, "n_boot": n_boot,
+    }
+
+
+def _drift(pairs: list[dict[str, Any]], threshold: float | None, min_images: int, seed: int, n_boot: int,
+           key: str) -> dict[str, Any]:
+    values = [p["spearman"] for p in pairs if p["spearman"] is not None and math.isfinite(p["spearman"])]
+    not_ranked = [p["image"] for p in pairs if p["spearman"] is None or not math.isfinite(p["spearman"])]
+    median = float(np.median(values)) if values else float("nan")
+    low, high = bootstrap_ci(values, seed=seed, n_boot=n_boot, statistic="median")
+    changed = [{"image": p["image"], "baseline_class": p["baseline_class"], "candidate_class": p["candidate_class"],
+                "baseline_class_name": p["baseline_class_name"], "candidate_class_name": p["candidate_class_name"]}
+               for p in pairs if p["candidate_class"] != p["baseline_class"]]
+    what = (f"median Spearman of {key} with the baseline's map of the same class {median:+.3f} "
+            f"[95% CI {low:+.3f}, {high:+.3f}] over {len(values)} images")
+    if threshold is None:
+        verdict, reason = "not gated", f"{what} (not gated: set --min-map-agreement to gate it)"
+    else:
+        verdict = _verdict(low, high, threshold, len(values), min_images)
+        reason = {"pass": f"{what}, above {threshold:+.3f}",
+                  "fail": f"{what}, below {threshold:+.3f}: the explanations point at other evidence",
+                  "inconclusive": f"{what}, which does not decide against {threshold:+.3f}"}[verdict]
+    if not_ranked:
+        reason += f"; not ranked on {len(not_ranked)} image(s) (a constant map)"
+    top1 = (len(pairs) - len(changed)) / len(pairs) if pairs else float("nan")
+    return {"statistic": median, "ci95": [low, high], "n_images": len(values), "threshold": threshold,
+            "verdict": verdict, "reason": reason, "not_ranked": not_ranked, "top1_agreement": top1,
+            "class_changed": changed}

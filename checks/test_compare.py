@@ -1,0 +1,37 @@
+"""Release gates against the released model (``--baseline``): paired, per-image comparison with its audit.
+
+Collected only when a baseline is given.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _decide(verdict: str, reason: str, strict: bool) -> None:
+    if verdict == "fail":
+        pytest.fail(reason, pytrace=False)
+    if verdict == "inconclusive":
+        if strict:
+            pytest.fail(f"inconclusive (--strict): {reason}", pytrace=False)
+        pytest.skip(f"inconclusive: {reason}")
+
+
+def test_no_regression(audit_comparison, audit_session, record_property):
+    """Non-inferiority: the mean ABPC difference from the baseline, with its paired CI, against -margin."""
+    record = audit_session.comparison(*audit_comparison)
+    for key in ("statistic", "n_pairs", "margin", "verdict", "candidate_abpc", "baseline_abpc"):
+        record_property(key, record[key])
+    record_property("ci95", record["ci95"])
+    _decide(record["verdict"], record["reason"], audit_session.settings.strict)
+
+
+def test_map_agreement(audit_comparison, audit_session, record_property):
+    """Explanation drift: the median Spearman with the baseline's map of the same class, and top-1 agreement."""
+    drift = audit_session.comparison(*audit_comparison)["drift"]
+    for key in ("statistic", "n_images", "top1_agreement", "verdict"):
+        record_property(f"map_agreement_{key}", drift[key])
+    record_property("map_agreement_ci95", drift["ci95"])
+    if drift["verdict"] == "not gated":
+        pytest.skip(drift["reason"])
+    _decide(drift["verdict"], drift["reason"], audit_session.settings.strict)
