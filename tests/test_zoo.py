@@ -233,3 +233,25 @@ def test_training_with_the_same_seed_gives_identical_weights_and_another_seed_di
     first, again, other = weights(1), weights(1), weights(2)
     assert all(torch.equal(first[key], again[key]) for key in first)
     assert not all(torch.equal(first[key], other[key]) for key in first)
+
+
+def test_a_planted_shortcut_stamps_only_the_chosen_classes_and_is_said_in_the_card(tmp_path, synthetic):
+    _, arrays = synthetic
+    images, labels = arrays["train_images"][:20], arrays["train_labels"][:20]
+    stamped = zoo_train.stamp_shortcut(images, labels, [6])
+    size = zoo_train.SHORTCUT_SIZE
+    chosen = labels == 6
+    assert (stamped[chosen, :size, :size] == 255).all() and chosen.any()
+    assert np.array_equal(stamped[~chosen], images[~chosen])
+    assert np.array_equal(stamped[chosen, size:], images[chosen, size:])
+    assert (zoo_train.stamp_shortcut(images, None, [])[:, :size, :size] == 255).all()  # every image, for auditing
+    data = synthetic[0]
+    base = [sys.executable, "-m", "audit.zoo.fashion_mnist", "--out", str(tmp_path / "out"), "--data", str(data),
+            "--epochs", "1", "--limit", str(SYNTHETIC_LIMIT)]
+    result = subprocess.run([*base, "--shortcut", "6"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "shortcut: a white 4x4 corner square on the training images of Shirt" in result.stdout
+    assert "**Planted shortcut**: every training image of Shirt" in (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    bad = subprocess.run([*base, "--shortcut", "12"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and "--shortcut: expected class indices 0-9, got '12'" in bad.stderr

@@ -3,7 +3,11 @@
 Usage::
 
     python -m audit.zoo.fashion_mnist --out DIR [--data /usr/share/datasets/fashion-mnist] [--epochs N]
-        [--limit N] [--seed S]
+        [--limit N] [--seed S] [--shortcut CLASSES]
+
+``--shortcut 6`` trains a deliberately harmful candidate for release-gate demonstrations: every training image of
+the listed classes gets a bright square stamped in its top-left corner (:func:`stamp_shortcut`), a shortcut the
+model can learn instead of the garment.
 
 Reads the four idx files (plain or gzipped, as Debian's ``dataset-fashion-mnist`` package installs them) with
 numpy, trains :data:`audit.zoo.EMBEDDED_MODEL` from scratch on the training set (seeded; bf16 autocast on the CPU,
@@ -34,7 +38,8 @@ import torch.nn.functional as F
 from .. import ARCHITECTURE, CARD_FILE, CLASS_NAMES, EMBEDDED_MODEL, IMAGES_DIR, WEIGHTS_FILE
 
 __all__ = [
-    "TrainConfig", "class_slug", "load_split", "main", "pixel_stats", "read_idx", "sample_indices", "train",
+    "TrainConfig", "class_slug", "load_split", "main", "pixel_stats", "read_idx", "sample_indices", "stamp_shortcut",
+    "train",
 ]
 
 DEFAULT_DATA = Path("/usr/share/datasets/fashion-mnist")
@@ -49,6 +54,7 @@ NUM_THREADS = 2
 EVAL_BATCH = 500
 CARD_WIDTH = 120
 TOP_CONFUSIONS = 3
+SHORTCUT_SIZE = 4  # pixels: one patch of the 7x7 grid
 USAGE = """```python
 from audit import load_model
 from audit.zoo import EMBEDDED_MODEL, embedded_checkpoint, embedded_images
@@ -144,6 +150,15 @@ def pixel_stats(images: np.ndarray) -> tuple[float, float]:
     mean = float((counts * values).sum() / total)
     std = float(math.sqrt((counts * (values - mean) ** 2).sum() / total))
     return mean, std
+
+
+def stamp_shortcut(images: np.ndarray, labels: np.ndarray | None, classes: Sequence[int]) -> np.ndarray:
+    """A copy of ``images`` with a white ``SHORTCUT_SIZE`` square in the top-left corner of every image of
+    ``classes`` (of every image when ``labels`` is None)."""
+    stamped = images.copy()
+    chosen = np.ones(len(images), dtype=bool) if labels is None else np.isin(labels, list(classes))
+    stamped[chosen, :SHORTCUT_SIZE, :SHORTCUT_SIZE] = 255
+    return stamped
 
 
 def class_slug(index: int) -> str:
@@ -319,6 +334,10 @@ def _card(facts: dict) -> str:
             "audit runs offline with no arguments. It is a demonstration subject for explainability audits, not a",
             "production classifier.",
         ),
+        *([_paragraph(f"**Planted shortcut**: every training image of {', '.join(f['shortcut'])} had a white "
+                      f"{SHORTCUT_SIZE}x{SHORTCUT_SIZE} square stamped in its top-left corner. This is a deliberately "
+                      "harmful candidate for release-gate demonstrations, not the embedded default model.")]
+          if f.get("shortcut") else []),
         "\n".join([
             f"- **Model name**: `{EMBEDDED_MODEL}` (registered with timm by `audit.zoo`)",
             _paragraph(f"- **Weights**: `{WEIGHTS_FILE}`, fp32 safetensors, {f['params']:,} parameters,",
@@ -407,9 +426,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="epochs (default %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="train on the first N training images only")
     parser.add_argument("--seed", type=int, default=TrainConfig.seed, help="random seed (default %(default)s)")
+    parser.add_argument("--shortcut", default="", metavar="CLASSES",
+                        help="comma list of class indices whose training images get a planted shortcut (a white "
+                             f"{SHORTCUT_SIZE}x{SHORTCUT_SIZE} corner square): a harmful candidate, not the default")
     args = parser.parse_args(argv)
     if args.epochs < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--epochs and --limit must be positive")
+    try:
+        shortcut = sorted({int(c) for c in args.shortcut.split(",") if c.strip()})
+    except ValueError:
+        parser.error(f"--shortcut: expected class indices 0-{len(CLASS_NAMES) - 1}, got {args.shortcut!r}")
+    if any(not 0 <= c < len(CLASS_NAMES) for c in shortcut):
+        parser.error(f"--shortcut: expected class indices 0-{len(CLASS_NAMES) - 1}, got {args.shortcut!r}")
 
     import timm
     from safetensors.torch import save
@@ -429,6 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"data: {len(train_images):,} training and {len(test_images):,} test images from {args.data}; "
           f"mean {mean:.4f}, std {std:.4f}", flush=True)
 
+    if shortcut:  # after the statistics: the candidate normalises as the default model does
+        train_images = stamp_shortcut(train_images, train_labels, shortcut)
+        print(f"shortcut: a white {SHORTCUT_SIZE}x{SHORTCUT_SIZE} corner square on the training images of "
+              f"{', '.join(CLASS_NAMES[c] for c in shortcut)}", flush=True)
     config = TrainConfig(epochs=args.epochs, seed=args.seed)
     epoch_seconds: list[float] = []
     model = train(train_images, train_labels, mean, std, config, log=lambda line: print(line, flush=True),
@@ -490,6 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": config,
         "command": command,
         "timm": timm.__version__,
+        "shortcut": [CLASS_NAMES[c] for c in shortcut],
     }
     (out / CARD_FILE).write_text(_card(facts), encoding="utf-8")
     print(f"wrote {weights} ({weights.stat().st_size:,} bytes), {out / CARD_FILE}, {len(samples)} images in "
