@@ -11,16 +11,21 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["PALETTE", "Chart", "Series", "curves_chart", "profile_chart", "randomisation_chart"]
+__all__ = ["PALETTE", "Chart", "Series", "curves_chart", "paired_chart", "profile_chart", "randomisation_chart"]
 
 # Okabe-Ito colours: distinguishable by colour-blind readers.
 PALETTE = ["#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#f0e442", "#000000"]
 MORF, LERF, ABPC, BASELINE = "#d55e00", "#0072b2", "#009e73", "#7f7f7f"
+WORSE = "#b00020"  # the region and line of "less faithful than the baseline by more than the margin"
 
 
 @dataclass
 class Series:
-    """One line of a chart: polyline pieces (split at missing values), optional markers and error bars."""
+    """One line of a chart: polyline pieces (split at missing values), optional markers and error bars.
+
+    A series with ``fill`` is a shaded region instead: each piece is a polygon. A series with ``dots`` is a
+    scatter: one point each, with its own tooltip (x, y, title).
+    """
 
     label: str
     colour: str
@@ -29,6 +34,8 @@ class Series:
     markers: list[tuple[float, float]] = field(default_factory=list)
     errors: list[tuple[float, float, float]] = field(default_factory=list)
     width: float = 1.6
+    fill: str | None = None
+    dots: list[tuple[float, float, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -201,4 +208,67 @@ def randomisation_chart(
         chart.hlines.append((frame.y(threshold), f"threshold {threshold:g}", "#b00020"))
     for label, values, colour, dash in lines:
         chart.series.append(frame.line(label, colour, list(range(len(values))), values, dash, markers=True, width=1.3))
+    return _finish(chart)
+
+
+def _below(low: float, high: float, margin: float) -> list[tuple[float, float]]:
+    """The part of the square [low, high]² where y <= x - margin, as polygon vertices (empty when none)."""
+    corners = [(low, low), (high, low), (high, high), (low, high)]
+    inside = [y <= x - margin for x, y in corners]
+    polygon = []
+    for i, (x, y) in enumerate(corners):
+        nx, ny = corners[(i + 1) % 4]
+        if inside[i]:
+            polygon.append((x, y))
+        if inside[i] != inside[(i + 1) % 4]:  # the edge crosses y = x - margin
+            t = ((x - margin) - y) / ((ny - y) - (nx - x))
+            polygon.append((x + t * (nx - x), y + t * (ny - y)))
+    return polygon if len(polygon) >= 3 else []
+
+
+def paired_chart(
+    title: str,
+    pairs: Sequence[tuple[float | None, float | None, str]],
+    margin: float | None,
+    x_label: str = "baseline ABPC",
+    y_label: str = "candidate ABPC",
+    size: int = 260,
+) -> Chart:
+    """A paired scatter of a candidate against its baseline, image by image: one point per pair, the diagonal
+    y = x (no change) and the margin line y = x - margin, the region below it shaded (less faithful than the
+    baseline by more than the margin).
+
+    Args:
+        title: what the chart shows.
+        pairs: (baseline value, candidate value, tooltip) per image; pairs with a missing value are left out.
+        margin: the non-inferiority margin (None: no margin line).
+        size: side of the square plot box in SVG units.
+    """
+    points = [(x, y, text) for x, y, text in pairs if _finite(x) and _finite(y)]
+    values = [v for x, y, _ in points for v in (x, y)]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    if _finite(margin) and high - low < 2 * abs(margin):  # room for the margin line in the square
+        middle = (low + high) / 2
+        low, high = middle - abs(margin), middle + abs(margin)
+    pad = 0.06 * ((high - low) or 1.0)
+    low, high = low - pad, high + pad
+    chart = _layout(title, x_label, y_label, width=size + 56, plot_height=size)
+    frame = _Frame(chart, (low, high), (low, high))
+    ticks = _ticks(low, high)
+    chart.x_ticks = [(frame.x(v), _label(v)) for v in ticks]
+    chart.y_ticks = [(frame.y(v), _label(v)) for v in ticks]
+    if _finite(margin):
+        region = _below(low, high, margin)
+        if region:
+            chart.series.append(Series(label="less faithful by more than the margin", colour=WORSE, fill=WORSE,
+                                       pieces=[" ".join(f"{frame.x(x)},{frame.y(y)}" for x, y in region)]))
+    chart.series.append(frame.line("y = x (no change)", BASELINE, [low, high], [low, high], width=1.2))
+    if _finite(margin):
+        xs = [max(low, low + margin), min(high, high + margin)]
+        if xs[0] < xs[1]:
+            chart.series.append(frame.line(f"y = x − {margin:g} (margin)", WORSE, xs, [x - margin for x in xs],
+                                           dash="5 3", width=1.2))
+    dots = Series(label=f"paired images ({len(points)})", colour=LERF)
+    dots.dots = [(frame.x(x), frame.y(y), text) for x, y, text in points]
+    chart.series.append(dots)
     return _finish(chart)

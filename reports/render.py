@@ -24,6 +24,7 @@ from PIL import Image
 from audit.results import write_text_atomically
 
 from . import charts, pictures
+from .comparison import comparison_section
 from .summary import _perturbation_text, aggregates, gate_rows, header, overall_verdict
 from .values import _dict, _list, _num, _records, _sorted_stages, _stage_title, fmt, fmt_ci
 
@@ -116,8 +117,10 @@ class _Builder:
         self.runs = _records(self.results, "runs")
         self.gates = _records(self.results, "gates")
         self.anchors: dict[tuple[Any, Any], str] = {}  # (model id, image id) -> the first section of that pair
+        self.indices: dict[tuple[Any, Any], int] = {}  # (model id, image id) -> the index of that run
         for i, run in enumerate(self.runs):
             self.anchors.setdefault((run.get("model_id"), run.get("image_id")), f"img-{i}")
+            self.indices.setdefault((run.get("model_id"), run.get("image_id")), i)
         self.caption = _perturbation_text(self.perturbation)
         self._cache: dict[tuple, Any] = {}
 
@@ -194,6 +197,28 @@ class _Builder:
             return _encoded(picture, colours, self._shown(index, run, size)) if picture is not None else None
 
         return self._picture(("overlay", index, map_key, size, colours), draw)
+
+    def grid_picture(self, model_id: Any, image: Any, grid: Any, tag: tuple,
+                     ) -> tuple[dict[str, Any] | None, tuple[int, int]]:
+        """A raw map (any h x w, e.g. the baseline's) over the input picture of the model's run of ``image``, at the
+        thumbnail size and in true colour (the map alone on grey when that run has no input picture).
+
+        Returns:
+            The picture (None when the grid is missing or malformed) and the size it is shown at.
+        """
+        index = self.indices.get((model_id, image))
+        run = self.runs[index] if index is not None else {}
+        size = self.thumbnail
+        shown = self._shown(index, run, size) if index is not None else (size, size)
+
+        def draw() -> dict[str, Any] | None:
+            base = self._base(index, run, size) if index is not None else None
+            if base is None:
+                base = Image.new("RGB", shown, (128, 128, 128))
+            picture = pictures.map_overlay(base, grid)
+            return _encoded(picture, None, shown) if picture is not None else None
+
+        return self._picture((*tag[:1], -1 if index is None else index, *tag[1:], size), draw), shown
 
     def _full(self, index: int, run: dict[str, Any], size: tuple[int, int]) -> Image.Image | None:
         """The input picture brought to the model input's resolution (H, W), where the curves were measured."""
@@ -506,6 +531,7 @@ def render_report(
     builder = _Builder(results, thumbnail, float(max_mb))
     page = env.get_template("report.html.j2")
     context = {"header": header(results), "gates": gate_rows(results, builder.anchors),
+               "comparison": comparison_section(results, builder),
                "aggregates": aggregates(results), "caption": builder.caption, "max_mb": builder.max_mb,
                "thumbnail": thumbnail, "runs": builder.runs, "anchors": builder.anchors}
     # The page without its image sections, with the longest size notice for every image, sets their budget.

@@ -11,7 +11,7 @@ from typing import Any
 from . import charts
 from .values import _dict, _list, _num, _pair, _records, _sorted_stages, _stage_order, fmt, fmt_ci
 
-__all__ = ["aggregates", "gate_rows", "header", "overall_verdict"]
+__all__ = ["aggregates", "compared", "gate_rows", "header", "overall_verdict"]
 
 
 LEFT_OUT_SHOWN = 10  # files left out that the header names; it counts the rest
@@ -26,8 +26,8 @@ def _interruption(results: dict[str, Any]) -> str | None:
 
 
 def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
-    """``fail`` if the run stopped or was interrupted, a gate failed or a check failed or errored; ``inconclusive``
-    if a gate is; else ``pass``.
+    """``fail`` if the run stopped or was interrupted, a gate or a comparison with the baseline (or its map-agreement
+    gate) failed or a check failed or errored; ``inconclusive`` if a gate or a comparison is; else ``pass``.
 
     Returns:
         The verdict and the reasons for it, in words.
@@ -36,8 +36,12 @@ def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
         return "fail", ["the run stopped before any check ran"]
     gates = _records(results, "gates")
     checks = _records(results, "checks")
+    comparisons = _records(results, "comparisons")
+    drifts = [_dict(c.get("drift")) for c in comparisons]
     failed_gates = [g for g in gates if g.get("verdict") == "fail"]
     inconclusive = [g for g in gates if g.get("verdict") == "inconclusive"]
+    failed_comparisons = [c for c in comparisons if c.get("verdict") == "fail"]
+    failed_drifts = [d for d in drifts if d.get("verdict") == "fail"]
     failed = [c for c in checks if c.get("outcome") == "failed"]
     errors = [c for c in checks if c.get("outcome") == "error"]
     reasons = []
@@ -46,17 +50,33 @@ def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
         reasons.append(f"the run was interrupted by {signal} before every check ran")
     if failed_gates:
         reasons.append(f"{len(failed_gates)} gate(s) failed")
+    if failed_comparisons:
+        reasons.append(f"{len(failed_comparisons)} comparison(s) with the baseline failed")
+    if failed_drifts:
+        reasons.append(f"{len(failed_drifts)} map-agreement gate(s) failed")
     if failed:
         reasons.append(f"{len(failed)} check(s) failed")
     if errors:
         reasons.append(f"{len(errors)} check(s) errored")
     if reasons:
         return "fail", reasons
+    undecided = []
     if inconclusive:
-        return "inconclusive", [f"{len(inconclusive)} gate(s) inconclusive"]
-    if not gates and not checks:
+        undecided.append(f"{len(inconclusive)} gate(s) inconclusive")
+    unsure = [c for c in comparisons if c.get("verdict") == "inconclusive"]
+    if unsure:
+        undecided.append(f"{len(unsure)} comparison(s) with the baseline inconclusive")
+    unsure_drifts = [d for d in drifts if d.get("verdict") == "inconclusive"]
+    if unsure_drifts:
+        undecided.append(f"{len(unsure_drifts)} map-agreement gate(s) inconclusive")
+    if undecided:
+        return "inconclusive", undecided
+    if not gates and not checks and not comparisons:
         return "pass", ["no gate and no check recorded"]
-    return "pass", [f"{len(gates)} gate(s) passed", f"{len(checks)} check(s) without failure"]
+    passed = [f"{len(gates)} gate(s) passed"]
+    if comparisons:
+        passed.append(f"{len(comparisons)} comparison(s) with the baseline passed")
+    return "pass", [*passed, f"{len(checks)} check(s) without failure"]
 
 
 def _perturbation_text(perturbation: dict[str, Any]) -> str:
@@ -76,6 +96,11 @@ def _perturbation_text(perturbation: dict[str, Any]) -> str:
             f"explained class (the clean image's top-1); AUC: {perturbation.get('auc_rule', 'trapezoid')}; "
             f"ABPC = LeRF AUC − MoRF AUC (lower MoRF AUC, higher LeRF AUC and higher ABPC are better); "
             f"{'float32' if not amp else f'autocast {amp}'} forwards")
+
+
+def compared(results: dict[str, Any]) -> bool:
+    """Whether the run was compared with a baseline (``--baseline``): its report has a comparison section."""
+    return results.get("baseline") is not None or results.get("comparisons") is not None
 
 
 def header(results: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +126,7 @@ def header(results: dict[str, Any]) -> dict[str, Any]:
         "check_counts": counts, "run_error": results.get("error"), "interrupted": _interruption(results),
         "left_out": left_out[:LEFT_OUT_SHOWN], "left_out_count": len(left_out),
         "problems": [c for c in checks if c.get("outcome") in ("failed", "error")],
+        "compared": compared(results),
     }
 
 

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from audit.figures import png_data_uri
 from audit.perturb import pixel_ranks, removal_counts
 from audit.plugin import _checks_dir
-from reports import overall_verdict, render_report
+from reports import charts, overall_verdict, render_report
 from reports.pictures import removal_order, removal_strip
 from reports.render import _fit_images, plans_for
 
@@ -540,3 +540,248 @@ def test_python_m_reports_renders_a_results_file_again(audit_run, tmp_path):
         lines = bad.stderr.strip().splitlines()
         assert bad.returncode == 2 and len(lines) == 1 and message in lines[0], bad.stderr
     assert not (tmp_path / "bad.html").exists()
+
+
+# -- the comparison with the baseline (--baseline) ----------------------------------------------------------------
+PAIRED = [f"img{i}" for i in range(6)]
+HOSTILE_ID = "<img src=x onerror=alert(1)>"
+
+
+def _compared(verdict: str = "fail", drift: str = "not gated", rename: dict[str, str] | None = None,
+              ) -> dict[str, Any]:
+    """``_small_results`` audited against a baseline: one comparison of cam@encoder over six paired images, each
+    with an input picture; its three largest drops have grids of different shapes, and one a null grid."""
+    name = (rename or {}).get
+    results = _small_results()
+    uri = png_data_uri(torch.rand((3, 24, 32), generator=torch.Generator().manual_seed(0)), 160)
+    for image in PAIRED:
+        results["runs"].append({"model": "test_vit", "model_id": "test_vit", "image": f"photos/{image}.png",
+                                "image_id": name(image, image), "class": 3, "class_name": "tabby", "prob": 0.9,
+                                "error": None, "figures": {"input": uri}, "maps": {}})
+    pairs = []
+    for k, image in enumerate(PAIRED):
+        base, cand = 0.1 * k, 0.1 * k - 0.06 * k
+        morf = [1.0, 0.5 - 0.05 * k, 0.2]
+        pairs.append({"image": name(image, image), "sha256": f"{k:064x}", "candidate_class": 5 if k == 4 else 3,
+                      "baseline_class": 3, "candidate_class_name": "tiger" if k == 4 else "tabby",
+                      "baseline_class_name": "tabby", "candidate_morf_auc": 0.4, "candidate_lerf_auc": 0.4 + cand,
+                      "baseline_morf_auc": 0.3, "baseline_lerf_auc": 0.3 + base, "candidate_abpc": cand,
+                      "baseline_abpc": base, "candidate_morf": morf, "candidate_lerf": [1.0, 0.9, 0.8],
+                      "baseline_morf": [1.0, 0.4, 0.1], "baseline_lerf": [1.0, 0.95, 0.9], "spearman": 0.8,
+                      "d": cand - base})
+    grids = {"img5": ([[0.0, 1.0], [2.0, 3.0]], [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0], [6.0, 7.0, 8.0]]),
+             "img4": (None, [[1.0, 0.0], [0.0, 1.0]]), "img3": ([[1.0, 2.0], [3.0, 4.0]], [[4.0, 3.0], [2.0, 1.0]])}
+    drops = [{"image": name(image, image), "d": -0.06 * k, "candidate_abpc": 0.04 * k, "baseline_abpc": 0.1 * k,
+              "baseline_grid": grids[image][0], "candidate_grid": grids[image][1]}
+             for k, image in ((5, "img5"), (4, "img4"), (3, "img3"))]
+    results["baseline"] = {
+        "source": name("source", "/ci/released/results.json"), "sha256": "ab" * 32, "schema": "vit-audit/1",
+        "created": "2026-11-01T10:00:00+0000", "model": "test_vit_released", "model_id": "test_vit",
+        "checkpoint": "/ci/released/test_vit.safetensors", "checkpoint_sha256": "cd" * 32,
+        "recipe": {"steps": 2, "unit": "pixel", "fill": 0.5, "interpolation": "bilinear, align_corners=False",
+                   "amp": None, "act": "gelu", "seed": 0},
+        "images": 7, "images_without_sha256": [], "images_only_in_baseline": [name("old", "old_photo")],
+        "images_only_in_candidate": ["photo0"]}
+    results["comparisons"] = [{
+        "model": "test_vit", "model_id": "test_vit", "baseline_model": "test_vit_released", "method": "cam",
+        "stage": "encoder", "baseline_stage": "encoder", "n_pairs": 6, "margin": 0.05, "statistic": -0.15,
+        "ci95": [-0.2, -0.1], "morf_auc_difference": 0.1, "morf_auc_difference_ci95": [0.1, 0.1],
+        "lerf_auc_difference": -0.05, "lerf_auc_difference_ci95": [-0.1, 0.0], "candidate_abpc": 0.1,
+        "baseline_abpc": 0.25, "verdict": verdict, "reason": f"cam@encoder of test_vit vs the baseline: {verdict}",
+        "rule": "d = ABPC(candidate) - ABPC(baseline) per paired image", "largest_drops": drops,
+        "drift": {"statistic": 0.8, "ci95": [0.7, 0.9], "n_images": 6, "threshold": None if drift == "not gated"
+                  else 0.5, "verdict": drift, "reason": "median Spearman +0.800", "not_ranked": [],
+                  "top1_agreement": 5 / 6, "class_changed": [
+                      {"image": name("img4", "img4"), "baseline_class": 3, "candidate_class": 5,
+                       "baseline_class_name": "tabby", "candidate_class_name": "tiger"}]},
+        "unpaired_images": {"photo0": "could not be audited (candidate)"}, "pairs": pairs, "seed": 0,
+        "n_boot": 1000}]
+    return results
+
+
+def _section(html: str) -> str:
+    return html[html.index('<section id="comparison">'):html.index('<section id="checks">')]
+
+
+def _lines(svg: str, colour: str) -> list[list[tuple[float, float]]]:
+    """The polylines of the SVG drawn in ``colour``, as points."""
+    found = []
+    for group in re.findall(rf'<g stroke="{colour}"[^>]*>(.*?)</g>', svg, flags=re.S):
+        for points in re.findall(r'<polyline points="([^"]*)"/>', group):
+            found.append([tuple(float(v) for v in p.split(",")) for p in points.split()])
+    return found
+
+
+def test_a_failed_comparison_fails_the_report_and_its_section_shows_the_table_scatter_and_drops(tmp_path):
+    results = _compared("fail")
+    assert overall_verdict(results) == ("fail", ["1 comparison(s) with the baseline failed"])
+    html = render_report(results, tmp_path / "r.html").read_text()
+    assert 'class="verdict verdict-fail">FAIL<' in html and "<title>vit-audit report: FAIL" in html
+    assert '<a href="#comparison">Comparison with the baseline</a>' in html
+    assert html.index('<section id="gates">') < html.index('<section id="comparison">') < html.index('id="checks"')
+    section = _section(html)
+    dom = _Dom(section)
+    # The baseline's facts and one verdict row.
+    for fact in ("test_vit_released", "/ci/released/test_vit.safetensors", "sha256 " + "cd" * 32,
+                 "/ci/released/results.json", "sha256 " + "ab" * 32, "2 steps, pixel unit, fill 0.500 = 128/255",
+                 "only in the baseline: old_photo", "only in this run: photo0", "(cannot be paired): none"):
+        assert fact in section, fact
+    (row,) = dom.find("tr", "comparison")
+    assert row["data-verdict"] == "fail"
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", section.split('<tr class="comparison ')[1].split("</tr>")[0], re.S)
+    assert [re.sub(r"<[^>]+>", "", c).strip() for c in cells[2:9]] == [
+        "6", "-0.150", "[-0.200, -0.100]", "0.050", "+0.100", "+0.250", "fail"]
+    assert '<span class="badge fail">fail</span>' in section and '<span class="badge not-gated">not gated' in section
+    assert "+0.800 [+0.700, +0.900]" in section and "83%" in section and "img4 (tabby (3) → tiger (5))" in section
+    assert "cam@encoder of test_vit vs the baseline: fail" in section and "photo0 (could not be audited" in section
+    # One scatter: a point per pair with its tooltip, the diagonal, the margin line and the shaded band below it.
+    (scatter,) = re.findall(r'<svg class="chart"[^>]*aria-label="paired ABPC[^"]*">.*?</svg>', section, re.S)
+    titles = re.findall(r'<circle cx="[^"]+" cy="[^"]+" r="3"><title>([^<]*)</title></circle>', scatter)
+    assert len(titles) == 6 and [t.split(":")[0] for t in titles] == PAIRED
+    assert titles[5] == "img5: baseline ABPC +0.500, candidate ABPC +0.200, d -0.300"
+    (diagonal,), (margin,) = _lines(scatter, "#7f7f7f"), _lines(scatter, "#b00020")
+    offsets = {round(x + y) for x, y in diagonal}  # y = x: a line of slope -1 in SVG coordinates (y grows down)
+    assert len(offsets) == 1 and len({round(x + y) for x, y in margin}) == 1
+    assert min(x + y for x, y in margin) > offsets.pop() + 5  # below the diagonal
+    assert 'stroke-dasharray="5 3">' in scatter
+    assert "y = x (no change)" in scatter and "y = x − 0.05 (margin)" in scatter  # the legend
+    assert "<title>less faithful by more than the margin</title>" in scatter and "<polygon" in scatter
+    assert ">baseline ABPC<" in scatter and ">candidate ABPC<" in scatter  # the axes
+    words = " ".join(section.split())
+    assert "paired by the sha256 of their bytes" in words and "(seed 0, 1000 resamples," in words
+    # The three largest drops: both maps over the input picture (a null grid: not available), and both curves.
+    figures = dom.find("figure", "drop")
+    assert [f["data-image"] for f in figures] == ["img5", "img4", "img3"]
+    pictures = {a["alt"]: _assert_shown_as_drawn(a) for a in dom.find("img") if " map " in a["alt"]}
+    assert set(pictures) == {f"{side} map {image}" for side in ("baseline", "candidate") for image in
+                             ("img5", "img3")} | {"candidate map img4"}
+    assert {p.size for p in pictures.values()} == {(32, 24)}  # drawn over the 32x24 input, shown at 64 px
+    assert {(a["width"], a["height"]) for a in dom.find("img") if " map " in a["alt"]} == {("64", "48")}
+    assert section.count(">not available</span>") == 1
+    assert np.asarray(pictures["baseline map img5"]).std() > 0
+    curves = re.findall(r'aria-label="MoRF/LeRF of (img\d): candidate solid, baseline dashed"', section)
+    assert curves == ["img5", "img4", "img3"]
+    assert "d = -0.300" in section and "(ABPC baseline +0.500, candidate +0.200)" in section
+    assert "the candidate's top-1 is tiger (5)" in words
+
+
+@pytest.mark.parametrize("verdict, drift, expected", [
+    pytest.param("pass", "not gated", ("pass", ["1 gate(s) passed", "1 comparison(s) with the baseline passed",
+                                                "1 check(s) without failure"]), id="pass"),
+    pytest.param("inconclusive", "not gated", ("inconclusive", ["1 comparison(s) with the baseline inconclusive"]),
+                 id="inconclusive"),
+    pytest.param("pass", "fail", ("fail", ["1 map-agreement gate(s) failed"]), id="failed-drift"),
+    pytest.param("pass", "inconclusive", ("inconclusive", ["1 map-agreement gate(s) inconclusive"]),
+                 id="inconclusive-drift"),
+    pytest.param("fail", "fail", ("fail", ["1 comparison(s) with the baseline failed",
+                                           "1 map-agreement gate(s) failed"]), id="both-fail"),
+])
+def test_overall_verdict_counts_comparisons_with_the_baseline_like_gates(tmp_path, verdict, drift, expected):
+    results = _compared(verdict, drift)
+    assert overall_verdict(results) == expected
+    html = render_report(results, tmp_path / "r.html").read_text()
+    assert f'class="verdict verdict-{expected[0]}">{expected[0].upper()}<' in html
+    assert f'<span class="badge {drift.replace(" ", "-")}">{drift}</span>' in _section(html)
+
+
+def test_image_ids_and_paths_in_the_comparison_section_are_escaped(tmp_path):
+    results = _compared(rename={"img5": HOSTILE_ID, "img4": 'a&"b', "source": "/ci/<script>alert(1)</script>.json",
+                                "old": "<b>old</b>"})
+    html = render_report(results, tmp_path / "r.html").read_text()
+    assert "<script" not in html.lower() and "<img src=x" not in html and "<b>old</b>" not in html
+    section = _section(html)
+    escaped = "&lt;img src=x onerror=alert(1)&gt;"
+    assert f"<title>{escaped}: baseline ABPC +0.500" in section  # the scatter's tooltip
+    assert f'data-image="{escaped}"' in section and f'alt="baseline map {escaped}"' in section
+    assert f'>{escaped}</a>: d = -0.300' in section  # linked to its image section
+    assert "a&amp;&#34;b (tabby (3) → tiger (5))" in section
+    assert "only in the baseline: &lt;b&gt;old&lt;/b&gt;" in section
+    assert "/ci/&lt;script&gt;alert(1)&lt;/script&gt;.json" in section
+
+
+def test_a_run_without_a_baseline_has_no_comparison_section_and_renders_as_before(tmp_path):
+    compared = _compared("pass")
+    plain = {k: v for k, v in compared.items() if k not in ("baseline", "comparisons")}
+    pages = {}
+    for name, results in (("plain", plain), ("compared", compared)):
+        html = render_report(results, tmp_path / f"{name}.html").read_text()
+        pages[name] = re.sub(r"rendered in [0-9.]+ s", "", html)
+    assert 'id="comparison"' not in pages["plain"] and "#comparison" not in pages["plain"]
+    assert "baseline" not in _header(pages["plain"]) and "Comparison with the baseline" not in pages["plain"]
+    assert "Overall verdict: fail if any gate failed or any check failed or errored;" in pages["plain"]
+    section = _section(pages["compared"])
+    assert section.startswith('<section id="comparison">\n<h2>Comparison with the baseline</h2>')
+    # Take the section, its link and its style away: the rest of the page is the page without a baseline.
+    rest = pages["compared"].replace(section, "").replace('<a href="#comparison">Comparison with the baseline</a>', "")
+    body = {"plain": pages["plain"].split("</header>", 1)[1], "compared": rest.split("</header>", 1)[1]}
+    assert body["compared"] == body["plain"]
+    assert _header(rest).replace("; 1 comparison(s) with the baseline passed", "").split("<p>", 1)[1].split(
+        "</p>", 1)[1] == _header(pages["plain"]).split("<p>", 1)[1].split("</p>", 1)[1]
+
+
+@pytest.mark.parametrize("cut", ["no-comparisons", "baseline-only", "nulls", "garbage"])
+def test_partial_comparison_records_still_render(tmp_path, cut):
+    results = _compared("inconclusive")
+    comparison = results["comparisons"][0]
+    if cut == "no-comparisons":
+        results["comparisons"] = None
+    elif cut == "baseline-only":
+        del results["comparisons"]
+        results["baseline"] = "not a record"
+    elif cut == "nulls":
+        results["comparisons"] = [_nulls(comparison)]
+        results["baseline"] = _nulls(results["baseline"])
+    elif cut == "garbage":
+        comparison["pairs"] = ["not a pair", {"image": "img0", "baseline_abpc": "high", "candidate_abpc": None}]
+        comparison["largest_drops"][0]["baseline_grid"] = [[1.0, None], [2.0]]  # ragged
+        comparison["largest_drops"][1]["candidate_grid"] = "not a grid"
+        comparison["drift"] = ["not a record"]
+        comparison["unpaired_images"] = None
+        results["comparisons"].append("not a record")
+    html = render_report(results, tmp_path / "r.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    assert "<h2>Comparison with the baseline</h2>" in html
+    if cut in ("no-comparisons", "baseline-only"):
+        assert "No comparison was recorded" in _section(html)
+    else:
+        assert '<tr class="comparison ' in html
+
+
+def test_paired_chart_draws_the_points_the_diagonal_and_the_margin_band_in_data_coordinates():
+    chart = charts.paired_chart("t", [(0.1, 0.2, "a"), (0.5, 0.1, "b"), (None, 0.3, "left out"),
+                                      (-0.2, -0.4, "c")], 0.05)
+    band, diagonal, margin, dots = chart.series
+    (x0, a), (x1, b) = chart.x_ticks[0], chart.x_ticks[-1]
+    (y0, c), (y1, d) = chart.y_ticks[0], chart.y_ticks[-1]
+
+    def data(point: tuple[float, float]) -> tuple[float, float]:
+        return (float(a) + (point[0] - x0) * (float(b) - float(a)) / (x1 - x0),
+                float(c) + (point[1] - y0) * (float(d) - float(c)) / (y1 - y0))
+
+    def points(piece: str) -> list[tuple[float, float]]:
+        return [data(tuple(float(v) for v in p.split(","))) for p in piece.split()]
+
+    assert [t for _, _, t in dots.dots] == ["a", "b", "c"]
+    for (x, y, _), expected in zip(dots.dots, [(0.1, 0.2), (0.5, 0.1), (-0.2, -0.4)]):
+        assert np.allclose(data((x, y)), expected, atol=0.01)
+    assert all(abs(x - y) < 0.01 for x, y in points(diagonal.pieces[0]))
+    assert all(abs(x - 0.05 - y) < 0.01 for x, y in points(margin.pieces[0])) and margin.dash
+    assert band.fill and all(y <= x - 0.05 + 0.01 for x, y in points(band.pieces[0]))
+    corner = data((chart.right, chart.bottom))
+    assert any(np.allclose(p, corner, atol=0.01) for p in points(band.pieces[0]))  # the band reaches the corner
+    assert chart.right - chart.left == chart.bottom - chart.top  # square: y = x at 45 degrees
+    # Pairs that barely differ still show the margin line.
+    assert len(charts.paired_chart("t", [(0.3, 0.3, "a")], 0.05).series) == 4
+
+
+def test_the_comparison_section_opens_offline_in_chromium_with_every_picture_decoded(tmp_path):
+    report = render_report(_compared("fail", rename={"img5": HOSTILE_ID}), tmp_path / "report.html")
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+    probed = _browse(probe, tmp_path / "probe", "--virtual-time-budget=10000", "--dump-dom")
+    assert probed.returncode == 0 and _page_console_lines(probed.stderr) == [], probed.stderr[-2000:]
+    assert _page_requests(tmp_path / "probe" / "netlog.json") == []
+    verdict = json.loads(re.search(r'data-probe="([^"]*)"', probed.stdout).group(1).replace("&quot;", '"'))
+    section = _Dom(_section(probed.stdout))
+    assert len(section.find("img")) == 5 and verdict["broken"] == []
+    assert len(section.find("figure", "drop")) == 3 and len(section.find("circle")) >= 6
