@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,25 +48,31 @@ SETTINGS_KEYS = ("act", "seed")
 DATA_CONFIG_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode")
 
 
-@dataclass
 class Baseline:
-    """A baseline results file, read and checked.
+    """The released model's audit: a results file read and checked, or the baseline model audited in this run.
 
     Attributes:
-        source: the path as given; ``sha256``: of the file's bytes.
-        results: the whole results dict.
+        source: the path as given (or what was audited); ``sha256``: of the file's bytes (None when audited here).
+        results: the results dict (for an audited baseline: its schema, perturbation and settings).
         model: the baseline's model record (its one audited model).
-        runs: image sha256 -> the baseline's run of that image.
+        runs: image sha256 -> the baseline's run of that image (computed on first use for an audited baseline).
         unhashed: images of the baseline that have no sha256 in the file and whose file is no longer there to hash
             (a results file of an earlier version of the schema records none): they cannot be paired.
     """
 
-    source: str
-    sha256: str
-    results: dict[str, Any]
-    model: dict[str, Any]
-    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    unhashed: list[str] = field(default_factory=list)
+    def __init__(self, source: str, sha256: str | None, results: dict[str, Any], model: dict[str, Any],
+                 runs: dict[str, dict[str, Any]] | None = None,
+                 compute_runs: Callable[[], dict[str, dict[str, Any]]] | None = None):
+        self.source, self.sha256, self.results, self.model = source, sha256, results, model
+        self._runs = runs if runs is not None or compute_runs is not None else {}
+        self._compute_runs = compute_runs
+        self.unhashed: list[str] = []
+
+    @property
+    def runs(self) -> dict[str, dict[str, Any]]:
+        if self._runs is None:
+            self._runs = self._compute_runs()
+        return self._runs
 
     def record(self) -> dict[str, Any]:
         recipe = {k: self.results.get("perturbation", {}).get(k) for k in PERTURBATION_KEYS}
@@ -109,7 +115,7 @@ def load_baseline(path: str | os.PathLike[str]) -> Baseline:
     if len(models) != 1:
         raise _fail(label, f"holds {len(models)} audited models; a baseline is the audit of one model")
     model = models[0]
-    baseline = Baseline(source=label, sha256=hashlib.sha256(raw).hexdigest(), results=results, model=model)
+    baseline = Baseline(source=label, sha256=hashlib.sha256(raw).hexdigest(), results=results, model=model, runs={})
     images = {image.get("id"): image for image in results.get("images") or [] if isinstance(image, dict)}
     for run in results.get("runs") or []:
         if not isinstance(run, dict) or run.get("model_id", model.get("id")) != model.get("id"):

@@ -169,6 +169,9 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     lines = [f"vit-audit: {models}; {len(session.images)} images; device {session.device}; seed {s.seed}",
              f"vit-audit: gates {', '.join(s.gate) or 'none'} (threshold {s.threshold:+g}, "
              f"{'strict' if s.strict else 'inconclusive = skipped'}); policy from {', '.join(s.sources) or 'defaults'}"]
+    if session.baseline is not None:
+        agreement = "not gated" if s.min_map_agreement is None else f"gated at {s.min_map_agreement:g}"
+        lines.append(f"vit-audit: baseline {session.baseline.source} (margin {s.margin:g}; map agreement {agreement})")
     left_out = session.image_set.left_out
     if left_out:
         shown = "; ".join(f"{e['path']}: {e['reason']}, same as {e['same_as']}" for e in left_out[:3])

@@ -20,6 +20,7 @@ from .gates import GateInput, evaluate_gate
 from .images import normalize, prepare_image
 from .inputs import collect_images, load_models, model_id_for
 from .layout import normalize_stage, stage_names
+from .models import LoadedModel, load_model
 from .perturb import PerturbationConfig, max_steps
 from .pipeline import audit_image
 from .restore import PatchInverse
@@ -32,6 +33,7 @@ from .store import RecordStore
 __all__ = ["AuditSession", "Case", "model_id_for"]
 
 FLAT_TOLERANCE = 1e-12  # a class probability that moves less than this under every removal is constant
+BASELINE_PREFIX = "baseline-"  # the id of a baseline model audited in this run: baseline-<its model id>
 
 
 class Case:
@@ -81,8 +83,30 @@ class AuditSession:
         self.inverses = {model_id: PatchInverse(loaded.model) for model_id, loaded in self.models.items()}
         self.config = PerturbationConfig(steps=settings.steps, fill=settings.fill, unit=settings.unit,
                                          batch_size=settings.batch_size, amp=settings.amp)
-        self.baseline = self._baseline() if settings.baseline else None
         self._runs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.baseline_model: LoadedModel | None = None
+        self.baseline = (self._baseline() if settings.baseline else
+                         self._audited_baseline() if settings.baseline_model else None)
+
+    def _audited_baseline(self) -> Baseline:
+        """The released model audited in this run, with the same recipe, images and gates as the candidates."""
+        s = self.settings
+        pretrained = s.baseline_checkpoint == "pretrained"
+        loaded = load_model(s.baseline_model, None if pretrained else s.baseline_checkpoint, pretrained=pretrained)
+        model_id = f"{BASELINE_PREFIX}{model_id_for(s.baseline_model)}"
+        self.baseline_model = loaded
+        self._plan(model_id, loaded)
+        self.inverses[model_id] = PatchInverse(loaded.model)
+
+        def runs() -> dict[str, dict[str, Any]]:
+            return {e.sha256: self.run(Case(model_id, e.id, e.path)) for e in self.image_set.entries if e.sha256}
+
+        results = {"schema": SCHEMA, "perturbation": self.config.describe(), "settings": asdict(s)}
+        return Baseline(f"{s.baseline_model} ({s.baseline_checkpoint}), audited in this run", None, results,
+                        model_record(loaded, model_id), compute_runs=runs)
+
+    def _model(self, model_id: str) -> LoadedModel:
+        return self.models[model_id] if model_id in self.models else self.baseline_model
 
     def _baseline(self) -> Baseline:
         """The baseline results file, checked against every model's recipe and gates (a usage error otherwise)."""
@@ -131,7 +155,9 @@ class AuditSession:
                 for stage in stage_names(loaded.layout.depth) for method in self.settings.methods]
 
     def gate_keys(self) -> list[tuple[str, str, str]]:
-        return [(model_id, method, stage) for model_id, gates in self.gates.items() for method, stage in gates]
+        """(model id, method, stage) of every gated map of the audited models (a baseline audited here has none)."""
+        return [(model_id, method, stage) for model_id, gates in self.gates.items() if model_id in self.models
+                for method, stage in gates]
 
     def is_gated(self, model_id: str, method: str, stage: str) -> bool:
         return (method, stage) in self.gates.get(model_id, [])
@@ -144,7 +170,7 @@ class AuditSession:
         return self._runs[case.key]
 
     def _compute_run(self, case: Case) -> dict[str, Any]:
-        loaded = self.models[case.model_id]
+        loaded = self._model(case.model_id)
         start = time.perf_counter()
         try:
             prepared = prepare_image(case.path, loaded.data_config, name=case.image_id)
@@ -162,8 +188,10 @@ class AuditSession:
     def _maps_for_baseline_class(self, case: Case, loaded, prepared, record: dict[str, Any]) -> None:
         """Where the baseline explained another class on this image, the gated maps of that class too (drift
         compares maps of the same class)."""
+        if self.baseline is None or case.model_id not in self.models:  # the baseline's own runs compare nothing
+            return
         entry = self.image_set.entry(case.image_id)
-        other = self.baseline.runs.get(entry.sha256) if self.baseline and entry and entry.sha256 else None
+        other = self.baseline.runs.get(entry.sha256) if entry and entry.sha256 else None
         if other is None or other.get("error") or other.get("class") in (None, record["class"]):
             return
         record["baseline_class"] = other["class"]

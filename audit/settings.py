@@ -187,6 +187,8 @@ class AuditSettings:
     strict: bool = False
     keep_duplicate_images: bool = False
     baseline: str | None = None
+    baseline_model: str | None = None
+    baseline_checkpoint: str | None = None
     margin: float = DEFAULT_MARGIN
     min_map_agreement: float | None = None
     audit_json: str | None = None
@@ -225,6 +227,8 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
     "strict": ("treat inconclusive gates as failures (for release gating)", None),
     "keep_duplicate_images": ("audit files with identical bytes under different names each (default: once)", None),
     "baseline": ("results file of the released model's audit: gate this run against it, image by image", "PATH"),
+    "baseline_model": ("or audit the released model in this run: its timm model name", "NAME"),
+    "baseline_checkpoint": ("checkpoint of --baseline-model ('pretrained' for timm's weights)", "PATH"),
     "margin": (f"non-inferiority margin on the mean ABPC difference from the baseline (default {DEFAULT_MARGIN})",
                "VALUE"),
     "min_map_agreement": ("gate the median Spearman of the maps with the baseline's against this (default: not "
@@ -529,6 +533,13 @@ def _validate(s: AuditSettings, origins: dict[str, str] | None = None) -> None:
                 int(layer)
             except ValueError:
                 raise fail("layers", f"layers: {layer!r} is not a block index, 'encoder' or 'all'") from None
+    if s.baseline and (s.baseline_model or s.baseline_checkpoint):
+        raise fail("baseline", "baseline: give either --baseline (a results file) or --baseline-model and "
+                   "--baseline-checkpoint (audited in this run), not both")
+    if bool(s.baseline_model) != bool(s.baseline_checkpoint):
+        raise fail("baseline_model" if s.baseline_model else "baseline_checkpoint",
+                   "baseline-model: --baseline-model and --baseline-checkpoint go together ('pretrained' for timm's "
+                   "own weights)")
     if len(s.checkpoint) != len(s.model):
         raise fail("checkpoint" if "checkpoint" in origins else "model",
                    f"checkpoint: {len(s.checkpoint)} checkpoints for {len(s.model)} models; give one "

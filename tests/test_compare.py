@@ -247,3 +247,32 @@ def test_xdist_gives_the_same_comparison(pytester, data):
                                                                                             "parallel.json"))
     assert [(c["statistic"], c["ci95"], c["drift"]["statistic"]) for c in one] == \
         [(c["statistic"], c["ci95"], c["drift"]["statistic"]) for c in two]
+
+
+def test_a_baseline_model_audited_in_the_same_run_gives_the_numbers_of_its_results_file(pytester, data):
+    from_file = _run(pytester, data, "--baseline", str(data["baseline"]), "-k", "compare", "--margin", "1",
+                     "--audit-json", "file.json", checkpoint=data["degraded"])
+    in_run = _run(pytester, data, "--baseline-model", EMBEDDED_MODEL, "--baseline-checkpoint",
+                  str(embedded_checkpoint()), "-k", "compare", "--margin", "1", "--audit-json", "run.json",
+                  checkpoint=data["degraded"])
+    assert from_file.ret == in_run.ret == 0
+    one, two = (json.loads((pytester.path / name).read_text()) for name in ("file.json", "run.json"))
+    assert any("vit_fmnist-vs-baseline-vit_fmnist-cam@encoder" in c["nodeid"] for c in two["checks"])
+    for a, b in zip(one["comparisons"], two["comparisons"]):
+        assert (a["statistic"], a["ci95"]) == (b["statistic"], b["ci95"])
+        assert a["drift"]["statistic"] == b["drift"]["statistic"]
+    assert two["baseline"]["source"].endswith("audited in this run") and len(two["runs"]) == 10  # candidate's only
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--baseline", "x.json", "--baseline-model", EMBEDDED_MODEL, "--baseline-checkpoint", "y"],
+     "baseline: give either --baseline"),
+    (["--baseline-model", EMBEDDED_MODEL], "--baseline-model and --baseline-checkpoint go together"),
+    (["--baseline-model", "test_vit", "--baseline-checkpoint", "EMBEDDED"], "does not fit model 'test_vit'"),
+])
+def test_baseline_model_usage_errors(pytester, data, extra, message):
+    extra = [str(embedded_checkpoint()) if a == "EMBEDDED" else a for a in extra]
+    result = _run(pytester, data, *extra)
+    assert result.ret == 4
+    errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
+    assert len(errors) == 1 and message in errors[0], errors
