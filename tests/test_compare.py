@@ -276,3 +276,13 @@ def test_baseline_model_usage_errors(pytester, data, extra, message):
     assert result.ret == 4
     errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
     assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_a_baseline_of_the_same_architecture_with_another_data_config_is_a_usage_error(pytester, data, tmp_path):
+    other = json.loads(data["baseline"].read_text())
+    other["models"][0]["data_config"]["mean"] = [0.5]
+    changed = tmp_path / "other-mean.json"
+    changed.write_text(json.dumps(other))
+    result = _run(pytester, data, "--baseline", str(changed))
+    assert result.ret == 4
+    assert "data config mean [0.5] (baseline) vs (0.286,) (this run)" in result.stderr.str()
