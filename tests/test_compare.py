@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from audit.compare import load_baseline, map_agreement
 from audit.plugin import _checks_dir
+from audit.settings import DEFAULT_MARGIN
 from audit.stats import paired_difference
 from audit.zoo import EMBEDDED_MODEL, embedded_checkpoint, embedded_images
 
@@ -124,7 +125,7 @@ def _run(pytester, data, *extra, checkpoint=None, images=None, recipe=RECIPE):
 
 
 def test_the_released_model_against_itself_passes_with_no_difference_and_full_agreement(pytester, data):
-    result = _run(pytester, data, "--baseline", str(data["baseline"]), "--audit-json", "r.json",
+    result = _run(pytester, data, "--baseline", str(data["baseline"]), "--audit-json", "r.json", "--margin", "0.05",
                   "--min-map-agreement", "0.9", "--junitxml", "junit.xml")
     assert result.ret == 0, result.stdout.str()
     outcomes = result.parseoutcomes()
@@ -141,7 +142,8 @@ def test_the_released_model_against_itself_passes_with_no_difference_and_full_ag
 
 
 def test_a_degraded_candidate_fails_with_the_statistic_margin_both_means_and_the_largest_drops(pytester, data):
-    result = _run(pytester, data, "--baseline", str(data["baseline"]), "-k", "compare", checkpoint=data["degraded"])
+    result = _run(pytester, data, "--baseline", str(data["baseline"]), "-k", "compare", "--margin", "0.05",
+                  checkpoint=data["degraded"])
     assert result.ret == 1
     out = result.stdout.str()
     assert "FAILED" in out and "test_no_regression[vit_fmnist-vs-vit_fmnist-cam@encoder]" in out
@@ -150,6 +152,11 @@ def test_a_degraded_candidate_fails_with_the_statistic_margin_both_means_and_the
     # A wide enough margin lets the same candidate through: the verdict follows the margin, not the model alone.
     assert _run(pytester, data, "--baseline", str(data["baseline"]), "-k", "compare", "--margin", "1",
                 checkpoint=data["degraded"]).ret == 0
+    # The default margin (README, "Gating a release") is in the record and the reason.
+    _run(pytester, data, "--baseline", str(data["baseline"]), "-k", "compare", "--audit-json", "default.json",
+         checkpoint=data["degraded"])
+    default = json.loads((pytester.path / "default.json").read_text())
+    assert {c["margin"] for c in default["comparisons"]} == {DEFAULT_MARGIN}
 
 
 def test_map_drift_gated_by_min_map_agreement(pytester, data):
