@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from . import charts
 from .summary import compared
-from .values import _dict, _list, _num, _records, fmt, fmt_ci
+from .values import _dict, _list, _num, _records, fill_text, fmt, fmt_ci
 
 __all__ = ["comparison_section"]
 
@@ -48,15 +48,10 @@ def _recipe(recipe: dict[str, Any]) -> str:
     """The baseline's recipe in words (it is the run's: a baseline with another recipe is refused)."""
     if not recipe:
         return "not recorded"
-    fill = recipe.get("fill")
-    if isinstance(fill, (list, tuple)):
-        fill_text = "(" + ", ".join(fmt(v, 3) for v in fill) + ")"
-    else:
-        fill_text = fmt(fill, 3) + (f" = {round(fill * 255)}/255" if _num(fill) is not None else "")
     amp = recipe.get("amp")
-    return (f"{_known(recipe, 'steps')} steps, {_known(recipe, 'unit')} unit, fill {fill_text}, interpolation "
-            f"{_known(recipe, 'interpolation')}, {'float32' if not amp else f'autocast {amp}'}, activation "
-            f"{_known(recipe, 'act')}, seed {_known(recipe, 'seed')}")
+    return (f"{_known(recipe, 'steps')} steps, {_known(recipe, 'unit')} unit, fill {fill_text(recipe.get('fill'))}, "
+            f"interpolation {_known(recipe, 'interpolation')}, {'float32' if not amp else f'autocast {amp}'}, "
+            f"activation {_known(recipe, 'act')}, seed {_known(recipe, 'seed')}")
 
 
 def _facts(baseline: dict[str, Any]) -> dict[str, Any]:

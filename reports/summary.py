@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import charts
-from .values import _dict, _list, _num, _pair, _records, _sorted_stages, _stage_order, fmt, fmt_ci
+from .values import _dict, _list, _num, _pair, _records, _sorted_stages, _stage_order, fill_text, fmt, fmt_ci
 
 __all__ = ["aggregates", "compared", "gate_rows", "header", "overall_verdict"]
 
@@ -82,15 +82,10 @@ def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
 def _perturbation_text(perturbation: dict[str, Any]) -> str:
     """How the MoRF/LeRF curves were measured, in words: the caption of every curve and score."""
     steps = perturbation.get("steps", "?")
-    fill = perturbation.get("fill")
-    if isinstance(fill, (list, tuple)):
-        fill_text = "(" + ", ".join(fmt(v, 3) for v in fill) + ")"
-    else:
-        fill_text = fmt(fill, 3) + (f" = {round(fill * 255)}/255" if _num(fill) is not None else "")
     unit = perturbation.get("unit", "pixel")
-    amp = perturbation.get("amp")
+    amp, fill = perturbation.get("amp"), fill_text(perturbation.get("fill"))
     return (f"{steps} steps; image k of {steps}+1 has the first round(k·N/{steps}) {unit}s of the map's ranking "
-            f"(N {unit}s of the model input) replaced by the fill {fill_text} in pixel space, all channels, before "
+            f"(N {unit}s of the model input) replaced by the fill {fill} in pixel space, all channels, before "
             f"normalisation; ranking: the map upsampled {perturbation.get('interpolation', 'bilinearly')} to the "
             f"model input, MoRF descending, LeRF ascending, ties in row-major order; y_k: softmax probability of the "
             f"explained class (the clean image's top-1); AUC: {perturbation.get('auc_rule', 'trapezoid')}; "

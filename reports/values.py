@@ -54,6 +54,13 @@ def fmt_ci(value: Any, digits: int = 3, signed: bool = False) -> str:
 
 
 # -- stages: patch_embed, embed, blocks 0..L-1, encoder -----------------------------------------------------------
+def fill_text(fill: Any) -> str:
+    """The removal fill in words: ``0.498 = 127/255``, or one value per channel in brackets."""
+    if isinstance(fill, (list, tuple)):
+        return "(" + ", ".join(fmt(v, 3) for v in fill) + ")"
+    return fmt(fill, 3) + (f" = {round(fill * 255)}/255" if _num(fill) is not None else "")
+
+
 def _stage_order(stage: str) -> tuple[int, int]:
     order = {"patch_embed": -2, "embed": -1, "encoder": 10**6}
     if stage in order:
