@@ -14,7 +14,6 @@ Each image left out is kept as a note that the results file, the terminal and th
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -23,9 +22,10 @@ from pathlib import Path
 
 from .errors import AuditError
 from .images import find_images
-from .models import LoadedModel, load_model
+from .models import LoadedModel, load_model, sha256_of
 
-__all__ = ["ImageEntry", "ImageSet", "LoadedModels", "collect_images", "image_ids", "load_models", "model_id_for"]
+__all__ = ["ImageEntry", "ImageSet", "LoadedModels", "collect_images", "image_ids", "load_models", "load_named",
+           "model_id_for"]
 
 
 @dataclass(frozen=True)
@@ -44,22 +44,21 @@ class ImageSet:
     entries: list[ImageEntry]
     left_out: list[dict[str, str]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self._by_id = {entry.id: entry for entry in self.entries}
+
     def entry(self, image_id: str) -> ImageEntry | None:
-        return next((e for e in self.entries if e.id == image_id), None)
+        return self._by_id.get(image_id)
 
     def record(self) -> list[dict[str, str | None]]:
         return [{"id": e.id, "path": e.path, "sha256": e.sha256} for e in self.entries]
 
 
 def _sha256(path: Path) -> str | None:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        return sha256_of(path)
     except OSError:
         return None  # the image fails its own checks when it is read
-    return digest.hexdigest()
 
 
 def image_ids(paths: list[Path]) -> list[str]:
@@ -141,6 +140,12 @@ class LoadedModels:
     errors: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
+def load_named(name: str, checkpoint: str) -> LoadedModel:
+    """Load a model as the command line names it: a checkpoint path, or ``pretrained`` for timm's own weights."""
+    pretrained = checkpoint == "pretrained"
+    return load_model(name, None if pretrained else checkpoint, pretrained=pretrained)
+
+
 def load_models(names: list[str], checkpoints: list[str]) -> LoadedModels:
     """Load every model; one that cannot be loaded keeps its one-line error and does not stop the others.
 
@@ -154,9 +159,8 @@ def load_models(names: list[str], checkpoints: list[str]) -> LoadedModels:
         if model_id in out.ids:
             model_id = f"{model_id}{index}"
         out.ids.append(model_id)
-        pretrained = checkpoint == "pretrained"
         try:
-            out.models[model_id] = load_model(name, None if pretrained else checkpoint, pretrained=pretrained)
+            out.models[model_id] = load_named(name, checkpoint)
         except AuditError as err:
             out.errors[model_id] = {"name": name, "checkpoint": checkpoint, "error": str(err)}
             first_error = first_error or err

@@ -18,9 +18,9 @@ from .compare import Baseline, baseline_stage, check_measured, check_recipe, com
 from .errors import AuditError, ImageError
 from .gates import GateInput, evaluate_gate
 from .images import normalize, prepare_image
-from .inputs import collect_images, load_models, model_id_for
+from .inputs import collect_images, load_models, load_named, model_id_for
 from .layout import normalize_stage, stage_names
-from .models import LoadedModel, load_model
+from .models import LoadedModel
 from .perturb import PerturbationConfig, max_steps
 from .pipeline import audit_image
 from .restore import PatchInverse
@@ -91,8 +91,7 @@ class AuditSession:
     def _audited_baseline(self) -> Baseline:
         """The released model audited in this run, with the same recipe, images and gates as the candidates."""
         s = self.settings
-        pretrained = s.baseline_checkpoint == "pretrained"
-        loaded = load_model(s.baseline_model, None if pretrained else s.baseline_checkpoint, pretrained=pretrained)
+        loaded = load_named(s.baseline_model, s.baseline_checkpoint)
         model_id = f"{BASELINE_PREFIX}{model_id_for(s.baseline_model)}"
         self.baseline_model = loaded
         self._plan(model_id, loaded)
@@ -111,10 +110,9 @@ class AuditSession:
     def _baseline(self) -> Baseline:
         """The baseline results file, checked against every model's recipe and gates (a usage error otherwise)."""
         baseline = load_baseline(self.settings.baseline)
-        written = [(method, stage) for method, stage in self.settings.gated()]
         for loaded in self.models.values():
             check_recipe(baseline, self.config.describe(), asdict(self.settings), loaded)
-        check_measured(baseline, written)
+        check_measured(baseline, self.settings.gated())
         return baseline
 
     def _plan(self, model_id: str, loaded) -> None:
