@@ -11,14 +11,16 @@ threshold 0 means "better than a random map":
 
 from __future__ import annotations
 
+import math
+import reprlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from .stats import N_BOOTSTRAP, bootstrap_ci
 
-__all__ = ["GateLimits", "evaluate_gate", "MIN_IMAGES", "VERDICTS"]
+__all__ = ["GateLimits", "LIMIT_NAMES", "evaluate_gate", "MIN_IMAGES", "VERDICTS"]
 
 MIN_IMAGES = 5
 VERDICTS = ("pass", "fail", "inconclusive")
@@ -35,11 +37,28 @@ class GateLimits:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, float], where: str) -> GateLimits:
-        unknown = set(values) - {"max_morf_auc", "min_lerf_auc", "min_abpc"}
+        """Limits from a table (``where`` names it in errors).
+
+        Raises:
+            ValueError: one line: an unknown limit name, or a value that is not a finite number (bools included).
+        """
+        unknown = set(values) - set(LIMIT_NAMES)
         if unknown:
-            raise ValueError(f"{where}: unknown limits {sorted(unknown)}; allowed: max_morf_auc, min_lerf_auc, "
-                             "min_abpc")
+            raise ValueError(f"{where}: unknown limits {sorted(unknown)}; allowed: {', '.join(LIMIT_NAMES)}")
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+                raise ValueError(f"{where}.{name}: expected a finite number, got {reprlib.repr(value)}")
         return cls(**{k: float(v) for k, v in values.items()})
+
+
+LIMIT_NAMES = tuple(f.name for f in fields(GateLimits))
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 @dataclass

@@ -73,3 +73,10 @@ def test_gate_is_reproducible_with_its_seed():
 def test_unknown_limit_is_refused():
     with pytest.raises(ValueError, match="limits.cam@3: unknown limits \\['max_abpc'\\]"):
         GateLimits.from_mapping({"max_abpc": 1.0}, "limits.cam@3")
+
+
+@pytest.mark.parametrize("value", [True, "0.2", float("nan"), float("inf"), 10**400, {"a": 1}])
+def test_a_limit_that_is_not_a_finite_number_is_refused_by_gate_limits_itself(value):
+    with pytest.raises(ValueError, match=r"^limits\.cam@encoder\.min_abpc: expected a finite number, got "):
+        GateLimits.from_mapping({"min_abpc": value}, "limits.cam@encoder")
+    assert GateLimits.from_mapping({"min_abpc": 1}, "limits.cam@encoder").min_abpc == 1.0
