@@ -61,6 +61,21 @@ def make_tiny(key: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def save_tiny(key: str, path: Path) -> Path:
+    """Write :func:`make_tiny`'s model ``key`` as a safetensors checkpoint at ``path``."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in make_tiny(key).state_dict().items()}, str(path))
+    return path
+
+
+def nested_audit() -> list[str]:
+    """The start of a nested audit run: the packaged checks with the plugin, no cache, rooted in the current folder."""
+    from audit.plugin import _checks_dir
+
+    return [str(_checks_dir()), "-p", "audit.plugin", "-p", "no:cacheprovider", "--rootdir", "."]
+
+
 def input_size_of(model: torch.nn.Module) -> tuple[int, int]:
     size = model.patch_embed.img_size
     return (size, size) if isinstance(size, int) else tuple(size)

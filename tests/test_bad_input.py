@@ -20,8 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from audit import load_model
 from audit.inputs import collect_images, image_ids
-from audit.plugin import _checks_dir
 from audit.zoo import EMBEDDED_MODEL, embedded_checkpoint, embedded_images
+
+from conftest import nested_audit
 
 pytest_plugins = ["pytester"]
 
@@ -41,7 +42,7 @@ def samples() -> list[Path]:
 
 
 def _run(pytester, *args, model: str | None = None, checkpoint: str | Path | None = None):
-    base = [str(_checks_dir()), "-p", "audit.plugin", "-p", "no:cacheprovider", "--rootdir", "."]
+    base = nested_audit()
     models = ["--model", model or EMBEDDED_MODEL, "--checkpoint", str(checkpoint or embedded_checkpoint())]
     return pytester.runpytest(*base, *models, *FAST, *args)
 

@@ -25,6 +25,8 @@ from audit.settings import DEFAULT_MARGIN
 from audit.stats import paired_difference
 from audit.zoo import EMBEDDED_MODEL, embedded_checkpoint, embedded_images
 
+from conftest import nested_audit
+
 pytest_plugins = ["pytester"]
 
 RECIPE = ["--methods", "cam,grad_cls,random", "--layers", "encoder", "--steps", "10", "--gate", "cam@encoder",
@@ -119,9 +121,9 @@ def _isolated(pytester, monkeypatch):
 
 
 def _run(pytester, data, *extra, checkpoint=None, images=None, recipe=RECIPE):
-    return pytester.runpytest(str(_checks_dir()), "-p", "audit.plugin", "-p", "no:cacheprovider", "--rootdir", ".",
-                              "--model", EMBEDDED_MODEL, "--checkpoint", str(checkpoint or embedded_checkpoint()),
-                              "--images", str(images or data["photos"]), *recipe, *extra)
+    return pytester.runpytest(*nested_audit(), "--model", EMBEDDED_MODEL, "--checkpoint",
+                              str(checkpoint or embedded_checkpoint()), "--images", str(images or data["photos"]),
+                              *recipe, *extra)
 
 
 def test_the_released_model_against_itself_passes_with_no_difference_and_full_agreement(pytester, data):
@@ -245,9 +247,8 @@ def test_without_a_baseline_the_comparison_checks_are_not_collected(pytester, da
 
 
 def test_xdist_gives_the_same_comparison(pytester, data):
-    args = [str(_checks_dir()), "-p", "audit.plugin", "-p", "no:cacheprovider", "--rootdir", ".", "--model",
-            EMBEDDED_MODEL, "--checkpoint", str(data["degraded"]), "--images", str(data["photos"]), *RECIPE,
-            "--baseline", str(data["baseline"]), "--margin", "1"]
+    args = [*nested_audit(), "--model", EMBEDDED_MODEL, "--checkpoint", str(data["degraded"]), "--images",
+            str(data["photos"]), *RECIPE, "--baseline", str(data["baseline"]), "--margin", "1"]
     assert pytester.runpytest_subprocess(*args, "--audit-json", "serial.json").ret == 0
     assert pytester.runpytest_subprocess(*args, "-n", "2", "--audit-json", "parallel.json").ret == 0
     one, two = (json.loads((pytester.path / name).read_text())["comparisons"] for name in ("serial.json",

@@ -17,14 +17,12 @@ from pathlib import Path
 import pytest
 import skimage.data
 from PIL import Image
-from safetensors.torch import save_file
 
 from audit import cli
 from audit.outputs import write_outputs
-from audit.plugin import _checks_dir
 from audit.results import stopped_results
 
-from conftest import make_tiny
+from conftest import nested_audit, save_tiny
 
 pytest_plugins = ["pytester"]
 
@@ -37,8 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_files(tmp_path_factory) -> dict[str, Path]:
     """test_vit weights as safetensors, a folder of one photo, and a folder of many (for a run still going)."""
     root = tmp_path_factory.mktemp("output-data")
-    model = make_tiny("test_vit")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "test_vit.safetensors"))
+    save_tiny("test_vit", root / "test_vit.safetensors")
     one, many = root / "one", root / "many"
     one.mkdir()
     many.mkdir()
@@ -60,7 +57,7 @@ def _isolated(pytester, monkeypatch):
 
 
 def _base():
-    return [str(_checks_dir()), "-p", "audit.plugin", "-p", "no:cacheprovider", "--rootdir", "."]
+    return nested_audit()
 
 
 def _args(files, *extra, images=None):

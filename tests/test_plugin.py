@@ -9,11 +9,8 @@ import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
-from safetensors.torch import save_file
 
-from audit.plugin import _checks_dir
-
-from conftest import make_tiny
+from conftest import nested_audit, save_tiny
 
 pytest_plugins = ["pytester"]
 
@@ -25,8 +22,7 @@ FAST = ["--methods", "cam,grad,random", "--layers", "encoder", "--steps", "10", 
 def tiny_files(tmp_path_factory) -> dict[str, Path]:
     """test_vit weights as safetensors, a folder of six real photos, and a corrupt one elsewhere."""
     root = tmp_path_factory.mktemp("audit-data")
-    model = make_tiny("test_vit")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "test_vit.safetensors"))
+    save_tiny("test_vit", root / "test_vit.safetensors")
     photos = root / "photos"
     photos.mkdir()
     for name in PHOTOS:
@@ -49,7 +45,7 @@ def _isolated(pytester, monkeypatch):
 
 
 def _base():
-    return [str(_checks_dir()), "-p", "audit.plugin", "-p", "no:cacheprovider", "--rootdir", "."]
+    return nested_audit()
 
 
 def _args(files, *extra, images=None):
