@@ -56,12 +56,8 @@ def _isolated(pytester, monkeypatch):
     monkeypatch.chdir(pytester.path)
 
 
-def _base():
-    return nested_audit()
-
-
 def _args(files, *extra, images=None):
-    return [*_base(), "--model", "test_vit", "--checkpoint", str(files["checkpoint"]), "--images",
+    return [*nested_audit(), "--model", "test_vit", "--checkpoint", str(files["checkpoint"]), "--images",
             str(images or files["one"]), *FAST, *extra]
 
 

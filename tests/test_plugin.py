@@ -44,12 +44,8 @@ def _isolated(pytester, monkeypatch):
     monkeypatch.chdir(pytester.path)
 
 
-def _base():
-    return nested_audit()
-
-
 def _args(files, *extra, images=None):
-    return [*_base(), "--model", "test_vit",
+    return [*nested_audit(), "--model", "test_vit",
             "--checkpoint", str(files["checkpoint"]), "--images", str(images or files["photos"]), *FAST, *extra]
 
 
@@ -136,7 +132,7 @@ def test_degenerate_gated_map_fails_with_the_reason(pytester, tiny_files):
 ])
 def test_usage_errors_exit_4_with_one_line_naming_the_option(pytester, tiny_files, extra, message):
     if extra[0] == "--model":
-        args = [*_base(), *extra]
+        args = [*nested_audit(), *extra]
     else:
         args = _args(tiny_files, *extra)
     result = pytester.runpytest(*args)
@@ -146,7 +142,7 @@ def test_usage_errors_exit_4_with_one_line_naming_the_option(pytester, tiny_file
 
 
 def test_checkpoint_that_does_not_fit_is_a_usage_error(pytester, tiny_files):
-    result = pytester.runpytest(*_base(), "--model", "test_vit2", "--checkpoint",
+    result = pytester.runpytest(*nested_audit(), "--model", "test_vit2", "--checkpoint",
                                 str(tiny_files["checkpoint"]), "--images", str(tiny_files["photos"]))
     assert result.ret == 4
     assert "does not fit model 'test_vit2'" in result.stderr.str()
@@ -173,9 +169,10 @@ def test_a_usage_error_still_writes_the_results_file_and_the_report_with_the_err
 
 def test_a_model_that_does_not_load_fails_its_check_and_the_other_models_are_audited(pytester, tiny_files):
     checkpoint = str(tiny_files["checkpoint"])
-    result = pytester.runpytest(*_base(), "--model", "test_vit", "--checkpoint", checkpoint, "--model", "test_vit2",
-                                "--checkpoint", checkpoint, "--images", str(tiny_files["photos"]), *FAST, "--gate",
-                                "cam@encoder", "--threshold", "-1", "--audit-json", "r.json", "--report", "r.html")
+    result = pytester.runpytest(*nested_audit(), "--model", "test_vit", "--checkpoint", checkpoint, "--model",
+                                "test_vit2", "--checkpoint", checkpoint, "--images", str(tiny_files["photos"]), *FAST,
+                                "--gate", "cam@encoder", "--threshold", "-1", "--audit-json", "r.json", "--report",
+                                "r.html")
     assert result.ret == 1
     assert result.parseoutcomes()["failed"] == 1
     result.stdout.fnmatch_lines(["test_vit2 (*): checkpoint * does not fit model 'test_vit2': 43 missing*",
@@ -205,7 +202,7 @@ def test_pyproject_policy_and_audit_config_file_with_command_line_precedence(pyt
         layers = "encoder"
         steps = 10
     """)
-    base = [*_base(), "--model", "test_vit", "--checkpoint",
+    base = [*nested_audit(), "--model", "test_vit", "--checkpoint",
             str(tiny_files["checkpoint"]), "--images", str(tiny_files["photos"]), "-k", "gate"]
     result = pytester.runpytest(*base)
     assert result.ret == 0
