@@ -88,9 +88,16 @@ def tiny(request) -> tuple[str, torch.nn.Module]:
 
 
 def require_shared(path: Path) -> Path:
-    """The shared test data; its absence is a failure, not a skip (set VIT_AUDIT_SHARED to point at it)."""
+    """The shared test data (set VIT_AUDIT_SHARED to point at it elsewhere).
+
+    Missing, the test is skipped with one reason on a developer's machine, and fails where VIT_AUDIT_REQUIRE_SHARED is
+    set (CI sets it: there its absence is a failure, never a silent skip).
+    """
     if not path.exists():
-        pytest.fail(f"test data {path} is missing: put the shared folder beside the checkout or set VIT_AUDIT_SHARED")
+        message = f"test data {path} is missing: put the shared folder beside the checkout or set VIT_AUDIT_SHARED"
+        if os.environ.get("VIT_AUDIT_REQUIRE_SHARED"):
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 
