@@ -5,10 +5,10 @@ The pipeline, one module a stage: :mod:`~audit.models` (load a checkpoint safely
 :mod:`~audit.restore` (tokens back into pictures), :mod:`~audit.maps` (the paper's maps), :mod:`~audit.perturb`
 (MoRF/LeRF curves), :mod:`~audit.stats` (bootstrap CIs, paired differences, Spearman), :mod:`~audit.gates` (a
 verdict over an image set), :mod:`~audit.compare` (a candidate against its released baseline), and
-:mod:`~audit.pipeline` tying them. Around a run: :mod:`~audit.settings` (options and policy), :mod:`~audit.inputs`
-(the models and images of a run), :mod:`~audit.store` (records computed once), :mod:`~audit.session` (what the checks
-read), :mod:`~audit.results` and :mod:`~audit.outputs` (the results file and the report), and the thin pytest
-:mod:`~audit.plugin`.
+:mod:`~audit.pipeline` tying them. Around a run: :mod:`~audit.settings` (options and policy) with
+:mod:`~audit.ranges` (their accepted values, defined once), :mod:`~audit.inputs` (the models and images of a run),
+:mod:`~audit.store` (records computed once), :mod:`~audit.session` (what the checks read), :mod:`~audit.results` and
+:mod:`~audit.outputs` (the results file and the report), and the thin pytest :mod:`~audit.plugin`.
 """
 
 from .capture import Capture, capture

@@ -11,13 +11,13 @@ threshold 0 means "better than a random map":
 
 from __future__ import annotations
 
-import math
 import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from .ranges import finite
 from .stats import N_BOOTSTRAP, bootstrap_ci
 
 __all__ = ["GateLimits", "LIMIT_NAMES", "evaluate_gate", "MIN_IMAGES", "VERDICTS"]
@@ -46,19 +46,13 @@ class GateLimits:
         if unknown:
             raise ValueError(f"{where}: unknown limits {sorted(unknown)}; allowed: {', '.join(LIMIT_NAMES)}")
         for name, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not finite(value):
                 raise ValueError(f"{where}.{name}: expected a finite number, got {reprlib.repr(value)}")
         return cls(**{k: float(v) for k, v in values.items()})
 
 
 LIMIT_NAMES = tuple(f.name for f in fields(GateLimits))
 
-
-def _finite(value: int | float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer too large for a float
-        return False
 
 
 @dataclass

@@ -13,14 +13,13 @@ the wrong shape, raise ``ValueError`` (and nothing else) with one line:
   not a regular file (a FIFO); pass a TOML file``;
 - an unknown key: ``<file>: unknown key '<key>'; known keys: ...``.
 
-The numeric ranges are defined once, in :data:`RANGES`; the code that uses a value reads them from there.
+The numeric ranges are defined once, in :data:`audit.ranges.RANGES`; the code that uses a value reads them
+from there.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import reprlib
 import stat
 import sys
 from dataclasses import dataclass, field, fields
@@ -29,138 +28,36 @@ from typing import Any
 
 from .gates import LIMIT_NAMES, MIN_IMAGES, GateLimits
 from .maps import ACTIVATIONS, METHODS
+from .ranges import (
+    BATCH_SIZE_MAX,
+    DEFAULT_MARGIN,
+    MAX_MB_LIMIT,
+    MIN_IMAGES_MAX,
+    OPTIONAL_NUMBERS,
+    RANDOMISATION_IMAGES_MAX,
+    RANGES,
+    SEED_MAX,
+    STEPS_MAX,
+    THUMBNAIL_MAX,
+    THUMBNAIL_MIN,
+    Range,
+    check_range,
+    flag,
+    in_file,
+    show,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+# The ranges are re-exported: they are part of what a settings user reads.
 __all__ = ["AuditSettings", "OPTIONS", "output_settings", "resolve_settings", "read_toml_table", "parse_gate",
            "Range", "RANGES", "check_range", "SEED_MAX", "STEPS_MAX", "BATCH_SIZE_MAX", "MIN_IMAGES_MAX",
            "RANDOMISATION_IMAGES_MAX", "THUMBNAIL_MIN", "THUMBNAIL_MAX", "MAX_MB_LIMIT", "DEFAULT_MARGIN"]
 
 DEVICES = ("cpu", "cuda", "auto")
-
-# Static bounds of the numeric options: the one definition, read by the settings (before any model work), by
-# output_settings and by whatever uses the value (reports.render.render_report, the session).
-SEED_MAX = 2**32 - 1  # numpy's default_rng and torch's manual_seed take 0 <= seed < 2**32 on every path
-STEPS_MAX = 10_000  # the per-model bound (at most the pixels or patches of the input) is checked by the session
-BATCH_SIZE_MAX = 1_000_000
-MIN_IMAGES_MAX = 1_000_000
-RANDOMISATION_IMAGES_MAX = 1_000
-#: The default non-inferiority margin of a comparison with a baseline, on the mean ABPC difference (README,
-#: "Gating a release", gives the measurement it rests on).
-DEFAULT_MARGIN = 0.45
-THUMBNAIL_MIN, THUMBNAIL_MAX = 8, 512  # report thumbnails: THUMBNAIL_MIN <= px <= THUMBNAIL_MAX
-MAX_MB_LIMIT = 10_000  # report size limit: 0 < MB < MAX_MB_LIMIT
-
-
-@dataclass(frozen=True)
-class Range:
-    """The accepted values of a numeric option: ``value in RANGES[name]``.
-
-    Integer ranges take ``int`` only (not bool); the others ``int`` or ``float`` (not bool), finite. Infinite
-    bounds mean "any finite number".
-    """
-
-    what: str
-    low: float
-    high: float
-    integer: bool = False
-    open_low: bool = False
-    open_high: bool = False
-
-    def __contains__(self, value: object) -> bool:
-        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
-            return False
-        if not self.integer and not _finite(value):
-            return False
-        above = value > self.low if self.open_low else value >= self.low
-        below = value < self.high if self.open_high else value <= self.high
-        return above and below
-
-    def __str__(self) -> str:
-        if math.isinf(self.low) and math.isinf(self.high):
-            return "any finite number"
-        return (f"{'(' if self.open_low else '['}{_number_text(self.low)}, {_number_text(self.high)}"
-                f"{')' if self.open_high else ']'}")
-
-
-RANGES: dict[str, Range] = {
-    "steps": Range("an integer", 1, STEPS_MAX, integer=True),
-    "batch_size": Range("an integer", 1, BATCH_SIZE_MAX, integer=True),
-    "seed": Range("an integer", 0, SEED_MAX, integer=True),
-    "min_images": Range("an integer", 1, MIN_IMAGES_MAX, integer=True),
-    "randomisation_images": Range("an integer", 1, RANDOMISATION_IMAGES_MAX, integer=True),
-    "report_thumbnail": Range("an integer number of pixels", THUMBNAIL_MIN, THUMBNAIL_MAX, integer=True),
-    "report_max_mb": Range("a size in MB", 0, MAX_MB_LIMIT, open_low=True, open_high=True),
-    "fill": Range("a pixel value", 0.0, 1.0),
-    "threshold": Range("a finite number", -math.inf, math.inf),
-    "randomisation_threshold": Range("a Spearman correlation", -1.0, 1.0),
-    "margin": Range("an ABPC difference", 0.0, 1.0),
-    "min_map_agreement": Range("a Spearman correlation", -1.0, 1.0),
-}
-#: Numeric options that may be left unset (None: not used).
-OPTIONAL_NUMBERS = {"min_map_agreement"}
-
-
-def _finite(value: int | float) -> bool:
-    try:
-        return math.isfinite(value)  # an int too large for a float raises OverflowError
-    except OverflowError:
-        return False
-
-
-def _number_text(value: float) -> str:
-    return str(int(value)) if math.isfinite(value) and value == int(value) else repr(value)
-
-
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 80
-_REPR.maxlong = 40
-_REPR.maxlevel = 3
-
-
-def _show(value: Any) -> str:
-    """A value in a one-line message: its repr, shortened."""
-    try:
-        return _REPR.repr(value)
-    except (ValueError, RecursionError):  # an int of more than 4300 digits; a list nested too deeply
-        return f"<{type(value).__name__}>"
-
-
-def _text(text: str) -> str:
-    """A file name or a key in a one-line message: as is when printable, else its repr."""
-    return text if text.isprintable() else repr(text)
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
-
-
-def _source(where: str | None) -> str:
-    """The ' (in FILE)' tail of a message about a value read from a file (nothing for the command line)."""
-    return f" (in {where})" if where and where != "command line" else ""
-
-
-def range_message(name: str, value: Any) -> str:
-    """The message for ``value`` outside ``RANGES[name]``: ``<option>: expected <what> in <range>, got <value>``."""
-    rng, flag = RANGES[name], _flag(name)
-    if rng.integer and rng.low == 1 and isinstance(value, int) and not isinstance(value, bool) and value < 1:
-        return f"{flag}: expected a positive integer, got {_show(value)}"  # the words of the first versions
-    if name == "fill":
-        return f"fill: {_show(value)} is outside [0, 1]"  # the words of the first versions
-    if math.isinf(rng.low) and math.isinf(rng.high):
-        return f"{flag}: expected {rng.what}, got {_show(value)}"
-    return f"{flag}: expected {rng.what} in {rng}, got {_show(value)}"
-
-
-def check_range(name: str, value: Any, where: str | None = None) -> None:
-    """Raise ``ValueError`` (one line naming the option, and ``where`` unless it is the command line) when
-    ``value`` is not in ``RANGES[name]``."""
-    if value not in RANGES[name]:
-        raise ValueError(range_message(name, value) + _source(where))
-
 
 @dataclass
 class AuditSettings:
@@ -242,6 +139,11 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
 LIST_OPTIONS = {"model", "checkpoint", "images", "methods", "layers", "gate"}
 
 
+def _text(text: str) -> str:
+    """A file name or a key in a one-line message: as is when printable, else its repr."""
+    return text if text.isprintable() else repr(text)
+
+
 def parse_gate(text: str) -> tuple[str, str]:
     method, sep, stage = str(text).partition("@")
     if not sep or method not in METHODS or not stage:
@@ -314,7 +216,7 @@ def read_toml_table(path: str | Path, table: str | None, option: str = "audit-co
     where = _text(str(path))
     if table is None:
         if not isinstance(data.get("tool", {}), dict):
-            raise ValueError(f"tool: expected a table, got {_show(data['tool'])}{_source(where)}")
+            raise ValueError(f"tool: expected a table, got {show(data['tool'])}{in_file(where)}")
         if "vit-audit" not in data.get("tool", {}):
             return data
         table = "tool.vit-audit"
@@ -322,7 +224,7 @@ def read_toml_table(path: str | Path, table: str | None, option: str = "audit-co
     for depth, part in enumerate(parts, 1):
         data = data.get(part, {})
         if not isinstance(data, dict):
-            raise ValueError(f"{'.'.join(parts[:depth])}: expected a table, got {_show(data)}{_source(where)}")
+            raise ValueError(f"{'.'.join(parts[:depth])}: expected a table, got {show(data)}{in_file(where)}")
     return data
 
 
@@ -333,7 +235,7 @@ def _as_list(name: str, value: Any, where: str | None = None) -> list[str]:
         # A layer may be written as an integer; a bool is not one, nor an integer too long to be a block index.
         if isinstance(item, bool) or not isinstance(item, (str, int)) or (isinstance(item, int) and
                                                                           abs(item) >= 2**63):
-            raise ValueError(f"{name}: expected a string or a list of strings, got {_show(item)}{_source(where)}")
+            raise ValueError(f"{name}: expected a string or a list of strings, got {show(item)}{in_file(where)}")
         out.extend(part.strip() for part in str(item).split(",") if part.strip())
     return out
 
@@ -355,7 +257,7 @@ def _coerce(name: str, value: Any, default: Any, where: str | None = None) -> An
         default = 0.0
     kind = "bool" if isinstance(default, bool) else type(default).__name__ if isinstance(default, (int, float)) \
         else "string"
-    error = ValueError(f"{_flag(name)}: {_show(value)} is not a valid {kind}{_source(where)}")
+    error = ValueError(f"{flag(name)}: {show(value)} is not a valid {kind}{in_file(where)}")
     if kind == "bool":
         if isinstance(value, bool):
             return value
@@ -395,21 +297,21 @@ def _normalise_keys(table: dict[str, Any], where: str) -> dict[str, Any]:
 def _read_limits(value: Any, where: str) -> dict[str, GateLimits]:
     """The ``limits`` table: ``method@stage = {max_morf_auc = ..., ...}``, each limit a finite number."""
     if not isinstance(value, dict):
-        raise ValueError(f"limits: expected a table of method@stage = {{...}}, got {_show(value)}{_source(where)}")
+        raise ValueError(f"limits: expected a table of method@stage = {{...}}, got {show(value)}{in_file(where)}")
     out = {}
     for key, table in value.items():
         method, sep, stage = str(key).partition("@")
         if not sep or method not in METHODS or not stage:
             raise ValueError(f"limits: {key!r} is not method@stage with a method from {', '.join(METHODS)}"
-                             f"{_source(where)}")
+                             f"{in_file(where)}")
         name = f"limits.{_text(key)}"
         if not isinstance(table, dict):
-            raise ValueError(f"{name}: expected a table of {', '.join(LIMIT_NAMES)}, got {_show(table)}"
-                             f"{_source(where)}")
+            raise ValueError(f"{name}: expected a table of {', '.join(LIMIT_NAMES)}, got {show(table)}"
+                             f"{in_file(where)}")
         try:
             out[key] = GateLimits.from_mapping(table, name)  # unknown limit names, values that are not numbers
         except ValueError as err:
-            raise ValueError(f"{err}{_source(where)}") from None
+            raise ValueError(f"{err}{in_file(where)}") from None
     return out
 
 
@@ -494,7 +396,7 @@ def _validate(s: AuditSettings, origins: dict[str, str] | None = None) -> None:
     origins = origins or {}
 
     def fail(name: str, message: str) -> ValueError:
-        return ValueError(message + _source(origins.get(name)))
+        return ValueError(message + in_file(origins.get(name)))
 
     if s.device not in DEVICES:
         raise fail("device", f"device: {s.device!r} is not one of {', '.join(DEVICES)}")

@@ -518,7 +518,7 @@ def render_report(
     """
     if not isinstance(results, dict):
         raise TypeError(f"results: expected a dict (the results file), got {type(results).__name__}")
-    from audit.settings import RANGES  # the one definition of both ranges, shared with the run's settings
+    from audit.ranges import RANGES  # the one definition of both ranges, shared with the run's settings
 
     pixels, size = RANGES["report_thumbnail"], RANGES["report_max_mb"]
     if thumbnail not in pixels:
