@@ -294,3 +294,29 @@ def test_a_baseline_of_the_same_architecture_with_another_data_config_is_a_usage
     result = _run(pytester, data, "--baseline", str(changed))
     assert result.ret == 4
     assert "data config mean [0.5] (baseline) vs (0.286,) (this run)" in result.stderr.str()
+
+
+@pytest.mark.parametrize("cli, message", [
+    ({"margin": "-0.1"}, "margin: expected an ABPC difference in [0, 1], got -0.1"),
+    ({"margin": "nan"}, "margin: expected an ABPC difference in [0, 1], got nan"),
+    ({"min_map_agreement": "1.5"}, "min-map-agreement: expected a Spearman correlation in [-1, 1], got 1.5"),
+    ({"min_map_agreement": "high"}, "min-map-agreement: 'high' is not a valid float"),
+])
+def test_comparison_options_out_of_range_are_one_line_naming_the_option(cli, message):
+    from audit.settings import resolve_settings
+
+    with pytest.raises(ValueError) as err:
+        resolve_settings(cli)
+    assert str(err.value) == message
+
+
+def test_a_baseline_path_that_is_missing_a_folder_or_several_models_is_one_line(data, tmp_path):
+    with pytest.raises(ValueError, match=r"^baseline: '.*missing\.json' not found: pass the results file"):
+        load_baseline(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match=r"^baseline: '.*' is not a regular file; pass a results file$"):
+        load_baseline(tmp_path)
+    two = json.loads(data["baseline"].read_text())
+    two["models"].append(dict(two["models"][0], id="other"))
+    (tmp_path / "two.json").write_text(json.dumps(two))
+    with pytest.raises(ValueError, match=r"holds 2 audited models; a baseline is the audit of one model$"):
+        load_baseline(tmp_path / "two.json")
