@@ -35,7 +35,7 @@ from .capture import capture
 from .images import PreparedImage, normalize
 from .layout import normalize_stage
 from .maps import compute_maps
-from .models import LoadedModel, sha256_of
+from .models import DATA_CONFIG_KEYS, LoadedModel, sha256_of
 from .stats import bootstrap_ci, paired_difference, spearman
 
 __all__ = ["Baseline", "baseline_stage", "check_measured", "check_recipe", "compare_map", "load_baseline",
@@ -45,7 +45,6 @@ SCHEMAS = ("vit-audit/1",)
 LARGEST_LISTED = 3
 PERTURBATION_KEYS = ("steps", "unit", "fill", "interpolation", "amp")
 SETTINGS_KEYS = ("act", "seed")
-DATA_CONFIG_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode")
 
 
 class Baseline:

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,44 @@ def normalize(pixel: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
 
 
 def _transform(data_config: dict[str, Any]):
+    """The resize and crop of the data config: a Hugging Face image processor's (``resize`` given) or timm's."""
+    if data_config.get("resize") is not None:
+        return partial(_processor_resize, size=tuple(data_config["resize"]), interpolation=data_config["interpolation"],
+                       crop=tuple(data_config["input_size"][1:]) if data_config.get("crop_mode") == "center" else None,
+                       backend=data_config.get("resize_backend", "torchvision"))
     from timm.data import create_transform
 
     keys = ("input_size", "interpolation", "crop_pct", "crop_mode")
     return create_transform(**{k: data_config[k] for k in keys if k in data_config}, is_training=False,
                             normalize=False)
+
+
+def _processor_resize(picture: Any, size: tuple[int, int], interpolation: str, crop: tuple[int, int] | None,
+                      backend: str) -> torch.Tensor:
+    """Resize to ``size`` = (H, W) and center-crop as transformers' ViT/DeiT image processors do; (C, H, W) uint8.
+
+    ``backend='torchvision'`` (transformers' default) resizes the uint8 tensor with antialiasing, nearest being
+    torchvision's NEAREST_EXACT; ``'pil'`` (the ``...Pil`` processors) with PIL's own resize. The crop's top-left
+    corner is the floor of half the size difference.
+    """
+    if backend == "pil":
+        from PIL import Image
+
+        resized = picture.resize((size[1], size[0]), resample=Image.Resampling[interpolation.upper()])
+        tensor = torch.from_numpy(np.array(resized))
+        tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    else:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        tensor = torch.from_numpy(np.array(picture))
+        tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        mode = InterpolationMode.NEAREST_EXACT if interpolation == "nearest" else InterpolationMode(interpolation)
+        tensor = F.resize(tensor, list(size), interpolation=mode, antialias=True)
+    if crop is not None:
+        top, left = (tensor.shape[1] - crop[0]) // 2, (tensor.shape[2] - crop[1]) // 2
+        tensor = tensor[:, top:top + crop[0], left:left + crop[1]]
+    return tensor.contiguous()
 
 
 @contextmanager

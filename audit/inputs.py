@@ -20,7 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import AuditError
+from .errors import AuditError, ModelLoadError
+from .hf import HF_MODEL, is_hf_folder, load_hf_model
 from .images import find_images
 from .models import LoadedModel, load_model, sha256_of
 
@@ -125,8 +126,12 @@ def collect_images(paths: Iterable[str | os.PathLike[str]], keep_duplicates: boo
     return ImageSet(entries, left_out)
 
 
-def model_id_for(name: str) -> str:
-    """A short readable id: ``vit_tiny_patch16_224.augreg_in21k_ft_in1k`` -> ``vit_tiny``."""
+def model_id_for(name: str, checkpoint: str | None = None) -> str:
+    """A short readable id: ``vit_tiny_patch16_224.augreg_in21k_ft_in1k`` -> ``vit_tiny``; a Hugging Face folder's
+    name for ``hf`` (``runs/vit-base-patch16-224`` -> ``vit-base-patch16-224``)."""
+    if name == HF_MODEL and checkpoint:
+        folder = Path(checkpoint).resolve().name
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in folder) or HF_MODEL
     base = name.split(".", 1)[0]
     return base.split("_patch", 1)[0] if "_patch" in base else base
 
@@ -141,7 +146,18 @@ class LoadedModels:
 
 
 def load_named(name: str, checkpoint: str) -> LoadedModel:
-    """Load a model as the command line names it: a checkpoint path, or ``pretrained`` for timm's own weights."""
+    """Load a model as the command line names it: a timm name with a checkpoint path (``pretrained`` for timm's own
+    weights), or ``hf`` with a Hugging Face model folder.
+
+    Raises:
+        AuditError: the model does not load; a timm name given with a Hugging Face folder (whose config.json names
+            the architecture itself).
+    """
+    if name == HF_MODEL:
+        return load_hf_model(checkpoint)
+    if is_hf_folder(checkpoint):
+        raise ModelLoadError(f"checkpoint {checkpoint!r} is a Hugging Face model folder, whose config.json names its "
+                             f"architecture; pass --model hf (or leave --model out) instead of --model {name}")
     pretrained = checkpoint == "pretrained"
     return load_model(name, None if pretrained else checkpoint, pretrained=pretrained)
 
@@ -155,7 +171,7 @@ def load_models(names: list[str], checkpoints: list[str]) -> LoadedModels:
     out = LoadedModels()
     first_error: AuditError | None = None
     for index, (name, checkpoint) in enumerate(zip(names, checkpoints)):
-        model_id = model_id_for(name)
+        model_id = model_id_for(name, checkpoint)
         if model_id in out.ids:
             model_id = f"{model_id}{index}"
         out.ids.append(model_id)

@@ -10,6 +10,7 @@ import hashlib
 import os
 import pickle
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ from torch import nn
 from .errors import CheckpointError, ModelLoadError
 from .layout import TokenLayout, check_supported, layout_of
 
-__all__ = ["LoadedModel", "load_model", "read_state_dict", "sha256_of"]
+__all__ = ["LoadedModel", "fit_report", "load_model", "read_state_dict", "sha256_of"]
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 NESTING_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema")
 MAX_LISTED = 5
+# the preprocessing a results file records: timm's keys, and a Hugging Face image processor's resize
+DATA_CONFIG_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode", "resize", "resize_backend")
 
 
 @dataclass
@@ -39,6 +42,8 @@ class LoadedModel:
         data_config: timm's resolved data config (input_size, interpolation, mean, std, crop_pct, crop_mode).
         num_classes: classifier outputs.
         class_names: a name per class where known (ImageNet-1k models), else None.
+        notes: what was assumed or left out while loading (e.g. a Hugging Face pooler), recorded with the model.
+        architecture: what the checkpoint described where that is not the timm name (a Hugging Face class).
     """
 
     name: str
@@ -48,6 +53,8 @@ class LoadedModel:
     data_config: dict[str, Any]
     num_classes: int
     class_names: list[str] | None = field(default=None, repr=False)
+    notes: list[str] = field(default_factory=list)
+    architecture: str | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -159,9 +166,13 @@ def _infer_num_classes(state_dict: dict[str, torch.Tensor], path: str) -> int:
     return int(head.shape[0])
 
 
-def _fit_report(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> str | None:
-    """One line listing the first missing/unexpected keys and shape mismatches, or None when it fits."""
-    expected = model.state_dict()
+def fit_report(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """One line listing the first missing/unexpected keys and shape mismatches, or None when it fits.
+
+    Args:
+        expected: the state dict the model has (names and shapes).
+        state_dict: the checkpoint's.
+    """
     missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]
     mismatched = [
@@ -308,7 +319,7 @@ def load_model(
     check_supported(model, name)
 
     if state_dict is not None:
-        problem = _fit_report(model, state_dict)
+        problem = fit_report(model.state_dict(), state_dict)
         if problem:
             raise CheckpointError(f"checkpoint {label!r} does not fit model {name!r}: {problem}")
         model.load_state_dict(state_dict, strict=True)

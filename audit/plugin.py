@@ -172,6 +172,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if session.baseline is not None:
         agreement = "not gated" if s.min_map_agreement is None else f"gated at {s.min_map_agreement:g}"
         lines.append(f"vit-audit: baseline {session.baseline.source} (margin {s.margin:g}; map agreement {agreement})")
+    for model_id, loaded in session.models.items():
+        lines.extend(f"vit-audit: {model_id}: {note}" for note in loaded.notes)
     left_out = session.image_set.left_out
     if left_out:
         shown = "; ".join(f"{e['path']}: {e['reason']}, same as {e['same_as']}" for e in left_out[:3])

@@ -20,7 +20,7 @@ import torch
 
 from .capture import STAGE_EMBED, STAGE_PATCH_EMBED
 from .figures import png_data_uri
-from .models import LoadedModel
+from .models import DATA_CONFIG_KEYS, LoadedModel
 from .pipeline import ImageAudit
 
 __all__ = ["SCHEMA", "environment_record", "model_record", "run_record", "error_run_record", "stopped_results",
@@ -73,7 +73,9 @@ def model_record(loaded: LoadedModel, model_id: str) -> dict[str, Any]:
         "in_chans": layout.in_chans,
         "num_classes": loaded.num_classes,
         "input_size": list(config["input_size"]),
-        "data_config": {k: config.get(k) for k in ("mean", "std", "interpolation", "crop_pct", "crop_mode")},
+        "data_config": {k: config.get(k) for k in DATA_CONFIG_KEYS if k in config},
+        **({"architecture": loaded.architecture} if loaded.architecture else {}),
+        **({"notes": list(loaded.notes)} if loaded.notes else {}),
     })
 
 

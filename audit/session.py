@@ -92,7 +92,7 @@ class AuditSession:
         """The released model audited in this run, with the same recipe, images and gates as the candidates."""
         s = self.settings
         loaded = load_named(s.baseline_model, s.baseline_checkpoint)
-        model_id = f"{BASELINE_PREFIX}{model_id_for(s.baseline_model)}"
+        model_id = f"{BASELINE_PREFIX}{model_id_for(s.baseline_model, s.baseline_checkpoint)}"
         self.baseline_model = loaded
         self._plan(model_id, loaded)
         self.inverses[model_id] = PatchInverse(loaded.model)

@@ -101,8 +101,11 @@ class AuditSettings:
 
 # name -> (help, metavar); list-valued options are repeatable and accept comma lists.
 OPTIONS: dict[str, tuple[str, str | None]] = {
-    "model": ("timm model name to audit (repeatable); default: the embedded Fashion-MNIST ViT", "NAME"),
-    "checkpoint": ("checkpoint of the i-th --model (.safetensors, or .pth read with weights_only=True)", "PATH"),
+    "model": ("timm model name to audit (repeatable), or 'hf' for a Hugging Face ViT/DeiT folder; default: the "
+              "embedded Fashion-MNIST ViT", "NAME"),
+    "checkpoint": ("checkpoint of the i-th --model (.safetensors, or .pth read with weights_only=True), or a Hugging "
+                   "Face folder (config.json of model_type vit or deit, model.safetensors; --model may be left out)",
+                   "PATH"),
     "images": ("image file or folder, searched recursively (repeatable)", "PATH"),
     "device": ("cpu, cuda or auto (default cpu)", "DEVICE"),
     "methods": (f"comma list of maps: {','.join(METHODS)} (default all)", "LIST"),
@@ -124,8 +127,9 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
     "strict": ("treat inconclusive gates as failures (for release gating)", None),
     "keep_duplicate_images": ("audit files with identical bytes under different names each (default: once)", None),
     "baseline": ("results file of the released model's audit: gate this run against it, image by image", "PATH"),
-    "baseline_model": ("or audit the released model in this run: its timm model name", "NAME"),
-    "baseline_checkpoint": ("checkpoint of --baseline-model ('pretrained' for timm's weights)", "PATH"),
+    "baseline_model": ("or audit the released model in this run: its timm model name, or 'hf'", "NAME"),
+    "baseline_checkpoint": ("checkpoint of --baseline-model ('pretrained' for timm's weights, a folder for 'hf')",
+                            "PATH"),
     "margin": (f"non-inferiority margin on the mean ABPC difference from the baseline (default {DEFAULT_MARGIN})",
                "VALUE"),
     "min_map_agreement": ("gate the median Spearman of the maps with the baseline's against this (default: not "
@@ -352,6 +356,12 @@ def resolve_settings(
             origins[name] = where
         if table or limits:
             settings.sources.append(where)
+    if not settings.model and settings.checkpoint:
+        from .hf import HF_MODEL, is_hf_folder
+
+        if all(is_hf_folder(path) for path in settings.checkpoint):  # such a folder names its own architecture
+            settings.model = [HF_MODEL] * len(settings.checkpoint)
+            origins["model"] = origins["checkpoint"]
     _validate(settings, origins)
     return settings
 
