@@ -94,7 +94,8 @@ def require_shared(path: Path) -> Path:
     set (CI sets it: there its absence is a failure, never a silent skip).
     """
     if not path.exists():
-        message = f"test data {path} is missing: put the shared folder beside the checkout or set VIT_AUDIT_SHARED"
+        message = (f"needs the shared test data: set VIT_AUDIT_SHARED or put shared/ beside the checkout ({path} is "
+                   "missing)")
         if os.environ.get("VIT_AUDIT_REQUIRE_SHARED"):
             pytest.fail(message)
         pytest.skip(message)
