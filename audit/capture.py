@@ -16,7 +16,7 @@ from torch import nn
 
 from .layout import MAP_STAGE_ENCODER, TokenLayout, layout_of, stage_names
 
-__all__ = ["Capture", "capture", "STAGE_PATCH_EMBED", "STAGE_EMBED"]
+__all__ = ["Capture", "capture", "attention_modules", "explicit_attention", "STAGE_PATCH_EMBED", "STAGE_EMBED"]
 
 STAGE_PATCH_EMBED = "patch_embed"
 STAGE_EMBED = "embed"
@@ -34,6 +34,11 @@ class Capture:
         tokens: stage -> tokens. ``'patch_embed'``: (gh*gw, D) before the position embedding; ``'embed'``,
             ``'0'..'L-1'``, ``'encoder'``: (N, D).
         grads: stage -> d logits[target] / d tokens, same shapes.
+        attentions: with ``attention=True``, block k -> (heads, N, N) attention probabilities (softmax output);
+            an empty list when the blocks' attention cannot be read (``attention_reason`` says why); None when not
+            asked for.
+        attention_grads: d logits[target] / d attention probabilities, same shapes.
+        attention_reason: why the attention could not be read.
     """
 
     layout: TokenLayout
@@ -42,6 +47,9 @@ class Capture:
     prob: float
     tokens: dict[str, torch.Tensor]
     grads: dict[str, torch.Tensor]
+    attentions: list[torch.Tensor] | None = None
+    attention_grads: list[torch.Tensor] | None = None
+    attention_reason: str | None = None
 
     @property
     def stages(self) -> list[str]:
@@ -71,13 +79,42 @@ def _module_outputs(model: nn.Module) -> dict[str, nn.Module]:
     return modules
 
 
-def capture(model: nn.Module, x: torch.Tensor, target: int | None = None) -> Capture:
+def attention_modules(model: nn.Module) -> tuple[list[nn.Module], str | None]:
+    """Each block's timm ``Attention`` (whose explicit path computes the probabilities), or ([], why not)."""
+    modules = [getattr(block, "attn", None) for block in model.blocks]
+    for index, module in enumerate(modules):
+        if not (hasattr(module, "fused_attn") and isinstance(getattr(module, "attn_drop", None), nn.Dropout)):
+            return [], (f"block {index}'s attention ({type(module).__name__}) does not expose its probabilities "
+                        "(vit-audit reads timm's Attention)")
+    return modules, None
+
+
+@contextmanager
+def explicit_attention(modules: list[nn.Module]):
+    """timm's explicit attention path (softmax probabilities as a tensor) instead of the fused kernel, restored after.
+
+    The probabilities are ``attn_drop``'s output, which is its input in eval mode.
+    """
+    fused = [module.fused_attn for module in modules]
+    try:
+        for module in modules:
+            module.fused_attn = False
+        yield
+    finally:
+        for module, flag in zip(modules, fused):
+            module.fused_attn = flag
+
+
+def capture(model: nn.Module, x: torch.Tensor, target: int | None = None, attention: bool = False) -> Capture:
     """Run one forward and one backward pass of a normalised image and keep every stage.
 
     Args:
         model: a timm VisionTransformer (checked by :func:`audit.layout.check_supported`).
         x: the normalised model input, (C, H, W) or (1, C, H, W).
         target: the class to explain; defaults to the clean image's top-1.
+        attention: also keep every block's attention probabilities and their gradients; for that pass the blocks
+            run timm's explicit attention path (the fused kernel does not expose the probabilities), which is
+            restored afterwards.
 
     Returns:
         A :class:`Capture` with tokens and gradients on the model's device, detached.
@@ -96,10 +133,14 @@ def capture(model: nn.Module, x: torch.Tensor, target: int | None = None) -> Cap
 
         return hook
 
+    modules, reason = attention_modules(model) if attention else ([], None)
+    attn_outputs: list[torch.Tensor] = []
     try:
         for stage, module in _module_outputs(model).items():
             handles.append(module.register_forward_hook(keep(stage)))
-        with _eval_mode(model), torch.enable_grad():
+        for module in modules:
+            handles.append(module.attn_drop.register_forward_hook(lambda _m, _i, output: attn_outputs.append(output)))
+        with _eval_mode(model), torch.enable_grad(), explicit_attention(modules):
             x_in = x.detach().clone().requires_grad_(True)
             logits = model(x_in)
             if isinstance(logits, (tuple, list)):
@@ -110,7 +151,8 @@ def capture(model: nn.Module, x: torch.Tensor, target: int | None = None) -> Cap
             elif not 0 <= int(target) < num_classes:
                 raise ValueError(f"target: class {target} is out of range for a model with {num_classes} classes")
             stages = list(outputs)
-            grads = torch.autograd.grad(logits[0, int(target)], [outputs[s] for s in stages], allow_unused=True)
+            wanted = [outputs[s] for s in stages] + attn_outputs
+            grads = torch.autograd.grad(logits[0, int(target)], wanted, allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
@@ -122,6 +164,11 @@ def capture(model: nn.Module, x: torch.Tensor, target: int | None = None) -> Cap
         value = value.reshape(-1, value.shape[-1])  # dynamic_img_size patch embeddings are (gh, gw, D)
         tokens[stage] = value
         gradients[stage] = torch.zeros_like(value) if grad is None else grad.detach()[0].reshape(value.shape)
+    attentions = attention_grads = None
+    if attention:
+        attn_grads = grads[len(stages):]
+        attentions = [output.detach()[0] for output in attn_outputs]
+        attention_grads = [torch.zeros_like(a) if g is None else g.detach()[0] for a, g in zip(attentions, attn_grads)]
     logits = logits.detach()[0]
     return Capture(
         layout=layout,
@@ -130,4 +177,7 @@ def capture(model: nn.Module, x: torch.Tensor, target: int | None = None) -> Cap
         prob=float(logits.float().softmax(-1)[int(target)]),
         tokens=tokens,
         grads=gradients,
+        attentions=attentions,
+        attention_grads=attention_grads,
+        attention_reason=reason,
     )

@@ -11,6 +11,9 @@ grid resolution (gh, gw) unless stated. Stages are blocks ``'0'..'L-1'`` and ``'
 - ``grad`` (eqs. 3/4 as written): m_i = act(sum_j T_ij dy_c/dT_ij).
 - ``grad_cls`` (the paper's code, item 4): m_i = act(sum_j T_ij dy_c/dT_0j), the gradient at the class token.
 - ``random``: seeded uniform noise on the grid; ``center``: a centred Gaussian on the grid.
+
+The attention-based maps (``attention``, ``rollout``, ``chefer``, ``attn_gradcam``) are defined in
+:mod:`audit.attention`; they need a capture made with ``attention=True``.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import ATTENTION_METHODS, attention_map
 from .capture import Capture
 from .layout import MAP_STAGE_ENCODER, normalize_stage
 
-__all__ = ["MapResult", "compute_maps", "METHODS", "ACTIVATIONS", "is_constant", "map_seed"]
+__all__ = ["MapResult", "compute_maps", "METHODS", "DEFAULT_METHODS", "PAPER_METHODS", "ACTIVATIONS", "is_constant",
+           "map_seed"]
 
-METHODS = ("cam", "cam_hidden", "grad", "grad_cls", "random", "center")
+PAPER_METHODS = ("cam", "cam_hidden", "grad", "grad_cls", "random", "center")
+METHODS = PAPER_METHODS + ATTENTION_METHODS  # the attention-based maps: audit/attention.py
+DEFAULT_METHODS = PAPER_METHODS
 BASELINES = ("random", "center")
 ACTIVATIONS = {
     "gelu": lambda t: F.gelu(t),  # exact (erf) GELU, as in the paper's eqs. 3-4
@@ -191,7 +198,7 @@ def compute_maps(
     Args:
         model: the model the capture came from (its head gives w_c).
         cap: the image's :class:`~audit.capture.Capture`.
-        methods: names from :data:`METHODS`.
+        methods: names from :data:`METHODS` (attention-based ones need ``cap`` made with ``attention=True``).
         stages: block indices and/or ``'encoder'``; default all of them.
         act: ``'gelu'`` (the paper), ``'relu'`` or ``'identity'``, for ``grad`` and ``grad_cls``.
         seed: seed of the ``random`` baseline (mixed with ``image`` and the stage by :func:`map_seed`).
@@ -237,6 +244,9 @@ def compute_maps(
                 result = _grad_map(cap, stage, activation, model)
             elif method == "grad_cls":
                 result = _grad_cls_map(cap, stage, activation)
+            elif method in ATTENTION_METHODS:
+                values, reason = attention_map(method, cap, stage)
+                result = MapResult(method, stage, values, reason=reason)
             elif method == "random":
                 rng = np.random.default_rng(map_seed(seed, image, stage))
                 result = MapResult(method, stage, torch.from_numpy(rng.random(layout.grid, dtype=np.float64)).float())

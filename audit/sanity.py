@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .attention import ATTENTION_METHODS, needs_attention
 from .capture import capture
 from .layout import MAP_STAGE_ENCODER
 from .maps import compute_maps
@@ -45,14 +46,20 @@ def cascade_steps(model: nn.Module) -> list[tuple[str, list[nn.Module | nn.Param
     return steps
 
 
-def dependency_step(stage: str, depth: int) -> int:
+def dependency_step(stage: str, depth: int, method: str | None = None) -> int:
     """The cascade step after which every stage a map at ``stage`` depends on is randomised.
 
     A map at block k reads block k's tokens and the gradient from the head down to them, so it is fully
     randomised once the head and blocks L-1 .. k are (step 1 + L - k); an encoder map needs the head (step 1) and
-    every block under the final norm (step 1 + L).
+    every block under the final norm (step 1 + L). The attention-based maps at block k read block k's attention
+    probabilities (its qkv projection, over the tokens entering it) and, for ``chefer`` and ``attn_gradcam``, the
+    gradient from the head down to them; ``rollout`` and ``chefer`` also read blocks 0..k-1's attention, which the
+    top-down cascade reaches later. They are all randomised from step 1 + L - k on; at ``'encoder'`` they are the
+    last block's (step 2).
     """
     if stage == MAP_STAGE_ENCODER:
+        if method in ATTENTION_METHODS:
+            return 2
         return 1 + depth
     return 1 + depth - int(stage)
 
@@ -124,7 +131,8 @@ def randomisation_curves(
             _randomise(steps[step - 1][1], generator)
         maps, classes = [], []
         for index, image in enumerate(images):
-            cap = capture(work, image, target=None if explained is None else explained[index])
+            cap = capture(work, image, target=None if explained is None else explained[index],
+                          attention=needs_attention(methods))
             classes.append(cap.target)
             maps.append(compute_maps(work, cap, methods=methods, act=act, seed=seed, image=f"sanity-{index}"))
         explained = classes  # every step explains the classes of step 0, the trained model
@@ -143,5 +151,5 @@ def randomisation_curves(
             scores = [s for s in scores if np.isfinite(s)]
             values.append(float(np.mean(scores)) if scores else float("nan"))
         curves[key] = RandomisationCurve(first.method, first.stage, labels, values,
-                                         dependency_step(first.stage, depth))
+                                         dependency_step(first.stage, depth, first.method))
     return curves

@@ -93,3 +93,31 @@ def test_capture_restores_training_mode_and_refuses_batches():
     assert model.training
     with pytest.raises(ValueError, match="expected one image"):
         capture(model, torch.zeros(2, 3, 160, 160))
+
+
+def test_attention_is_captured_on_the_explicit_path_and_the_fused_path_is_restored(tiny):
+    key, model = tiny
+    x = _input(model, seed=4)
+    fused = [block.attn.fused_attn for block in model.blocks]
+    cap = capture(model, x, attention=True)
+    assert [block.attn.fused_attn for block in model.blocks] == fused  # restored
+    assert _hook_count(model) == 0
+    with torch.no_grad():
+        plain = model(x)[0]
+    torch.testing.assert_close(cap.logits, plain, atol=1e-5, rtol=0)  # explicit path vs the model's own (fused)
+    layout = cap.layout
+    assert len(cap.attentions) == len(cap.attention_grads) == layout.depth
+    for attn, grad in zip(cap.attentions, cap.attention_grads):
+        assert attn.shape == grad.shape == (model.blocks[0].attn.num_heads, layout.num_tokens, layout.num_tokens)
+        torch.testing.assert_close(attn.sum(-1), torch.ones(attn.shape[:2]), atol=1e-5, rtol=0)
+    assert float(cap.attention_grads[-1].abs().max()) > 0
+    assert capture(model, x).attentions is None  # only when asked for
+
+
+def test_the_fused_path_is_restored_when_the_capture_fails():
+    model = make_tiny("test_vit")
+    for block in model.blocks:
+        block.attn.fused_attn = True
+    with pytest.raises(ValueError, match="out of range"):
+        capture(model, _input(model), target=10_000, attention=True)
+    assert all(block.attn.fused_attn for block in model.blocks) and _hook_count(model) == 0
