@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .attention import needs_attention
 from .capture import capture
 from .images import PreparedImage, normalize
 from .layout import normalize_stage
@@ -43,7 +44,8 @@ __all__ = ["Baseline", "baseline_stage", "check_measured", "check_recipe", "comp
 
 SCHEMAS = ("vit-audit/1",)
 LARGEST_LISTED = 3
-PERTURBATION_KEYS = ("steps", "unit", "fill", "interpolation", "amp")
+PERTURBATION_KEYS = ("steps", "unit", "fill", "interpolation", "amp", "score")
+PERTURBATION_DEFAULTS = {"score": "prob"}  # what a results file written before the key existed measured
 SETTINGS_KEYS = ("act", "seed")
 
 
@@ -149,7 +151,8 @@ def check_recipe(baseline: Baseline, perturbation: dict[str, Any], settings: dic
     theirs = baseline.results
     differences = []
     for key in PERTURBATION_KEYS:
-        mine, other = perturbation.get(key), (theirs.get("perturbation") or {}).get(key)
+        mine = perturbation.get(key, PERTURBATION_DEFAULTS.get(key))
+        other = (theirs.get("perturbation") or {}).get(key, PERTURBATION_DEFAULTS.get(key))
         if not _same(mine, other):
             differences.append(f"{key} {other!r} (baseline) vs {mine!r} (this run)")
     for key in SETTINGS_KEYS:
@@ -197,8 +200,9 @@ def maps_for_class(loaded: LoadedModel, prepared: PreparedImage, target: int, ke
                    act: str, seed: int, device: torch.device | str) -> dict[str, Any]:
     """The model's maps of class ``target`` (not its own top-1) at ``keys`` ((method, stage)), as raw grids."""
     model = loaded.model.to(device)
-    cap = capture(model, normalize(prepared.pixel.to(device), loaded.mean, loaded.std), target=target)
     methods = list(dict.fromkeys(method for method, _ in keys))
+    cap = capture(model, normalize(prepared.pixel.to(device), loaded.mean, loaded.std), target=target,
+                  attention=needs_attention(methods))
     stages = list(dict.fromkeys(stage for _, stage in keys))
     maps = compute_maps(model, cap, methods=methods, stages=stages, act=act, seed=seed, image=prepared.name)
     return {f"{m}@{s}": (maps[f"{m}@{s}"].values.float().tolist() if maps[f"{m}@{s}"].values is not None else None)

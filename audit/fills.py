@@ -25,8 +25,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import sparse
-from scipy.sparse.linalg import spsolve
 
 __all__ = ["FILLS", "fill_image", "blur_sigma", "gaussian_blur"]
 
@@ -97,6 +95,9 @@ def _road_solve(values: np.ndarray, removed: np.ndarray) -> np.ndarray:
     sum_{n kept} w_n v_n``: one sparse N x N system, all C channels as right-hand sides of one factorisation. The
     caller makes sure some pixel is kept, so the system is regular (see :func:`fill_image`).
     """
+    from scipy import sparse  # imported here: only the road fill needs it
+    from scipy.sparse.linalg import spsolve
+
     chans = values.shape[0]
     height, width = removed.shape
     flat = removed.reshape(-1)

@@ -25,8 +25,8 @@ from .hf import HF_MODEL, is_hf_folder, load_hf_model
 from .images import find_images
 from .models import LoadedModel, load_model, sha256_of
 
-__all__ = ["ImageEntry", "ImageSet", "LoadedModels", "collect_images", "image_ids", "load_models", "load_named",
-           "model_id_for"]
+__all__ = ["ImageEntry", "ImageSet", "Labels", "LoadedModels", "collect_images", "image_ids", "load_models",
+           "load_named", "model_id_for", "read_labels"]
 
 
 @dataclass(frozen=True)
@@ -183,3 +183,53 @@ def load_models(names: list[str], checkpoints: list[str]) -> LoadedModels:
     if not out.models and first_error is not None:
         raise first_error
     return out
+
+
+@dataclass
+class Labels:
+    """The images' true classes from a ``--labels`` CSV: file name -> class index, and the file's sha256."""
+
+    path: str
+    sha256: str
+    classes: dict[str, int]
+
+    def of(self, image_path: str) -> int | None:
+        """The class of an image file (matched by its file name), or None when the CSV has no row for it."""
+        return self.classes.get(Path(image_path).name)
+
+
+def read_labels(path: str | os.PathLike[str]) -> Labels:
+    """Read a labels CSV: a header with ``file`` and ``class_index`` (other columns ignored), one row per image.
+
+    Raises:
+        ValueError: one line naming the file: missing, not UTF-8 CSV, without those columns, a class that is not
+            a non-negative integer, or one file name given two classes.
+    """
+    import csv
+
+    label = os.fspath(path)
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"labels: {label!r} is not a file; pass a CSV with columns file and class_index")
+    try:
+        with open(file, encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+            header = rows[0].keys() if rows else []
+    except (UnicodeDecodeError, csv.Error, OSError) as err:
+        raise ValueError(f"labels: {label!r} is not a readable UTF-8 CSV ({err}); pass a CSV with columns file and "
+                         "class_index") from None
+    if not rows or not {"file", "class_index"} <= set(header):
+        raise ValueError(f"labels: {label!r} has no rows with columns file and class_index (its header: "
+                         f"{', '.join(str(h) for h in header) or 'none'}); pass a CSV with those columns")
+    classes: dict[str, int] = {}
+    for line, row in enumerate(rows, start=2):
+        name, value = (row.get("file") or "").strip(), (row.get("class_index") or "").strip()
+        if not value.isdigit() or not name:
+            raise ValueError(f"labels: {label!r} line {line}: file {name!r} with class_index {value!r}; expected a "
+                             "file name and a non-negative integer")
+        name = Path(name).name
+        if classes.get(name, int(value)) != int(value):
+            raise ValueError(f"labels: {label!r} line {line}: {name!r} is given classes {classes[name]} and "
+                             f"{int(value)}; keep one row per image")
+        classes[name] = int(value)
+    return Labels(label, sha256_of(file), classes)

@@ -8,6 +8,11 @@ the explained class; AUC is the trapezoid over x = k / steps on [0, 1]; ABPC = A
 
 With ``unit='patch'`` whole grid cells are ranked and removed instead of pixels.
 
+The fill may instead be a recipe of :mod:`audit.fills` (``--fill``): ``black`` (0, Chefer et al.'s protocol),
+``mean`` (the model's normalisation mean, 0 after normalising), ``blur`` (the image under a Gaussian blur, RISE's
+substrate) or ``road`` (ROAD's noisy linear imputation of the removed pixels from the kept ones, recomputed for every
+perturbed image, its noise seeded by the run's seed and the removal mask).
+
 Perturbed images of many maps go through the model together in batches under ``torch.inference_mode``; the
 clean image (k = 0) and the fully removed image (k = steps) are the same for every map and are evaluated once.
 Identical maps (e.g. a Gaussian baseline at every stage) are scored once.
@@ -16,6 +21,7 @@ Identical maps (e.g. a Gaussian baseline at every stage) are scored once.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -25,14 +31,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fills import blur_sigma, fill_image, gaussian_blur
 from .images import normalize
 
 __all__ = ["PerturbationConfig", "Curves", "faithfulness_curves", "auc", "removal_counts", "pixel_ranks",
-           "max_steps", "ORDERS", "SCORE_DIRECTION"]
+           "max_steps", "road_seed", "ORDERS", "SCORE_DIRECTION", "SCORES", "FILL_CONSTANTS", "FILL_RECIPES",
+           "ROAD_NOISE"]
 
 ORDERS = ("morf", "lerf")
 UNITS = ("pixel", "patch")
 GREY = 127 / 255
+# Named fills (audit/fills.py): grey and black are the constants 127/255 and 0; the others are not one value.
+FILL_CONSTANTS = {"grey": GREY, "black": 0.0}
+FILL_RECIPES = ("mean", "blur", "road")
+ROAD_NOISE = 0.01  # sigma of ROAD's Gaussian noise on the imputed pixels, in pixel units
+# y_k: the softmax probability of the explained class, or whether the top-1 class is the image's label (Chefer et
+# al.'s perturbation test; without a label, the explained class)
+SCORES = ("prob", "top1")
 # Which way is better for each score (Quantus' convention of declaring it on every metric).
 SCORE_DIRECTION = {"morf_auc": "lower", "lerf_auc": "higher", "abpc": "higher"}
 
@@ -43,18 +58,24 @@ class PerturbationConfig:
 
     Attributes:
         steps: removal steps; a curve has ``steps + 1`` points.
-        fill: pixel-space value written into removed pixels, one per channel or one for all.
+        fill: pixel-space value written into removed pixels, one per channel or one for all; or a recipe of
+            :mod:`audit.fills`: ``'grey'`` (127/255) and ``'black'`` (0) are stored as those values, ``'mean'`` (the
+            model's normalisation mean), ``'blur'`` (the image under RISE's Gaussian blur) and ``'road'`` (ROAD's
+            noisy linear imputation, recomputed at every step, noise sigma :data:`ROAD_NOISE`) by name.
         unit: ``'pixel'`` or ``'patch'`` (whole grid cells).
         batch_size: perturbed images per forward pass.
         amp: ``None`` for float32, or ``'bfloat16'`` / ``'float16'`` autocast (faster, slightly different
             numbers; recorded).
+        score: y_k, ``'prob'`` (the explained class's softmax probability) or ``'top1'`` (1 when the top-1 class
+            is the image's label, else 0).
     """
 
     steps: int = 20
-    fill: float | tuple[float, ...] = GREY
+    fill: float | tuple[float, ...] | str = GREY
     unit: str = "pixel"
     batch_size: int = 64
     amp: str | None = None
+    score: str = "prob"
     auc_rule: str = field(default="trapezoid over x = k/steps on [0, 1]", init=False)
     interpolation: str = field(default="bilinear, align_corners=False", init=False)
 
@@ -67,6 +88,15 @@ class PerturbationConfig:
             raise ValueError(f"batch_size: expected a positive integer, got {self.batch_size!r}")
         if self.amp not in (None, "bfloat16", "float16"):
             raise ValueError(f"amp: expected None, 'bfloat16' or 'float16', got {self.amp!r}")
+        if self.score not in SCORES:
+            raise ValueError(f"score: expected one of {SCORES}, got {self.score!r}")
+        if isinstance(self.fill, str):
+            if self.fill in FILL_CONSTANTS:
+                object.__setattr__(self, "fill", FILL_CONSTANTS[self.fill])
+            elif self.fill not in FILL_RECIPES:
+                raise ValueError(f"fill: {self.fill!r} is not a pixel value in [0, 1] nor a recipe "
+                                 f"({', '.join([*FILL_CONSTANTS, *FILL_RECIPES])})")
+            return
         fills = self.fill if isinstance(self.fill, tuple) else (self.fill,)
         if not all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in fills):
             raise ValueError(f"fill: expected pixel values in [0, 1], got {self.fill!r}")
@@ -156,6 +186,24 @@ def max_steps(unit: str, input_size: tuple[int, int], grid: tuple[int, int]) -> 
     return int(input_size[0] * input_size[1]) if unit == "pixel" else int(grid[0] * grid[1])
 
 
+def road_seed(seed: int, mask: torch.Tensor) -> int:
+    """The seed of the ``road`` noise for one removal mask: crc32 of the packed mask, started from ``seed``."""
+    packed = np.packbits(mask.detach().cpu().numpy().astype(bool).reshape(-1)).tobytes()
+    return zlib.crc32(packed, seed & 0xFFFFFFFF)
+
+
+def _road_batch(pixel: torch.Tensor, masks: torch.Tensor, seed: int, mean: tuple[float, ...],
+                std: tuple[float, ...]) -> torch.Tensor:
+    """Normalised images of ``masks`` (B, H*W) with the removed pixels imputed by ROAD (on the CPU), (B, C, H, W)."""
+    chans, height, width = pixel.shape
+    source = pixel.float().cpu()
+    filled = []
+    for mask in masks.cpu():
+        generator = torch.Generator().manual_seed(road_seed(seed, mask))
+        filled.append(fill_image(source, mask.reshape(height, width), "road", generator=generator, noise=ROAD_NOISE))
+    return normalize(torch.stack(filled), mean, std)
+
+
 def _amp_context(device: torch.device, amp: str | None):
     if amp is None:
         return nullcontext()
@@ -173,6 +221,8 @@ def faithfulness_curves(
     grid: tuple[int, int],
     config: PerturbationConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
+    seed: int = 0,
+    label: int | None = None,
 ) -> tuple[dict[str, Curves], dict[str, float]]:
     """MoRF and LeRF curves of many maps of one image, batched.
 
@@ -185,6 +235,9 @@ def faithfulness_curves(
         patch, grid: the model's patch size and grid for this input (``unit='patch'``).
         config: the recipe; defaults to :class:`PerturbationConfig()`.
         progress: called with (images done, images total) after each batch.
+        seed: seeds the ``road`` fill's noise, together with the removal mask (:func:`road_seed`), so an image's
+            perturbed copy does not depend on batching or on which map it belongs to.
+        label: the image's true class, for ``score='top1'`` (default: ``target``).
 
     Returns:
         ``({key: Curves}, {"clean": p, "removed": p})``: the curves and the probabilities of the clean image
@@ -194,7 +247,12 @@ def faithfulness_curves(
     device = next(model.parameters()).device
     chans, height, width = pixel.shape
     steps = config.steps
-    fill = torch.as_tensor(config.fill, dtype=torch.float32).expand(chans).reshape(chans, 1)
+    recipe = config.fill if isinstance(config.fill, str) else None
+    if recipe == "blur":
+        fill = gaussian_blur(pixel.float().cpu(), blur_sigma(height, width)).reshape(chans, -1)
+    else:
+        value = mean if recipe == "mean" else GREY if recipe == "road" else config.fill  # road: filled per image
+        fill = torch.as_tensor(value, dtype=torch.float32).expand(chans).reshape(chans, 1)
     flat_pixel = pixel.reshape(chans, -1).float()
     units = max_steps(config.unit, (height, width), grid)
     if steps > units:
@@ -228,16 +286,23 @@ def faithfulness_curves(
     # Normalising is per element, so the fill and the clean pixels are normalised once and each perturbed image is
     # picked from them: the same numbers as normalising every perturbed image, one pass over the batch fewer.
     flat_pixel = normalize(flat_pixel.to(device).reshape(chans, 1, -1), mean, std).reshape(chans, -1)
-    fill = normalize(fill.to(device).reshape(chans, 1, 1), mean, std).reshape(chans, 1)
+    fill = normalize(fill.to(device).reshape(chans, 1, -1), mean, std).reshape(chans, -1)
 
     probs = np.empty(len(jobs), dtype=np.float64)
     with torch.inference_mode(), _amp_context(device, config.amp):
         for start in range(0, len(jobs), config.batch_size):
             stop = min(start + config.batch_size, len(jobs))
             masks = rank_table[job_rows[start:stop]] < job_counts[start:stop, None]
-            images = torch.where(masks[:, None, :], fill, flat_pixel).reshape(stop - start, chans, height, width)
+            if recipe == "road":
+                images = _road_batch(pixel, masks, seed, mean, std).to(device)
+            else:
+                images = torch.where(masks[:, None, :], fill, flat_pixel).reshape(stop - start, chans, height, width)
             logits = model(images)
-            probs[start:stop] = logits.float().softmax(-1)[:, target].double().cpu().numpy()
+            if config.score == "top1":
+                correct = logits.float().argmax(-1) == (target if label is None else label)
+                probs[start:stop] = correct.double().cpu().numpy()
+            else:
+                probs[start:stop] = logits.float().softmax(-1)[:, target].double().cpu().numpy()
             if progress is not None:
                 progress(stop, len(jobs))
 

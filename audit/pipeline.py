@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
+from .attention import needs_attention
 from .capture import Capture, capture
 from .errors import AuditError, NonFiniteError
 from .images import PreparedImage, normalize, prepare_image
 from .layout import normalize_stage
-from .maps import METHODS, MapResult, compute_maps
+from .maps import DEFAULT_METHODS, MapResult, compute_maps
 from .models import LoadedModel
 from .perturb import Curves, PerturbationConfig, faithfulness_curves
 from .restore import PatchInverse, Restoration, restore
@@ -32,6 +33,7 @@ class ImageAudit:
     Attributes:
         image: the prepared image (name, source, pixel tensor).
         target: the explained class; ``prob``: its softmax probability on the clean image.
+        label: the image's true class where one was given (``score='top1'`` scores against it).
         maps: ``{"<method>@<stage>": MapResult}`` for every map stage.
         curves: ``{"<method>@<stage>": Curves}`` for the rankable maps of the measured stages.
         restorations: ``{reading: {stage: Restoration}}``.
@@ -42,6 +44,7 @@ class ImageAudit:
     image: PreparedImage | None
     source: str
     target: int = -1
+    label: int | None = None
     prob: float = float("nan")
     maps: dict[str, MapResult] = field(default_factory=dict)
     curves: dict[str, Curves] = field(default_factory=dict)
@@ -55,12 +58,13 @@ def audit_image(
     loaded: LoadedModel,
     image: str | os.PathLike[str] | PreparedImage | Any,
     *,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = DEFAULT_METHODS,
     stages: Iterable[int | str] | None = None,
     act: str = "gelu",
     config: PerturbationConfig | None = None,
     seed: int = 0,
     target: int | None = None,
+    label: int | None = None,
     device: str | torch.device = "cpu",
     keep_capture: bool = False,
     inverse: PatchInverse | None = None,
@@ -77,6 +81,7 @@ def audit_image(
         config: the MoRF/LeRF recipe.
         seed: seed of the ``random`` baseline.
         target: class to explain; default the clean image's top-1.
+        label: the image's true class, which ``config.score='top1'`` scores against (default: the explained class).
         device: where the model runs.
         keep_capture: keep the raw tokens and gradients in the result (memory: 2 x stages x N x D floats).
         inverse: a precomputed :class:`PatchInverse` of the model (saves its pseudo-inverse per image).
@@ -86,20 +91,22 @@ def audit_image(
     device = torch.device(device)
     model = loaded.model.to(device)
     pixel = prepared.pixel.to(device)
-    cap = capture(model, normalize(pixel, loaded.mean, loaded.std), target=target)
+    cap = capture(model, normalize(pixel, loaded.mean, loaded.std), target=target,
+                  attention=needs_attention(methods))
     _check_finite(cap, prepared.source)
     maps = compute_maps(model, cap, methods=methods, act=act, seed=seed, image=prepared.name)
     measured = set(cap.map_stages if stages is None else (normalize_stage(s, cap.layout.depth) for s in stages))
     scored = {key: m.values for key, m in maps.items() if m.stage in measured and m.rankable}
     curves, shared = faithfulness_curves(
         model, pixel, scored, cap.target, loaded.mean, loaded.std,
-        patch=cap.layout.patch_size, grid=cap.layout.grid, config=config, progress=progress,
+        patch=cap.layout.patch_size, grid=cap.layout.grid, config=config, progress=progress, seed=seed, label=label,
     )
     restorations = restore(cap, model, prepared.pixel, loaded.mean, loaded.std, inverse=inverse)
     return ImageAudit(
         image=prepared,
         source=prepared.source,
         target=cap.target,
+        label=label,
         prob=cap.prob,
         maps=maps,
         curves=curves,

@@ -120,6 +120,7 @@ def run_record(
         "image_name": result.image.name if result.image else None,
         "class": result.target,
         "class_name": loaded.class_name(result.target),
+        **({"label": result.label} if result.label is not None else {}),
         "prob": result.prob,
         "removed_prob": result.removed_prob,
         "error": None,

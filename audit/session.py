@@ -18,7 +18,7 @@ from .compare import Baseline, baseline_stage, check_measured, check_recipe, com
 from .errors import AuditError, ImageError
 from .gates import GateInput, evaluate_gate
 from .images import normalize, prepare_image
-from .inputs import collect_images, load_models, load_named, model_id_for
+from .inputs import collect_images, load_models, load_named, model_id_for, read_labels
 from .layout import normalize_stage, stage_names
 from .models import LoadedModel
 from .perturb import PerturbationConfig, max_steps
@@ -75,6 +75,7 @@ class AuditSession:
         loaded = load_models(settings.model, settings.checkpoint)
         self.models, self.model_errors, self.model_ids = loaded.models, loaded.errors, loaded.ids
         self.image_set = collect_images(settings.images, keep_duplicates=settings.keep_duplicate_images)
+        self.labels = read_labels(settings.labels) if settings.labels else None
         self.images = [(entry.id, entry.path) for entry in self.image_set.entries]
         self.measured: dict[str, list[str]] = {}
         self.gates: dict[str, list[tuple[str, str]]] = {}
@@ -82,7 +83,7 @@ class AuditSession:
             self._plan(model_id, model)
         self.inverses = {model_id: PatchInverse(loaded.model) for model_id, loaded in self.models.items()}
         self.config = PerturbationConfig(steps=settings.steps, fill=settings.fill, unit=settings.unit,
-                                         batch_size=settings.batch_size, amp=settings.amp)
+                                         batch_size=settings.batch_size, amp=settings.amp, score=settings.score)
         self._runs: dict[tuple[str, str], dict[str, Any]] = {}
         self.baseline_model: LoadedModel | None = None
         self.baseline = (self._baseline() if settings.baseline else
@@ -171,9 +172,10 @@ class AuditSession:
         loaded = self._model(case.model_id)
         start = time.perf_counter()
         try:
+            label = self._label(case, loaded)
             prepared = prepare_image(case.path, loaded.data_config, name=case.image_id)
             result = audit_image(loaded, prepared, methods=self.settings.methods, stages=self.measured[case.model_id],
-                                 act=self.settings.act, config=self.config, seed=self.settings.seed,
+                                 act=self.settings.act, config=self.config, seed=self.settings.seed, label=label,
                                  device=self.device, keep_capture=True, inverse=self.inverses[case.model_id])
             record = run_record(loaded, result, thumbnail=max(self.settings.report_thumbnail, 64))
             self._maps_for_baseline_class(case, loaded, prepared, record)
@@ -182,6 +184,20 @@ class AuditSession:
         record.update(model_id=case.model_id, image_id=case.image_id, seconds=time.perf_counter() - start,
                       inverse_exact=self.inverses[case.model_id].exact, measured_stages=self.measured[case.model_id])
         return record
+
+    def _label(self, case: Case, loaded: LoadedModel) -> int | None:
+        """The image's true class from ``--labels``; an image the CSV does not name (or names out of the model's
+        range) fails alone."""
+        if self.labels is None:
+            return None
+        label = self.labels.of(case.path)
+        if label is None:
+            raise ImageError(f"image {case.path!r} has no row in labels {self.labels.path!r}; add its file name and "
+                             "class_index")
+        if label >= loaded.num_classes:
+            raise ImageError(f"image {case.path!r}: labels {self.labels.path!r} gives class {label}, but the model has "
+                             f"{loaded.num_classes} classes")
+        return label
 
     def _maps_for_baseline_class(self, case: Case, loaded, prepared, record: dict[str, Any]) -> None:
         """Where the baseline explained another class on this image, the gated maps of that class too (drift
@@ -316,6 +332,7 @@ class AuditSession:
                        else {"id": model_id, **self.model_errors[model_id]} for model_id in self.model_ids],
             "images": self.image_set.record(),
             "images_left_out": self.image_set.left_out,
+            **({"labels": {"path": self.labels.path, "sha256": self.labels.sha256}} if self.labels else {}),
             "runs": runs,
             "gates": gates,
             "summaries": summaries,

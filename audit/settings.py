@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from .gates import LIMIT_NAMES, MIN_IMAGES, GateLimits
-from .maps import ACTIVATIONS, METHODS
+from .maps import ACTIVATIONS, DEFAULT_METHODS, METHODS
+from .perturb import FILL_CONSTANTS, FILL_RECIPES, SCORES
 from .ranges import (
     BATCH_SIZE_MAX,
     DEFAULT_MARGIN,
@@ -67,15 +68,17 @@ class AuditSettings:
     checkpoint: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
     device: str = "cpu"
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     layers: list[str] = field(default_factory=lambda: ["all"])
     steps: int = 20
     unit: str = "pixel"
-    fill: float = 127 / 255
+    fill: float | str = 127 / 255
     batch_size: int = 64
     seed: int = 0
     act: str = "gelu"
     amp: str | None = None
+    score: str = "prob"
+    labels: str | None = None
     gate: list[str] = field(default_factory=list)
     threshold: float = 0.0
     min_images: int = MIN_IMAGES
@@ -108,16 +111,22 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
                    "PATH"),
     "images": ("image file or folder, searched recursively (repeatable)", "PATH"),
     "device": ("cpu, cuda or auto (default cpu)", "DEVICE"),
-    "methods": (f"comma list of maps: {','.join(METHODS)} (default all)", "LIST"),
+    "methods": (f"comma list of maps: {','.join(METHODS)} (default: the paper's {','.join(DEFAULT_METHODS)})",
+                "LIST"),
     "layers": ("stages whose faithfulness is measured: block indices and/or encoder, or all (default all)", "LIST"),
     "steps": (f"MoRF/LeRF removal steps, 1..{STEPS_MAX} (default 20)", "N"),
     "unit": ("removal unit: pixel or patch (default pixel)", "UNIT"),
-    "fill": ("pixel-space fill value of removed pixels, in [0, 1] (default 127/255)", "VALUE"),
+    "fill": ("fill of removed pixels: a pixel value in [0, 1] (default 127/255) or a recipe: grey, black, mean "
+             "(the model's normalisation mean), blur (RISE's), road (ROAD's noisy linear imputation; slow)", "FILL"),
     "batch_size": (f"perturbed images per forward pass, 1..{BATCH_SIZE_MAX} (default 64)", "N"),
     "seed": (f"seed of the random baseline, the bootstrap and the randomisation check, 0..{SEED_MAX} (default 0)",
              "N"),
     "act": (f"activation of the gradient maps: {', '.join(ACTIVATIONS)} (default gelu)", "NAME"),
     "amp": ("autocast dtype for perturbation forwards: bfloat16 or float16 (default off: float32)", "DTYPE"),
+    "score": ("y of the MoRF/LeRF curves: prob (the explained class's softmax probability) or top1 (1 when the "
+              "top-1 class is the image's label from --labels, else the explained class; Chefer et al.'s test)",
+              "SCORE"),
+    "labels": ("CSV of the images' true classes: columns file (the image's file name) and class_index", "PATH"),
     "gate": ("gated map as method@stage, e.g. cam@encoder or grad@-2 (repeatable); default: the policy", "MAP"),
     "threshold": ("mean-ABPC threshold of the gates (default 0: better than a random map)", "VALUE"),
     "min_images": (f"fewer images make a gate inconclusive (default {MIN_IMAGES})", "N"),
@@ -255,6 +264,15 @@ def _coerce(name: str, value: Any, default: Any, where: str | None = None) -> An
     """
     if name in LIST_OPTIONS:
         return _as_list(name, value, where)
+    if name == "fill" and isinstance(value, str):
+        word = value.strip().lower()
+        if word in FILL_CONSTANTS or word in FILL_RECIPES:
+            return FILL_CONSTANTS.get(word, word)
+        try:
+            float(word)
+        except ValueError:
+            raise ValueError(f"fill: {show(value)} is neither a pixel value in [0, 1] nor a recipe "
+                             f"({', '.join([*FILL_CONSTANTS, *FILL_RECIPES])}){in_file(where)}") from None
     if name in OPTIONAL_NUMBERS:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
             return None
@@ -421,7 +439,11 @@ def _validate(s: AuditSettings, origins: dict[str, str] | None = None) -> None:
         raise fail("amp", f"amp: {s.amp!r} is not bfloat16 or float16")
     if s.unit not in ("pixel", "patch"):
         raise fail("unit", f"unit: {s.unit!r} is not pixel or patch")
+    if s.score not in SCORES:
+        raise fail("score", f"score: {s.score!r} is not {' or '.join(SCORES)}")
     for name in RANGES:
+        if name == "fill" and isinstance(s.fill, str):  # a recipe, checked when read
+            continue
         if not (name in OPTIONAL_NUMBERS and getattr(s, name) is None):
             check_range(name, getattr(s, name), origins.get(name))
     for gate in s.gate:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from audit.figures import scaled_size
+from audit.fills import blur_sigma, fill_image, gaussian_blur
 from audit.perturb import ORDERS, pixel_ranks, removal_counts
 
 __all__ = ["COLOURMAP", "colour_stops", "colourise", "decode_data_uri", "draw_strip", "encode_png", "fit",
@@ -197,24 +198,51 @@ def removal_plan(
     return ordered, [int((ranks < c).sum()) for c in cells]
 
 
-def draw_strip(full: Image.Image, ordered: np.ndarray, counts: Sequence[int], fill: float | Sequence[float],
+def draw_strip(full: Image.Image, ordered: np.ndarray, counts: Sequence[int], fill: float | Sequence[float] | str,
                size: int) -> Image.Image:
-    """Draw the frames of a :func:`removal_plan` on the input picture (H x W), each scaled down to <= ``size`` px."""
+    """Draw the frames of a :func:`removal_plan` on the input picture (H x W), each scaled down to <= ``size`` px.
+
+    ``fill`` is a pixel value (one, or one per channel) or a recipe of :mod:`audit.fills`: ``'blur'`` takes the
+    removed pixels from the blurred picture; ``'road'`` imputes them at the frame's own size, without the noise (an
+    illustration: at the input's size it would cost a sparse solve per frame).
+    """
     pixels = np.array(full.convert("RGB"), dtype=np.uint8)
-    fill_rgb = np.broadcast_to(np.asarray(fill, dtype=np.float64).reshape(-1)[:3], (3,))
-    fill_rgb = (np.clip(fill_rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     thumb_w, thumb_h = full.size if max(full.size) <= size else scaled_size(full.size, size)
     strip = Image.new("RGB", (len(counts) * (thumb_w + GAP) - GAP, thumb_h), (255, 255, 255))
     flat = pixels.reshape(-1, 3)
+    if fill == "blur":
+        picture = torch.from_numpy(pixels).permute(2, 0, 1).double() / 255
+        blurred = gaussian_blur(picture, blur_sigma(*picture.shape[1:])).permute(1, 2, 0).reshape(-1, 3)
+        source = (blurred.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    elif not isinstance(fill, str):
+        fill_rgb = np.broadcast_to(np.asarray(fill, dtype=np.float64).reshape(-1)[:3], (3,))
+        source = np.broadcast_to((np.clip(fill_rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), flat.shape)
+    removed = np.zeros(flat.shape[0], dtype=bool)
     done = 0
     for slot, count in enumerate(counts):  # removals accumulate: fill only what step k adds
-        flat[ordered[done:count]] = fill_rgb
+        removed[ordered[done:count]] = True
+        if fill != "road":
+            flat[ordered[done:count]] = source[ordered[done:count]]
         done = max(done, count)
-        frame = Image.fromarray(pixels)
-        if frame.size != (thumb_w, thumb_h):
-            frame = frame.resize((thumb_w, thumb_h), Image.Resampling.BOX)
+        if fill == "road":
+            frame = _road_frame(full, removed, (thumb_w, thumb_h))
+        else:
+            frame = Image.fromarray(pixels)
+            if frame.size != (thumb_w, thumb_h):
+                frame = frame.resize((thumb_w, thumb_h), Image.Resampling.BOX)
         strip.paste(frame, (slot * (thumb_w + GAP), 0))
     return strip
+
+
+def _road_frame(full: Image.Image, removed: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """The picture at ``size`` with the pixels that are mostly removed imputed by ROAD (no noise)."""
+    small = full.convert("RGB") if full.size == size else full.convert("RGB").resize(size, Image.Resampling.BOX)
+    mask = Image.fromarray((removed.reshape(full.size[1], full.size[0]) * 255).astype(np.uint8))
+    if mask.size != size:
+        mask = mask.resize(size, Image.Resampling.BOX)
+    picture = torch.from_numpy(np.array(small)).permute(2, 0, 1).float() / 255
+    filled = fill_image(picture, torch.from_numpy(np.array(mask) >= 128), "road", noise=0.0)
+    return Image.fromarray((filled.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy())
 
 
 def upsample_map(grid: Sequence[Sequence[float | None]] | np.ndarray | None, size: tuple[int, int],

@@ -259,8 +259,10 @@ class _Builder:
                                                          unit, frames=STRIP_FRAMES)
             if self._cache[key] is None:
                 return None
-            picture = pictures.draw_strip(full, *self._cache[key], fill=self.perturbation.get("fill", 127 / 255),
-                                          size=plan.strips)
+            fill = self.perturbation.get("fill", 127 / 255)
+            if fill == "mean":  # the model's normalisation mean
+                fill = _dict(model.get("data_config")).get("mean") or 127 / 255
+            picture = pictures.draw_strip(full, *self._cache[key], fill=fill, size=plan.strips)
             frame = pictures.scaled_size(full.size, plan.strips)  # a frame as shown; the strip is enlarged alike
             scale = frame[1] / picture.size[1]
             return _encoded(picture, plan.colours, (round(picture.size[0] * scale), frame[1]))

@@ -79,6 +79,13 @@ def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
     return "pass", [*passed, f"{len(checks)} check(s) without failure"]
 
 
+def _score_text(perturbation: dict[str, Any]) -> str:
+    if perturbation.get("score") == "top1":
+        return ("1 when the top-1 class is the image's label (from the labels file; without one, the explained "
+                "class), else 0")
+    return "softmax probability of the explained class (the clean image's top-1)"
+
+
 def _perturbation_text(perturbation: dict[str, Any]) -> str:
     """How the MoRF/LeRF curves were measured, in words: the caption of every curve and score."""
     steps = perturbation.get("steps", "?")
@@ -87,8 +94,8 @@ def _perturbation_text(perturbation: dict[str, Any]) -> str:
     return (f"{steps} steps; image k of {steps}+1 has the first round(k·N/{steps}) {unit}s of the map's ranking "
             f"(N {unit}s of the model input) replaced by the fill {fill} in pixel space, all channels, before "
             f"normalisation; ranking: the map upsampled {perturbation.get('interpolation', 'bilinearly')} to the "
-            f"model input, MoRF descending, LeRF ascending, ties in row-major order; y_k: softmax probability of the "
-            f"explained class (the clean image's top-1); AUC: {perturbation.get('auc_rule', 'trapezoid')}; "
+            f"model input, MoRF descending, LeRF ascending, ties in row-major order; y_k: {_score_text(perturbation)}; "
+            f"AUC: {perturbation.get('auc_rule', 'trapezoid')}; "
             f"ABPC = LeRF AUC − MoRF AUC (lower MoRF AUC, higher LeRF AUC and higher ABPC are better); "
             f"{'float32' if not amp else f'autocast {amp}'} forwards")
 

@@ -54,8 +54,17 @@ def fmt_ci(value: Any, digits: int = 3, signed: bool = False) -> str:
 
 
 # -- stages: patch_embed, embed, blocks 0..L-1, encoder -----------------------------------------------------------
+FILL_WORDS = {
+    "mean": "the model's normalisation mean (0 after normalising)",
+    "blur": "the image under a Gaussian blur (sigma 5 px at 224 px, scaled with the input)",
+    "road": "ROAD's noisy linear imputation from the kept neighbours (noise sigma 0.01, seeded)",
+}
+
+
 def fill_text(fill: Any) -> str:
-    """The removal fill in words: ``0.498 = 127/255``, or one value per channel in brackets."""
+    """The removal fill in words: ``0.498 = 127/255``, one value per channel in brackets, or a recipe's words."""
+    if isinstance(fill, str):
+        return FILL_WORDS.get(fill, fill)
     if isinstance(fill, (list, tuple)):
         return "(" + ", ".join(fmt(v, 3) for v in fill) + ")"
     return fmt(fill, 3) + (f" = {round(fill * 255)}/255" if _num(fill) is not None else "")

@@ -148,3 +148,83 @@ def test_auc_is_the_trapezoid_over_unit_interval():
 def test_bad_config_is_refused_with_the_argument_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PerturbationConfig(**kwargs)
+
+
+class _Recorder(torch.nn.Module):
+    """The model, keeping every batch it is given (normalised)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.model(x)
+
+
+@pytest.mark.parametrize("recipe", ["black", "mean", "blur", "road"])
+def test_every_perturbed_image_is_the_fill_recipe_of_its_mask(square, recipe):
+    """Each image the model sees is fills.fill_image of the removal mask (road: noise seeded by the run's seed and
+    the mask), normalised; kept pixels are the image's own."""
+    from audit.fills import fill_image
+    from audit.perturb import road_seed
+
+    pixel, values = _pixel(5), torch.randn(8, 8, generator=torch.Generator().manual_seed(6))
+    recorder = _Recorder(square)
+    curves, _ = faithfulness_curves(recorder, pixel, {"m": values}, 0, MEAN, STD, (4, 4), (8, 8),
+                                    PerturbationConfig(steps=4, fill=recipe, batch_size=3), seed=11)
+    seen = torch.cat(recorder.seen) * 0.5 + 0.5  # back to pixel space
+    counts = removal_counts(32 * 32, 4)
+    masks = [torch.zeros(32 * 32, dtype=torch.bool), torch.ones(32 * 32, dtype=torch.bool)]
+    for order in ("morf", "lerf"):
+        ranks = pixel_ranks(values, order, (32, 32), (8, 8), (4, 4))
+        masks += [ranks < counts[k] for k in range(1, 4)]
+    assert seen.shape[0] == len(masks) == 8
+    for image, mask in zip(seen, masks):
+        mask = mask.reshape(32, 32)
+        generator = torch.Generator().manual_seed(road_seed(11, mask))
+        expected = fill_image(pixel, mask, recipe, mean=MEAN, generator=generator, noise=0.01)
+        torch.testing.assert_close(image, expected, atol=2e-6, rtol=0)  # to the rounding of (x - 0.5) / 0.5 and back
+    if recipe == "road":  # the noise makes the removed pixels differ from a plain imputation
+        plain = fill_image(pixel, masks[3].reshape(32, 32), "road", noise=0.0)
+        assert float((seen[3] - plain).abs().max()) > 0.005
+
+
+def test_the_road_fill_does_not_depend_on_batching_or_on_the_map(square):
+    pixel = _pixel(7)
+    first = torch.randn(8, 8, generator=torch.Generator().manual_seed(8))
+    maps = {"a": first, "b": torch.randn(8, 8, generator=torch.Generator().manual_seed(9))}
+    one, shared_one = faithfulness_curves(square, pixel, maps, 1, MEAN, STD, (4, 4), (8, 8),
+                                          PerturbationConfig(steps=5, fill="road", batch_size=1), seed=3)
+    many, shared_many = faithfulness_curves(square, pixel, {"a": first}, 1, MEAN, STD, (4, 4), (8, 8),
+                                            PerturbationConfig(steps=5, fill="road", batch_size=64), seed=3)
+    np.testing.assert_allclose(one["a"].morf, many["a"].morf, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(one["a"].lerf, many["a"].lerf, rtol=1e-5, atol=1e-7)
+    other, _ = faithfulness_curves(square, pixel, {"a": first}, 1, MEAN, STD, (4, 4), (8, 8),
+                                   PerturbationConfig(steps=5, fill="road"), seed=4)
+    assert not np.allclose(other["a"].morf[1:-1], one["a"].morf[1:-1], rtol=0, atol=1e-9)  # another seed
+
+
+def test_fill_names_and_values():
+    assert PerturbationConfig(fill="grey").fill == 127 / 255 and PerturbationConfig(fill="black").fill == 0.0
+    assert PerturbationConfig(fill="road").describe()["fill"] == "road"
+    with pytest.raises(ValueError, match="'purple' is not a pixel value in \\[0, 1\\] nor a recipe"):
+        PerturbationConfig(fill="purple")
+
+
+def test_the_top1_score_is_whether_the_top1_class_is_the_label(square):
+    pixel, values = _pixel(2), torch.randn(8, 8, generator=torch.Generator().manual_seed(3))
+    probs, _ = _curves(square, pixel, {"m": values}, target=1, steps=5)
+    with torch.no_grad():
+        top1 = int(square(((pixel - 0.5) / 0.5)[None]).argmax())
+    right, shared = faithfulness_curves(square, pixel, {"m": values}, 1, MEAN, STD, (4, 4), (8, 8),
+                                       PerturbationConfig(steps=5, score="top1"), label=top1)
+    wrong, _ = faithfulness_curves(square, pixel, {"m": values}, 1, MEAN, STD, (4, 4), (8, 8),
+                                   PerturbationConfig(steps=5, score="top1"), label=(top1 + 1) % 10)
+    assert shared["clean"] == 1.0 and right["m"].morf[0] == 1.0 and wrong["m"].morf[0] == 0.0
+    for curve in (right["m"].morf, right["m"].lerf, wrong["m"].lerf):
+        assert set(np.unique(curve)) <= {0.0, 1.0}
+    assert np.all(right["m"].morf + wrong["m"].morf <= 1.0)  # one label at most can be the top-1
+    assert not np.array_equal(probs["m"].morf, right["m"].morf)
+    with pytest.raises(ValueError, match="score: expected one of"):
+        PerturbationConfig(score="accuracy")

@@ -1,0 +1,100 @@
+"""Recipes beyond the paper through a whole audit: attention maps, named fills, the top-1 score and a labels file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from audit.inputs import read_labels
+from audit.zoo import CLASS_NAMES, EMBEDDED_MODEL, embedded_checkpoint, embedded_images
+
+from conftest import nested_audit
+
+pytest_plugins = ["pytester"]
+
+
+def _class_of(path: Path) -> int:
+    """The embedded sample images are named by class: ankle_boot_0.png is an Ankle boot."""
+    words = path.stem.rsplit("_", 1)[0].replace("_", " ").lower()
+    return next(i for i, name in enumerate(CLASS_NAMES) if name.lower().replace("/", " ").startswith(words[:5]))
+
+
+def _labels(folder: Path, images: list[Path]) -> Path:
+    path = folder / "labels.csv"
+    path.write_text("file,synset,class_index,name\n" + "".join(f"{p.name},x,{_class_of(p)},y\n" for p in images))
+    return path
+
+
+def test_attention_maps_with_the_black_fill_and_the_top1_score_against_labels(pytester, monkeypatch):
+    monkeypatch.chdir(pytester.path)
+    images = sorted(embedded_images().glob("*.png"))[:12]
+    labels = _labels(pytester.path, images[:11])  # the last image has no row: it fails alone
+    args = [arg for path in images for arg in ("--images", str(path))]
+    result = pytester.runpytest(*nested_audit(), "--model", EMBEDDED_MODEL, "--checkpoint", str(embedded_checkpoint()),
+                                *args, "--methods", "cam,attention,rollout,chefer,attn_gradcam,random",
+                                "--layers", "2,encoder", "--steps", "10", "--fill", "black", "--score", "top1",
+                                "--labels", str(labels), "--gate", "chefer@encoder", "--threshold", "-1",
+                                "--audit-json", "r.json", "--report", "r.html")
+    results = json.loads((pytester.path / "r.json").read_text())
+    assert results["perturbation"]["fill"] == 0.0 and results["perturbation"]["score"] == "top1"
+    assert results["labels"]["path"] == str(labels) and len(results["labels"]["sha256"]) == 64
+    runs = {Path(r["image"]).name: r for r in results["runs"]}
+    missing = runs[images[-1].name]
+    assert "has no row in labels" in missing["error"] and str(labels) in missing["error"]
+    for path in images[:11]:
+        run = runs[path.name]
+        assert run["label"] == _class_of(path)
+        for key in ("chefer@encoder", "rollout@2", "attention@2", "attn_gradcam@encoder"):
+            curve = run["maps"][key]["morf"]
+            assert curve is None or set(curve) <= {0.0, 1.0}, key
+        chefer = run["maps"]["chefer@encoder"]
+        assert chefer["applicable"] and chefer["morf"][0] == float(run["class"] == run["label"])
+    gate = next(g for g in results["gates"] if g["method"] == "chefer")
+    assert gate["n_images"] == 11 and gate["verdict"] == "pass"
+    outcomes = result.parseoutcomes()
+    assert result.ret == 1 and outcomes["failed"] >= 1  # the image without a label fails its own checks
+    result.stdout.fnmatch_lines(["*PASS*vit_fmnist chefer@encoder*n=11*"])
+    html = (pytester.path / "r.html").read_text()
+    assert "1 when the top-1 class is the image" in html and "chefer@encoder" in html
+
+
+def test_the_road_fill_runs_and_is_recorded(pytester, monkeypatch):
+    monkeypatch.chdir(pytester.path)
+    images = sorted(embedded_images().glob("*.png"))[:4]
+    args = [arg for path in images for arg in ("--images", str(path))]
+    result = pytester.runpytest(*nested_audit(), "--model", EMBEDDED_MODEL, "--checkpoint", str(embedded_checkpoint()),
+                                *args, "--methods", "cam,random", "--layers", "encoder", "--steps", "5", "--fill",
+                                "road", "--audit-json", "r.json", "--report", "r.html")
+    assert result.ret == 0, result.stdout.str()
+    results = json.loads((pytester.path / "r.json").read_text())
+    assert results["perturbation"]["fill"] == "road"
+    assert "noisy linear imputation from the kept neighbours" in (pytester.path / "r.html").read_text()
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "is not a file"),
+    ("name,label\nx.png,3\n", "has no rows with columns file and class_index (its header: name, label)"),
+    ("file,class_index\nx.png,three\n", "line 2: file 'x.png' with class_index 'three'"),
+    ("file,class_index\nx.png,3\nx.png,4\n", "'x.png' is given classes 3 and 4"),
+    (b"file,class_index\n\xff\xfe,1\n", "is not a readable UTF-8 CSV"),
+])
+def test_a_bad_labels_file_is_one_line_naming_it(tmp_path, content, words):
+    path = tmp_path / "labels.csv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ValueError) as info:
+        read_labels(path)
+    assert words in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_bad_fill_or_score_is_a_usage_error(pytester, monkeypatch):
+    monkeypatch.chdir(pytester.path)
+    base = [*nested_audit(), "--images", str(embedded_images())]
+    result = pytester.runpytest(*base, "--fill", "purple")
+    assert result.ret == 4 and "fill: 'purple' is neither a pixel value in [0, 1] nor a recipe" in result.stderr.str()
+    result = pytester.runpytest(*base, "--score", "accuracy")
+    assert result.ret == 4 and "score: 'accuracy' is not prob or top1" in result.stderr.str()
