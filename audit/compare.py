@@ -205,8 +205,8 @@ def maps_for_class(loaded: LoadedModel, prepared: PreparedImage, target: int, ke
                   attention=needs_attention(methods))
     stages = list(dict.fromkeys(stage for _, stage in keys))
     maps = compute_maps(model, cap, methods=methods, stages=stages, act=act, seed=seed, image=prepared.name)
-    return {f"{m}@{s}": (maps[f"{m}@{s}"].values.float().tolist() if maps[f"{m}@{s}"].values is not None else None)
-            for m, s in keys}
+    grids = {key: result.values.float().tolist() for key, result in maps.items() if result.values is not None}
+    return {f"{m}@{s}": grids.get(f"{m}@{s}") for m, s in keys}  # ig@input: not made for another class
 
 
 def _on_input(grid: list, size: tuple[int, int]) -> torch.Tensor:

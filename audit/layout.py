@@ -14,9 +14,10 @@ from torch import nn
 
 from .errors import UnsupportedModelError
 
-__all__ = ["TokenLayout", "check_supported", "layout_of", "stage_names", "MAP_STAGE_ENCODER"]
+__all__ = ["TokenLayout", "check_supported", "layout_of", "stage_names", "MAP_STAGE_ENCODER", "MAP_STAGE_INPUT"]
 
 MAP_STAGE_ENCODER = "encoder"
+MAP_STAGE_INPUT = "input"  # the model input: the one stage of maps made from it (Integrated Gradients)
 
 
 def check_supported(model: nn.Module, name: str | None = None) -> None:
@@ -126,13 +127,14 @@ def stage_names(depth: int) -> list[str]:
 
 
 def normalize_stage(stage: int | str, depth: int) -> str:
-    """Turn a user's stage (an int, ``'3'``, ``'-1'`` or ``'encoder'``) into its canonical name."""
-    if isinstance(stage, str) and stage == MAP_STAGE_ENCODER:
+    """Turn a user's stage (an int, ``'3'``, ``'-1'``, ``'encoder'``, or ``'input'``: the model input, Integrated
+    Gradients' one stage) into its canonical name."""
+    if isinstance(stage, str) and stage in (MAP_STAGE_ENCODER, MAP_STAGE_INPUT):
         return stage
     try:
         index = int(stage)
     except (TypeError, ValueError):
-        raise ValueError(f"stage: {stage!r} is neither a block index nor 'encoder'") from None
+        raise ValueError(f"stage: {stage!r} is neither a block index nor 'encoder' (nor 'input', for ig)") from None
     if index < 0:
         index += depth
     if not 0 <= index < depth:

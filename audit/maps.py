@@ -13,7 +13,8 @@ grid resolution (gh, gw) unless stated. Stages are blocks ``'0'..'L-1'`` and ``'
 - ``random``: seeded uniform noise on the grid; ``center``: a centred Gaussian on the grid.
 
 The attention-based maps (``attention``, ``rollout``, ``chefer``, ``attn_gradcam``) are defined in
-:mod:`audit.attention`; they need a capture made with ``attention=True``.
+:mod:`audit.attention`; they need a capture made with ``attention=True``. ``ig`` (Integrated Gradients) has one
+stage, ``input``, and is made by :mod:`audit.integrated_gradients` from the image, not from a capture.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from .attention import ATTENTION_METHODS, attention_map
 from .capture import Capture
 from .layout import MAP_STAGE_ENCODER, normalize_stage
 
-__all__ = ["MapResult", "compute_maps", "METHODS", "DEFAULT_METHODS", "PAPER_METHODS", "ACTIVATIONS", "is_constant",
-           "map_seed"]
+__all__ = ["MapResult", "compute_maps", "finish_map", "METHODS", "DEFAULT_METHODS", "PAPER_METHODS", "INPUT_METHODS",
+           "ACTIVATIONS", "is_constant", "map_seed"]
 
 PAPER_METHODS = ("cam", "cam_hidden", "grad", "grad_cls", "random", "center")
-METHODS = PAPER_METHODS + ATTENTION_METHODS  # the attention-based maps: audit/attention.py
+INPUT_METHODS = ("ig",)  # maps of the model input, one stage 'input': audit/integrated_gradients.py
+METHODS = PAPER_METHODS + ATTENTION_METHODS + INPUT_METHODS  # the attention-based maps: audit/attention.py
 DEFAULT_METHODS = PAPER_METHODS
 BASELINES = ("random", "center")
 ACTIVATIONS = {
@@ -173,7 +175,8 @@ def _center(grid: tuple[int, int]) -> torch.Tensor:
     return torch.exp(-0.5 * ((rows[:, None] / sy) ** 2 + (cols[None, :] / sx) ** 2)).float()
 
 
-def _finish(result: MapResult) -> MapResult:
+def finish_map(result: MapResult) -> MapResult:
+    """Flag a map with non-finite values or constant values as degenerate (it ranks nothing)."""
     if result.values is not None and not result.degenerate:
         if not bool(torch.isfinite(result.values).all()):
             result.degenerate, result.reason = True, "map has non-finite values"
@@ -187,7 +190,7 @@ def _finish(result: MapResult) -> MapResult:
 def compute_maps(
     model: nn.Module,
     cap: Capture,
-    methods: Iterable[str] = METHODS,
+    methods: Iterable[str] = DEFAULT_METHODS,
     stages: Iterable[int | str] | None = None,
     act: str = "gelu",
     seed: int = 0,
@@ -217,6 +220,7 @@ def compute_maps(
     layout = cap.layout
     depth = layout.depth
     stage_list = cap.map_stages if stages is None else [normalize_stage(s, depth) for s in stages]
+    stage_list = [stage for stage in stage_list if stage in cap.tokens]  # not 'input': no block map is made there
     target = cap.target
     side = layout.hidden_patch
     needs_scores = "cam_hidden" in methods and side is not None and getattr(model, "attn_pool", None) is None
@@ -227,6 +231,8 @@ def compute_maps(
     for stage in stage_list:
         tokens = cap.tokens[stage]
         for method in methods:
+            if method in INPUT_METHODS:  # not a map of a block: made from the input (audit.pipeline)
+                continue
             if method == "cam":
                 values = _head_pre(model, layout.patch_tokens(tokens)) @ weight
                 result = MapResult(method, stage, layout.to_grid(values.float()))
@@ -252,5 +258,5 @@ def compute_maps(
                 result = MapResult(method, stage, torch.from_numpy(rng.random(layout.grid, dtype=np.float64)).float())
             else:
                 result = MapResult(method, stage, _center(layout.grid))
-            results[result.key] = _finish(result)
+            results[result.key] = finish_map(result)
     return results

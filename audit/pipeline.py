@@ -16,8 +16,9 @@ from .attention import needs_attention
 from .capture import Capture, capture
 from .errors import AuditError, NonFiniteError
 from .images import PreparedImage, normalize, prepare_image
+from .integrated_gradients import INPUT_STAGE, ig_map_input
 from .layout import normalize_stage
-from .maps import DEFAULT_METHODS, MapResult, compute_maps
+from .maps import DEFAULT_METHODS, MapResult, compute_maps, finish_map
 from .models import LoadedModel
 from .perturb import Curves, PerturbationConfig, faithfulness_curves
 from .restore import PatchInverse, Restoration, restore
@@ -75,7 +76,8 @@ def audit_image(
     Args:
         loaded: from :func:`audit.models.load_model`.
         image: a path, a PIL image / uint8 array, or an already :class:`PreparedImage`.
-        methods: maps to compute (names from :data:`audit.maps.METHODS`); computed at every stage.
+        methods: maps to compute (names from :data:`audit.maps.METHODS`); computed at every stage (``ig``: at the
+            input, and always measured).
         stages: the stages whose maps are scored by MoRF/LeRF (block indices and/or ``'encoder'``); default all.
         act: activation of the gradient maps.
         config: the MoRF/LeRF recipe.
@@ -96,6 +98,11 @@ def audit_image(
     _check_finite(cap, prepared.source)
     maps = compute_maps(model, cap, methods=methods, act=act, seed=seed, image=prepared.name)
     measured = set(cap.map_stages if stages is None else (normalize_stage(s, cap.layout.depth) for s in stages))
+    config = config or PerturbationConfig()
+    if "ig" in methods:  # one stage, the input: measured whenever the map is asked for
+        values = ig_map_input(model, pixel, config, loaded.mean, loaded.std, cap.target, cap.layout)
+        maps[f"ig@{INPUT_STAGE}"] = finish_map(MapResult("ig", INPUT_STAGE, values))
+        measured.add(INPUT_STAGE)
     scored = {key: m.values for key, m in maps.items() if m.stage in measured and m.rankable}
     curves, shared = faithfulness_curves(
         model, pixel, scored, cap.target, loaded.mean, loaded.std,

@@ -22,8 +22,9 @@ from torch import nn
 
 from .attention import ATTENTION_METHODS, needs_attention
 from .capture import capture
-from .layout import MAP_STAGE_ENCODER
-from .maps import compute_maps
+from .integrated_gradients import integrated_gradients
+from .layout import MAP_STAGE_ENCODER, MAP_STAGE_INPUT
+from .maps import MapResult, compute_maps, finish_map
 from .stats import spearman
 
 __all__ = ["RandomisationCurve", "cascade_steps", "randomisation_curves", "spearman", "dependency_step"]
@@ -55,8 +56,10 @@ def dependency_step(stage: str, depth: int, method: str | None = None) -> int:
     probabilities (its qkv projection, over the tokens entering it) and, for ``chefer`` and ``attn_gradcam``, the
     gradient from the head down to them; ``rollout`` and ``chefer`` also read blocks 0..k-1's attention, which the
     top-down cascade reaches later. They are all randomised from step 1 + L - k on; at ``'encoder'`` they are the
-    last block's (step 2).
+    last block's (step 2). ``ig@input`` reads the whole model: step 2 + L, the embedding's.
     """
+    if stage == MAP_STAGE_INPUT:  # Integrated Gradients reads every parameter: the embedding is randomised last
+        return 2 + depth
     if stage == MAP_STAGE_ENCODER:
         if method in ATTENTION_METHODS:
             return 2
@@ -106,6 +109,7 @@ def randomisation_curves(
     methods: Sequence[str],
     seed: int = 0,
     act: str = "gelu",
+    baselines: Sequence[torch.Tensor] | None = None,
 ) -> dict[str, RandomisationCurve]:
     """Cascading randomisation of a copy of ``model``; the model itself is untouched.
 
@@ -116,6 +120,7 @@ def randomisation_curves(
         methods: map names (baselines included: they do not depend on the model, which the curve shows).
         seed: seeds the randomisation.
         act: activation of the gradient maps.
+        baselines: the normalised fill image of each input, for ``ig`` (left out without them).
 
     Returns:
         ``{"<method>@<stage>": RandomisationCurve}`` for every map stage.
@@ -134,7 +139,11 @@ def randomisation_curves(
             cap = capture(work, image, target=None if explained is None else explained[index],
                           attention=needs_attention(methods))
             classes.append(cap.target)
-            maps.append(compute_maps(work, cap, methods=methods, act=act, seed=seed, image=f"sanity-{index}"))
+            step_maps = compute_maps(work, cap, methods=methods, act=act, seed=seed, image=f"sanity-{index}")
+            if "ig" in methods and baselines is not None:
+                values = integrated_gradients(work, image, baselines[index], cap.target, cap.layout)
+                step_maps[f"ig@{MAP_STAGE_INPUT}"] = finish_map(MapResult("ig", MAP_STAGE_INPUT, values))
+            maps.append(step_maps)
         explained = classes  # every step explains the classes of step 0, the trained model
         per_step.append(maps)
 

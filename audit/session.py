@@ -19,7 +19,9 @@ from .errors import AuditError, ImageError
 from .gates import GateInput, evaluate_gate
 from .images import normalize, prepare_image
 from .inputs import collect_images, load_models, load_named, model_id_for, read_labels
-from .layout import normalize_stage, stage_names
+from .integrated_gradients import fill_baseline
+from .layout import MAP_STAGE_INPUT, normalize_stage, stage_names
+from .maps import INPUT_METHODS
 from .models import LoadedModel
 from .perturb import PerturbationConfig, max_steps
 from .pipeline import audit_image
@@ -126,6 +128,12 @@ class AuditSession:
             self.gates[model_id] = [(m, normalize_stage(s, depth)) for m, s in settings.gated()]
         except ValueError as err:
             raise ValueError(f"{err} (model {loaded.name!r})") from None
+        wrong = [f"{m}@{s}" for m, s in self.gates[model_id] if (m in INPUT_METHODS) != (s == MAP_STAGE_INPUT)]
+        if wrong:
+            raise ValueError(f"gate: {', '.join(wrong)}: 'input' is the one stage of {', '.join(INPUT_METHODS)} and "
+                             "a stage of no other map")
+        if any(m in INPUT_METHODS for m in settings.methods) and MAP_STAGE_INPUT not in self.measured[model_id]:
+            self.measured[model_id].append(MAP_STAGE_INPUT)  # measured whenever asked for
         missing = [f"{m}@{s}" for m, s in self.gates[model_id] if s not in self.measured[model_id]]
         if missing:
             raise ValueError(f"gate: {', '.join(missing)} gated but their stage is not in --layers "
@@ -149,9 +157,13 @@ class AuditSession:
         return [Case(model_id, image_id, path) for model_id in self.models for image_id, path in self.images]
 
     def map_keys(self) -> list[tuple[str, str, str]]:
-        """(model id, method, stage) for every map of every model."""
-        return [(model_id, method, stage) for model_id, loaded in self.models.items()
-                for stage in stage_names(loaded.layout.depth) for method in self.settings.methods]
+        """(model id, method, stage) for every map of every model (``ig``: its one stage, the input)."""
+        keys = []
+        for model_id, loaded in self.models.items():
+            keys += [(model_id, method, stage) for stage in stage_names(loaded.layout.depth)
+                     for method in self.settings.methods if method not in INPUT_METHODS]
+            keys += [(model_id, method, MAP_STAGE_INPUT) for method in self.settings.methods if method in INPUT_METHODS]
+        return keys
 
     def gate_keys(self) -> list[tuple[str, str, str]]:
         """(model id, method, stage) of every gated map of the audited models (a baseline audited here has none)."""
@@ -222,7 +234,7 @@ class AuditSession:
     def _compute_randomisation(self, model_id: str) -> dict[str, Any]:
         loaded = self.models[model_id]
         model = loaded.model.to(self.device)
-        inputs, names = [], []
+        inputs, baselines, names = [], [], []
         for image_id, path in self.images:
             if len(inputs) == self.settings.randomisation_images:
                 break
@@ -230,10 +242,12 @@ class AuditSession:
                 prepared = prepare_image(path, loaded.data_config, name=image_id)
             except ImageError:
                 continue
-            inputs.append(normalize(prepared.pixel.to(self.device), loaded.mean, loaded.std))
+            pixel = prepared.pixel.to(self.device)
+            inputs.append(normalize(pixel, loaded.mean, loaded.std))
+            baselines.append(normalize(fill_baseline(pixel, self.config, loaded.mean), loaded.mean, loaded.std))
             names.append(image_id)
         curves = randomisation_curves(model, inputs, None, self.settings.methods, seed=self.settings.seed,
-                                      act=self.settings.act)
+                                      act=self.settings.act, baselines=baselines)
         return {"model": loaded.name, "model_id": model_id, "images": names,
                 "threshold": self.settings.randomisation_threshold,
                 "rule": ("each parameter of a randomised part replaced by seeded Gaussian noise with the trained "

@@ -71,7 +71,7 @@ def fill_text(fill: Any) -> str:
 
 
 def _stage_order(stage: str) -> tuple[int, int]:
-    order = {"patch_embed": -2, "embed": -1, "encoder": 10**6}
+    order = {"input": -3, "patch_embed": -2, "embed": -1, "encoder": 10**6}
     if stage in order:
         return (0, order[stage])
     try:
@@ -85,4 +85,5 @@ def _sorted_stages(stages: Iterable[str]) -> list[str]:
 
 
 def _stage_title(stage: str) -> str:
-    return {"patch_embed": "patch emb.", "embed": "embedding", "encoder": "encoder"}.get(stage, f"block {stage}")
+    return {"input": "input", "patch_embed": "patch emb.", "embed": "embedding", "encoder": "encoder"}.get(
+        stage, f"block {stage}")

@@ -469,3 +469,317 @@ def ref_restore_inverse(
             x = Wpinv @ (t - b)
             out[:, r * ph:(r + 1) * ph, q * pw:(q + 1) * pw] = x.reshape(C, ph, pw)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 6. Attention maps (attention, rollout, Chefer's relevance, Grad-CAM on attention) and Integrated Gradients
+# ----------------------------------------------------------------------------------------------------------------------
+#
+# Unlike the sections above, these references return torch float64 tensors (maps are (gh, gw)). They never call
+# timm's ``Attention.forward``: the attention probabilities are computed by hand from ``attn.qkv`` so that the
+# gradient of the class logit with respect to them can be taken by autograd.
+
+
+def _model64(model: torch.nn.Module) -> torch.nn.Module:
+    """A float64 copy of the model in eval mode, with parameters that do not require grad."""
+    m = copy.deepcopy(model).to(torch.float64).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def _one_image64(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """(1, C, H, W) float64 copy of an image given as (C, H, W) or (1, C, H, W)."""
+    t = torch.as_tensor(x).detach().cpu().to(torch.float64).clone()
+    if t.dim() == 3:
+        t = t.unsqueeze(0)
+    assert t.dim() == 4 and t.shape[0] == 1, "one image at a time"
+    return t
+
+
+def _check_plain_blocks(model: torch.nn.Module) -> None:
+    """The manual forward pass below is only valid for timm's pre-norm ``Block`` with its ``Attention``."""
+    from timm.models.vision_transformer import Attention, Block
+
+    for k, blk in enumerate(model.blocks):
+        if not isinstance(blk, Block) or not isinstance(blk.attn, Attention):
+            raise NotImplementedError(f"block {k} is {type(blk).__name__}/{type(blk.attn).__name__}, "
+                                      "not timm's Block/Attention")
+
+
+def reference_manual_forward(
+    model: torch.nn.Module,
+    x_norm: torch.Tensor,
+    offsets: dict[int, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Forward pass with attention computed by hand, in the dtype of ``model`` and ``x_norm`` (no copies made).
+
+    Args:
+        model: timm VisionTransformer (or VisionTransformerDistilled) in eval mode, made of timm ``Block``s.
+        x_norm: Normalised input (B, C, H, W), same dtype as the model.
+        offsets: Optional {block: (B, heads, N, N) tensor} added to that block's attention probabilities before
+            they are used (for finite differences); the probabilities returned are the softmax outputs, without it.
+
+    Returns:
+        (logits (B, K), [A_0 .. A_{L-1}] each (B, heads, N, N)). The A_k are part of the autograd graph (not
+        detached), so ``torch.autograd.grad(y_c, A_k)`` is the full derivative dy_c/dA_k, including the paths
+        through the attention probabilities of later blocks.
+    """
+    _check_plain_blocks(model)
+    h = model.patch_embed(x_norm)
+    h = model._pos_embed(h)
+    h = model.patch_drop(h)
+    h = model.norm_pre(h)
+    attns: list[torch.Tensor] = []
+    for k, blk in enumerate(model.blocks):
+        a = blk.attn
+        u = blk.norm1(h)
+        B, N, _ = u.shape
+        heads, hd = int(a.num_heads), int(a.head_dim)
+        qkv = a.qkv(u).reshape(B, N, 3, heads, hd)
+        q = qkv[:, :, 0].permute(0, 2, 1, 3)  # (B, heads, N, hd)
+        key = qkv[:, :, 1].permute(0, 2, 1, 3)
+        v = qkv[:, :, 2].permute(0, 2, 1, 3)
+        q = a.q_norm(q)
+        key = a.k_norm(key)
+        scores = torch.matmul(q * a.scale, key.transpose(-2, -1))  # (B, heads, N, N)
+        probs = torch.softmax(scores, dim=-1)
+        attns.append(probs)
+        used = probs if offsets is None or k not in offsets else probs + offsets[k]
+        ctx = torch.matmul(used, v)  # (B, heads, N, hd); attn_drop is the identity in eval
+        ctx = ctx.permute(0, 2, 1, 3).reshape(B, N, heads * hd)
+        ctx = a.norm(ctx)
+        if getattr(a, "gate", None) is not None:
+            ctx = ctx * torch.sigmoid(a.gate(u))
+        out = a.proj(ctx)  # proj_drop and drop_path1 are identities in eval
+        h = h + blk.ls1(out)
+        h = h + blk.ls2(blk.mlp(blk.norm2(h)))  # drop_path2 is the identity in eval
+    enc = model.norm(h)
+    logits = model.forward_head(enc)
+    return logits, attns
+
+
+def reference_attention_probs(
+    model: torch.nn.Module, x_norm: torch.Tensor | np.ndarray, target: int | None = None
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Attention probabilities of every block and the gradient of the class logit with respect to them.
+
+    Args:
+        model: timm VisionTransformer in eval mode (a float64 copy is used; the model itself is left untouched).
+        x_norm: Normalised input, (1, C, H, W) or (C, H, W).
+        target: Class c; the argmax of the logits when None.
+
+    Returns:
+        (logits (K,), [A_0 .. A_{L-1}] each (heads, N, N), [dy_c/dA_0 .. dy_c/dA_{L-1}] each (heads, N, N)),
+        all float64 and detached.
+    """
+    m = _model64(model)
+    x = _one_image64(x_norm).requires_grad_(True)  # the only leaf that needs grad: it puts every A_k in the graph
+    with torch.enable_grad():
+        logits, attns = reference_manual_forward(m, x)
+        c = int(torch.argmax(logits[0]).item()) if target is None else int(target)
+        grads = torch.autograd.grad(logits[0, c], attns, allow_unused=True)
+    grads = [torch.zeros_like(a) if g is None else g for a, g in zip(attns, grads)]
+    return logits[0].detach(), [a[0].detach() for a in attns], [g[0].detach() for g in grads]
+
+
+def _grid_of(model: torch.nn.Module, x: torch.Tensor | np.ndarray) -> tuple[int, int]:
+    """Patch grid (gh, gw) for an input of the size of ``x``."""
+    t = torch.as_tensor(x)
+    gh, gw = model.patch_embed.dynamic_feat_size((int(t.shape[-2]), int(t.shape[-1])))
+    return int(gh), int(gw)
+
+
+def _row0_patches(matrix: torch.Tensor, num_prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Row 0 of an (N, N) matrix, columns of the patch tokens only, laid out row-major on the (gh, gw) grid."""
+    gh, gw = grid
+    N = matrix.shape[-1]
+    assert N == num_prefix + gh * gw, (N, num_prefix, grid)
+    out = torch.zeros(gh, gw, dtype=torch.float64)
+    for r in range(gh):
+        for q in range(gw):
+            out[r, q] = matrix[0, num_prefix + r * gw + q]
+    return out
+
+
+def _require_cls(model: torch.nn.Module) -> None:
+    """Row 0 must be the class token for the attention maps to be defined."""
+    if not _has_cls_token(model):
+        raise ValueError("the attention maps read row 0, which must be the class token; this model has none")
+
+
+def reference_attention_from(attention: torch.Tensor, num_prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """attention@b from A_b (heads, N, N): m_i = mean_h A_b[h, 0, i] over patch tokens i; (gh, gw) float64."""
+    A = torch.as_tensor(attention).to(torch.float64)
+    heads = A.shape[0]
+    mean = torch.zeros(A.shape[1:], dtype=torch.float64)
+    for h in range(heads):
+        mean = mean + A[h]
+    mean = mean / heads
+    return _row0_patches(mean, num_prefix, grid)
+
+
+def reference_rollout_from(attentions: Sequence[torch.Tensor], num_prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """rollout over all the given blocks [A_0 .. A_b] (each (heads, N, N)).
+
+    Ã_k = (mean_h A_k + I) / 2, R_b = Ã_b Ã_{b-1} ... Ã_0, m_i = R_b[0, i] over patch tokens; (gh, gw) float64.
+    """
+    R = None
+    for A in attentions:
+        A = torch.as_tensor(A).to(torch.float64)
+        N = A.shape[-1]
+        At = (A.mean(dim=0) + torch.eye(N, dtype=torch.float64)) / 2
+        R = At if R is None else At @ R  # the later block multiplies from the left
+    assert R is not None, "at least one block"
+    return _row0_patches(R, num_prefix, grid)
+
+
+def reference_chefer_from(
+    attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor], num_prefix: int, grid: tuple[int, int]
+) -> torch.Tensor:
+    """Chefer et al. 2021 (rules 5-6) over the given blocks 0..b.
+
+    R = I; for each block k: Ā_k = mean_h((dy_c/dA_k * A_k) clamped at 0), R = R + Ā_k R; m_i = R[0, i] over patch
+    tokens; (gh, gw) float64.
+    """
+    assert len(attentions) == len(gradients) and len(attentions) > 0
+    N = torch.as_tensor(attentions[0]).shape[-1]
+    R = torch.eye(N, dtype=torch.float64)
+    for A, G in zip(attentions, gradients):
+        A = torch.as_tensor(A).to(torch.float64)
+        G = torch.as_tensor(G).to(torch.float64)
+        Abar = (G * A).clamp(min=0).mean(dim=0)
+        R = R + Abar @ R
+    return _row0_patches(R, num_prefix, grid)
+
+
+def reference_attn_gradcam_from(
+    attention: torch.Tensor, gradient: torch.Tensor, num_prefix: int, grid: tuple[int, int]
+) -> torch.Tensor:
+    """Grad-CAM on attention (heads, N, N) and its gradient; (gh, gw) float64.
+
+    α_h = mean over patch tokens i of dy_c/dA_b[h, 0, i] (prefix columns left out); m_i = ReLU(mean_h α_h A_b[h, 0, i]).
+    """
+    A = torch.as_tensor(attention).to(torch.float64)
+    G = torch.as_tensor(gradient).to(torch.float64)
+    heads, N = A.shape[0], A.shape[-1]
+    gh, gw = grid
+    assert N == num_prefix + gh * gw, (N, num_prefix, grid)
+    weighted = torch.zeros(N, N, dtype=torch.float64)
+    for h in range(heads):
+        alpha = G[h, 0, num_prefix:].mean()  # patch tokens only
+        weighted = weighted + alpha * A[h]
+    weighted = weighted / heads
+    return _row0_patches(weighted, num_prefix, grid).clamp(min=0)
+
+
+def _attention_inputs(model: torch.nn.Module, x_norm, target: int | None, block: int):
+    """Shared set-up of the map references: checks, attention probabilities, gradients, P and grid."""
+    _require_cls(model)
+    L = len(model.blocks)
+    if not 0 <= int(block) < L:
+        raise IndexError(f"block {block} out of range 0..{L - 1}")
+    _, attns, grads = reference_attention_probs(model, x_norm, target)
+    return attns, grads, int(model.num_prefix_tokens), _grid_of(model, x_norm)
+
+
+def reference_attention_map(model: torch.nn.Module, x_norm, target: int | None, block: int) -> torch.Tensor:
+    """attention@block for a normalised input (1, C, H, W) or (C, H, W); (gh, gw) float64."""
+    attns, _, P, grid = _attention_inputs(model, x_norm, target, block)
+    return reference_attention_from(attns[block], P, grid)
+
+
+def reference_rollout_map(model: torch.nn.Module, x_norm, target: int | None, block: int) -> torch.Tensor:
+    """rollout@block (Abnar & Zuidema 2020) for a normalised input; (gh, gw) float64. ``target`` is unused."""
+    attns, _, P, grid = _attention_inputs(model, x_norm, target, block)
+    return reference_rollout_from(attns[: block + 1], P, grid)
+
+
+def reference_chefer_map(model: torch.nn.Module, x_norm, target: int | None, block: int) -> torch.Tensor:
+    """chefer@block (Chefer et al. 2021, rules 5-6) for a normalised input; (gh, gw) float64."""
+    attns, grads, P, grid = _attention_inputs(model, x_norm, target, block)
+    return reference_chefer_from(attns[: block + 1], grads[: block + 1], P, grid)
+
+
+def reference_attn_gradcam_map(model: torch.nn.Module, x_norm, target: int | None, block: int) -> torch.Tensor:
+    """attn_gradcam@block (Chefer's Grad-CAM baseline on attention) for a normalised input; (gh, gw) float64."""
+    attns, grads, P, grid = _attention_inputs(model, x_norm, target, block)
+    return reference_attn_gradcam_from(attns[block], grads[block], P, grid)
+
+
+def reference_ig_weights(steps: int = 32) -> tuple[list[float], list[float]]:
+    """Trapezoid rule on [0, 1]: alphas k / steps, k = 0..steps; weights 1 / (2 steps) at the ends, 1 / steps inside."""
+    alphas = [k / steps for k in range(steps + 1)]
+    weights = [1.0 / steps] * (steps + 1)
+    weights[0] = 0.5 / steps
+    weights[-1] = 0.5 / steps
+    return alphas, weights
+
+
+def reference_ig_attribution(
+    model: torch.nn.Module,
+    pixel: torch.Tensor | np.ndarray,
+    fill_pixel: torch.Tensor | np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    target: int,
+    steps: int = 32,
+) -> torch.Tensor:
+    """Integrated Gradients in pixel space, before summing over channels and pooling.
+
+    Args:
+        model: The classifier in eval mode (a float64 copy is used; its own forward is called).
+        pixel: (C, H, W) image x in [0, 1], before normalisation.
+        fill_pixel: (C, H, W) baseline image x0, before normalisation.
+        mean: Per-channel normalisation mean.
+        std: Per-channel normalisation std.
+        target: Class c.
+        steps: Number of trapezoid intervals; the gradient is taken at steps + 1 points.
+
+    Returns:
+        (C, H, W) float64 tensor (x - x0) * g, g = sum_k w_k dy_c/dx at x0 + alpha_k (x - x0).
+    """
+    m = _model64(model)
+    x = _one_image64(pixel)[0]
+    x0 = _one_image64(fill_pixel)[0]
+    assert x.shape == x0.shape, (x.shape, x0.shape)
+    C = x.shape[0]
+    mean_t = torch.as_tensor(mean, dtype=torch.float64).reshape(C, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float64).reshape(C, 1, 1)
+    alphas, weights = reference_ig_weights(steps)
+    # All steps + 1 points go through the model as one batch: a ViT in eval mode treats batch items independently,
+    # so the gradient of the summed logits with respect to point k is dy_c/dx at point k alone.
+    points = torch.stack([x0 + alpha * (x - x0) for alpha in alphas]).requires_grad_(True)
+    with torch.enable_grad():
+        y = m((points - mean_t) / std_t)[:, int(target)]
+        (grads,) = torch.autograd.grad(y.sum(), points)
+    g = torch.zeros_like(x)
+    for k, w in enumerate(weights):
+        g = g + w * grads[k]
+    return (x - x0) * g
+
+
+def reference_ig_map(
+    model: torch.nn.Module,
+    pixel: torch.Tensor | np.ndarray,
+    fill_pixel: torch.Tensor | np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    target: int,
+    patch_size: int | tuple[int, int],
+    steps: int = 32,
+) -> torch.Tensor:
+    """ig@input: the IG attribution summed over channels, then average-pooled over patch_size x patch_size cells.
+
+    Returns:
+        (H // ph, W // pw) float64 tensor (the patch grid when the patches tile the image).
+    """
+    attr = reference_ig_attribution(model, pixel, fill_pixel, mean, std, target, steps).sum(dim=0)  # (H, W)
+    ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else (int(patch_size[0]), int(patch_size[1]))
+    H, W = attr.shape
+    gh, gw = H // ph, W // pw
+    out = torch.zeros(gh, gw, dtype=torch.float64)
+    for r in range(gh):
+        for q in range(gw):
+            out[r, q] = attr[r * ph:(r + 1) * ph, q * pw:(q + 1) * pw].mean()
+    return out

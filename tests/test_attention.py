@@ -7,10 +7,22 @@ import torch
 
 from audit import capture
 from audit.attention import ATTENTION_METHODS, chefer, rollout
+from audit.images import normalize, prepare_image
+from audit.integrated_gradients import fill_baseline, ig_map_input
 from audit.maps import compute_maps
+from audit.perturb import PerturbationConfig
 from audit.sanity import dependency_step
 
 from conftest import input_size_of, make_tiny
+from reference import (
+    reference_attention_map,
+    reference_attn_gradcam_map,
+    reference_chefer_map,
+    reference_ig_map,
+    reference_rollout_map,
+)
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
 def test_rollout_of_one_block_with_identity_attention_is_the_identity():
@@ -55,3 +67,61 @@ def test_attention_maps_need_an_attention_capture():
     cap = capture(model, torch.randn(3, *input_size_of(model)))
     with pytest.raises(ValueError, match="attention=True"):
         compute_maps(model, cap, methods=["rollout"])
+
+
+# -- against the independent references of tests/reference.py (their own forward pass, float64) ----------------------
+
+REFERENCES = {"attention": reference_attention_map, "rollout": reference_rollout_map,
+              "chefer": reference_chefer_map, "attn_gradcam": reference_attn_gradcam_map}
+
+
+def _close_to_reference(mine: torch.Tensor, reference: torch.Tensor, what: str) -> None:
+    """Equal to 1e-5 of the map's own scale (attention maps sum to about 1 over N tokens, Chefer's to 1 + ...)."""
+    scale = max(float(reference.abs().max()), 1e-12)
+    torch.testing.assert_close(mine.double() / scale, reference / scale, atol=1e-5, rtol=0,
+                               msg=lambda message: f"{what}: {message}")
+
+
+def _check_against_references(model, x, stages):
+    cap = capture(model, x, attention=True)
+    maps = compute_maps(model, cap, methods=ATTENTION_METHODS, stages=stages)
+    for stage in stages:
+        block = len(model.blocks) - 1 if stage == "encoder" else int(stage)
+        for method, reference in REFERENCES.items():
+            expected = reference(model, x, cap.target, block)
+            result = maps[f"{method}@{stage}"]
+            _close_to_reference(result.values, expected, f"{method}@{stage}")
+
+
+@pytest.mark.parametrize("key", ["test_vit", "deit_distilled", "dinov2_reg4", "square"])
+def test_attention_maps_equal_the_reference_on_random_init_models(key):
+    model = make_tiny(key)
+    x = torch.randn(1, 3, *input_size_of(model), generator=torch.Generator().manual_seed(3))
+    _check_against_references(model, x, [str(k) for k in range(len(model.blocks))] + ["encoder"])
+
+
+def test_attention_maps_equal_the_reference_on_the_real_vit_tiny(vit_tiny, imagenet_photos):
+    x = normalize(prepare_image(imagenet_photos[0], vit_tiny.data_config).pixel, vit_tiny.mean, vit_tiny.std)[None]
+    _check_against_references(vit_tiny.model, x, ["0", "5", "11", "encoder"])
+
+
+@pytest.mark.parametrize("fill", [127 / 255, "black", "blur"])
+def test_integrated_gradients_equals_the_reference(fill):
+    model = make_tiny("test_vit")
+    pixel = torch.rand(3, *input_size_of(model), generator=torch.Generator().manual_seed(5))
+    config = PerturbationConfig(fill=fill)
+    cap = capture(model, normalize(pixel, MEAN, STD))
+    mine = ig_map_input(model, pixel, config, MEAN, STD, cap.target, cap.layout)
+    expected = reference_ig_map(model, pixel, fill_baseline(pixel, config, MEAN), MEAN, STD, cap.target,
+                                cap.layout.patch_size)
+    _close_to_reference(mine, expected, f"ig with fill {fill}")
+
+
+def test_integrated_gradients_equals_the_reference_on_the_real_vit_tiny(vit_tiny, imagenet_photos):
+    pixel = prepare_image(imagenet_photos[1], vit_tiny.data_config).pixel
+    config = PerturbationConfig()
+    cap = capture(vit_tiny.model, normalize(pixel, vit_tiny.mean, vit_tiny.std))
+    mine = ig_map_input(vit_tiny.model, pixel, config, vit_tiny.mean, vit_tiny.std, cap.target, cap.layout)
+    expected = reference_ig_map(vit_tiny.model, pixel, fill_baseline(pixel, config, vit_tiny.mean), vit_tiny.mean,
+                                vit_tiny.std, cap.target, cap.layout.patch_size)
+    _close_to_reference(mine, expected, "ig on the real ViT-Ti")

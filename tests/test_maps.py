@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from audit import METHODS, capture, compute_maps
-from audit.maps import is_constant
+from audit.maps import DEFAULT_METHODS, is_constant
 
 from conftest import input_size_of, make_tiny
 from reference import ref_forward, ref_maps
@@ -107,7 +107,8 @@ def test_stage_subset_and_unknown_names():
         compute_maps(model, cap, methods=["gradcam"])
     with pytest.raises(ValueError, match="act: unknown 'tanh'"):
         compute_maps(model, cap, act="tanh")
-    assert set(METHODS) == {"cam", "cam_hidden", "grad", "grad_cls", "random", "center"}
+    assert set(DEFAULT_METHODS) == {"cam", "cam_hidden", "grad", "grad_cls", "random", "center"}  # the paper's
+    assert set(METHODS) == set(DEFAULT_METHODS) | {"attention", "rollout", "chefer", "attn_gradcam", "ig"}
 
 
 def test_constant_detection_is_relative_to_the_map_scale():

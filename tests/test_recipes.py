@@ -98,3 +98,27 @@ def test_a_bad_fill_or_score_is_a_usage_error(pytester, monkeypatch):
     assert result.ret == 4 and "fill: 'purple' is neither a pixel value in [0, 1] nor a recipe" in result.stderr.str()
     result = pytester.runpytest(*base, "--score", "accuracy")
     assert result.ret == 4 and "score: 'accuracy' is not prob or top1" in result.stderr.str()
+
+
+def test_integrated_gradients_is_measured_at_the_input_gated_and_randomised(pytester, monkeypatch):
+    monkeypatch.chdir(pytester.path)
+    images = sorted(embedded_images().glob("*.png"))[:6]
+    args = [arg for path in images for arg in ("--images", str(path))]
+    result = pytester.runpytest(*nested_audit(), "--model", EMBEDDED_MODEL, "--checkpoint", str(embedded_checkpoint()),
+                                *args, "--methods", "cam,ig,random", "--layers", "encoder", "--steps", "5",
+                                "--gate", "ig@input", "--threshold", "-1", "--randomisation-images", "1",
+                                "--audit-json", "r.json", "--report", "r.html")
+    results = json.loads((pytester.path / "r.json").read_text())
+    for run in results["runs"]:
+        entry = run["maps"]["ig@input"]
+        assert entry["stage"] == "input" and len(entry["grid"]) == 7 and entry["morf_auc"] is not None
+        assert "cam@input" not in run["maps"] and "input" in run["measured_stages"]
+    gate = results["gates"][0]
+    assert (gate["method"], gate["stage"], gate["n_images"]) == ("ig", "input", 6)
+    curve = results["randomisation"][0]["curves"]["ig@input"]
+    assert curve["stage"] == "input" and curve["dependency_step"] == 2 + 6  # the embedding, randomised last
+    assert curve["spearman"][0] == 1.0 and len(curve["spearman"]) == 3 + 6
+    assert result.ret in (0, 1), result.stdout.str()
+    result.stdout.fnmatch_lines(["*vit_fmnist ig@input: mean ABPC*n=6*"])
+    bad = pytester.runpytest(*nested_audit(), "--images", str(images[0]), "--methods", "cam,ig", "--gate", "cam@input")
+    assert bad.ret == 4 and "cam@input: 'input' is the one stage of ig and a stage of no other map" in bad.stderr.str()
