@@ -7,7 +7,8 @@ Example (the README's table)::
         --images ../shared/images/imagenet-persian-cat --out calibration.json
 
 Prints one row per (method, stage): mean MoRF AUC, LeRF AUC and ABPC over the images with seeded 95% bootstrap
-CIs, and writes them (with the per-image AUCs and how they were made) as JSON.
+CIs, and writes them (with the per-image AUCs and how they were made) as JSON. ``--fill``, ``--score top1`` with
+``--labels`` and ``--steps`` set the recipe as the audit's options do; ``--markdown`` prints the README's tables.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ from dataclasses import asdict
 import timm
 import torch
 
-from audit import METHODS, PerturbationConfig, audit_images, find_images, load_model, summarize_audits
+from audit import PerturbationConfig, find_images, load_model, summarize_audits
+from audit.errors import AuditError
+from audit.inputs import read_labels
+from audit.maps import DEFAULT_METHODS
+from audit.pipeline import ImageAudit, audit_image
+from audit.restore import PatchInverse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,12 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--images", nargs="+", required=True)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--stages", default="all", help="comma list of block indices and/or 'encoder', or 'all'")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--amp", default=None, choices=[None, "bfloat16", "float16"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--fill", default="grey", help="grey, black, mean, blur, road, or a pixel value")
+    parser.add_argument("--score", default="prob", choices=["prob", "top1"])
+    parser.add_argument("--labels", default=None, help="CSV with columns file and class_index (for --score top1)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (mean ABPC, 95%% CI)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -44,7 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(args.model, args.checkpoint)
     paths = find_images(args.images)
     stages = None if args.stages == "all" else args.stages.split(",")
-    config = PerturbationConfig(batch_size=args.batch_size, amp=args.amp)
+    fill = args.fill
+    try:
+        fill = float(fill)
+    except ValueError:
+        pass
+    config = PerturbationConfig(steps=args.steps, fill=fill, batch_size=args.batch_size, amp=args.amp,
+                                score=args.score)
+    labels = read_labels(args.labels) if args.labels else None
     start = time.perf_counter()
 
     def report(index: int, result) -> None:
@@ -52,8 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{index + 1}/{len(paths)}] {result.source}: {status}  ({time.perf_counter() - start:.0f} s)",
               file=sys.stderr, flush=True)
 
-    results = audit_images(loaded, paths, on_image=report, methods=args.methods.split(","), stages=stages,
-                           config=config, seed=args.seed, device=args.device)
+    inverse = PatchInverse(loaded.model)
+    results = []
+    for index, path in enumerate(paths):
+        try:
+            result = audit_image(loaded, path, methods=args.methods.split(","), stages=stages, config=config,
+                                 seed=args.seed, device=args.device, inverse=inverse,
+                                 label=labels.of(str(path)) if labels else None)
+        except AuditError as err:
+            result = ImageAudit(image=None, source=str(path), error=str(err))
+        results.append(result)
+        report(index, result)
     elapsed = time.perf_counter() - start
     summaries = summarize_audits(results, seed=args.seed)
     print(f"{'method@stage':<18} {'n':>3} {'MoRF AUC':>22} {'LeRF AUC':>22} {'ABPC':>24}")
@@ -62,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{s.morf_auc:6.3f} [{s.morf_auc_ci[0]:6.3f},{s.morf_auc_ci[1]:6.3f}] "
               f"{s.lerf_auc:6.3f} [{s.lerf_auc_ci[0]:6.3f},{s.lerf_auc_ci[1]:6.3f}] "
               f"{s.abpc:+7.3f} [{s.abpc_ci[0]:+7.3f},{s.abpc_ci[1]:+7.3f}]")
+    if args.markdown:
+        print(markdown_table(summaries))
     degenerate = sorted({f"{k}: {m.reason}" for r in results for k, m in r.maps.items() if m.degenerate})
     print(f"{len(results)} images in {elapsed:.1f} s on {args.device}; degenerate maps: {degenerate}")
     if args.out:
@@ -69,13 +98,25 @@ def main(argv: list[str] | None = None) -> int:
             "model": args.model, "checkpoint": args.checkpoint, "device": args.device,
             "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
             "seed": args.seed, "perturbation": config.describe(), "seconds": elapsed,
-            "images": [{"source": r.source, "class": r.target, "prob": r.prob, "error": r.error,
+            "labels": labels.path if labels else None,
+            "images": [{"source": r.source, "class": r.target, "label": r.label, "prob": r.prob, "error": r.error,
                         "auc": {k: [c.morf_auc, c.lerf_auc] for k, c in r.curves.items()}} for r in results],
             "summaries": [asdict(s) for s in summaries],
         }
         with open(args.out, "w") as handle:
             json.dump(payload, handle, indent=1)
     return 0
+
+
+def markdown_table(summaries) -> str:
+    """Mean ABPC [95% CI] of every (method, stage), methods as rows and stages as columns."""
+    stages = list(dict.fromkeys(s.stage for s in summaries))
+    stages.sort(key=lambda st: (st == "encoder", st != "input", int(st) if st.isdigit() else 0))
+    methods = list(dict.fromkeys(s.method for s in summaries))
+    cells = {(s.method, s.stage): f"{s.abpc:+.3f} [{s.abpc_ci[0]:+.2f}, {s.abpc_ci[1]:+.2f}]" for s in summaries}
+    lines = ["| map | " + " | ".join(stages) + " |", "| --- |" + " --- |" * len(stages)]
+    lines += [f"| {m} | " + " | ".join(cells.get((m, st), "") for st in stages) + " |" for m in methods]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
