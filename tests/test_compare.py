@@ -173,6 +173,8 @@ def test_map_drift_gated_by_min_map_agreement(pytester, data):
     (["--seed", "3"], "seed 0 (baseline) vs 3 (this run)"),
     (["--act", "relu"], "act 'gelu' (baseline) vs 'relu' (this run)"),
     (["--fill", "0"], "fill 0.4980392156862745 (baseline) vs 0.0 (this run)"),
+    (["--fill", "road"], "fill 0.4980392156862745 (baseline) vs 'road' (this run)"),
+    (["--score", "top1"], "score 'prob' (baseline) vs 'top1' (this run)"),
 ])
 def test_a_baseline_made_with_another_recipe_is_a_usage_error_naming_what_differs(pytester, data, extra, message):
     result = _run(pytester, data, "--baseline", str(data["baseline"]), *extra)
