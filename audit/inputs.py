@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import AuditError, ModelLoadError
+from .errors import AuditError, ImageError, ModelLoadError
 from .hf import HF_MODEL, is_hf_folder, load_hf_model
 from .images import find_images
 from .models import LoadedModel, load_model, sha256_of
@@ -196,6 +196,22 @@ class Labels:
     def of(self, image_path: str) -> int | None:
         """The class of an image file (matched by its file name), or None when the CSV has no row for it."""
         return self.classes.get(Path(image_path).name)
+
+    def class_of(self, image_path: str, num_classes: int) -> int:
+        """The class of an image for a model with ``num_classes`` classes.
+
+        Raises:
+            ImageError: the CSV has no row for the image, or gives a class the model does not have (the image fails
+                alone).
+        """
+        label = self.of(image_path)
+        if label is None:
+            raise ImageError(f"image {image_path!r} has no row in labels {self.path!r}; add its file name and "
+                             "class_index")
+        if label >= num_classes:
+            raise ImageError(f"image {image_path!r}: labels {self.path!r} gives class {label}, but the model has "
+                             f"{num_classes} classes")
+        return label
 
 
 def read_labels(path: str | os.PathLike[str]) -> Labels:

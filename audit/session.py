@@ -20,11 +20,10 @@ from .gates import GateInput, evaluate_gate
 from .images import normalize, prepare_image
 from .inputs import collect_images, load_models, load_named, model_id_for, read_labels
 from .integrated_gradients import fill_baseline
-from .layout import MAP_STAGE_INPUT, normalize_stage, stage_names
-from .maps import INPUT_METHODS
 from .models import LoadedModel
-from .perturb import PerturbationConfig, max_steps
+from .perturb import PerturbationConfig
 from .pipeline import audit_image
+from .plan import map_keys, plan_model
 from .restore import PatchInverse
 from .results import SCHEMA, clean, environment_record, error_run_record, model_record, run_record
 from .sanity import randomisation_curves
@@ -118,31 +117,10 @@ class AuditSession:
         check_measured(baseline, self.settings.gated())
         return baseline
 
-    def _plan(self, model_id: str, loaded) -> None:
-        """The stages measured and gated for one model; a usage error when the settings do not fit it."""
-        settings = self.settings
-        depth = loaded.layout.depth
-        layers = stage_names(depth) if "all" in settings.layers else settings.layers
-        try:
-            self.measured[model_id] = list(dict.fromkeys(normalize_stage(s, depth) for s in layers))
-            self.gates[model_id] = [(m, normalize_stage(s, depth)) for m, s in settings.gated()]
-        except ValueError as err:
-            raise ValueError(f"{err} (model {loaded.name!r})") from None
-        wrong = [f"{m}@{s}" for m, s in self.gates[model_id] if (m in INPUT_METHODS) != (s == MAP_STAGE_INPUT)]
-        if wrong:
-            raise ValueError(f"gate: {', '.join(wrong)}: 'input' is the one stage of {', '.join(INPUT_METHODS)} and "
-                             "a stage of no other map")
-        if any(m in INPUT_METHODS for m in settings.methods) and MAP_STAGE_INPUT not in self.measured[model_id]:
-            self.measured[model_id].append(MAP_STAGE_INPUT)  # measured whenever asked for
-        missing = [f"{m}@{s}" for m, s in self.gates[model_id] if s not in self.measured[model_id]]
-        if missing:
-            raise ValueError(f"gate: {', '.join(missing)} gated but their stage is not in --layers "
-                             f"({','.join(settings.layers)})")
-        most = max_steps(settings.unit, loaded.input_size, loaded.layout.grid)
-        if settings.steps > most:
-            raise ValueError(f"steps: {settings.steps} removal steps, but model {loaded.name!r} takes "
-                             f"{'x'.join(map(str, loaded.input_size))} inputs with only {most} "
-                             f"{settings.unit}s to remove; use --steps {most} or fewer")
+    def _plan(self, model_id: str, loaded: LoadedModel) -> None:
+        """The stages measured and gated for one model (:func:`audit.plan.plan_model`)."""
+        plan = plan_model(self.settings, loaded)
+        self.measured[model_id], self.gates[model_id] = plan.measured, plan.gates
 
     @staticmethod
     def _device(device: str) -> str:
@@ -158,12 +136,8 @@ class AuditSession:
 
     def map_keys(self) -> list[tuple[str, str, str]]:
         """(model id, method, stage) for every map of every model (``ig``: its one stage, the input)."""
-        keys = []
-        for model_id, loaded in self.models.items():
-            keys += [(model_id, method, stage) for stage in stage_names(loaded.layout.depth)
-                     for method in self.settings.methods if method not in INPUT_METHODS]
-            keys += [(model_id, method, MAP_STAGE_INPUT) for method in self.settings.methods if method in INPUT_METHODS]
-        return keys
+        return [(model_id, method, stage) for model_id, loaded in self.models.items()
+                for method, stage in map_keys(self.settings.methods, loaded.layout.depth)]
 
     def gate_keys(self) -> list[tuple[str, str, str]]:
         """(model id, method, stage) of every gated map of the audited models (a baseline audited here has none)."""
@@ -184,7 +158,7 @@ class AuditSession:
         loaded = self._model(case.model_id)
         start = time.perf_counter()
         try:
-            label = self._label(case, loaded)
+            label = self.labels.class_of(case.path, loaded.num_classes) if self.labels else None
             prepared = prepare_image(case.path, loaded.data_config, name=case.image_id)
             result = audit_image(loaded, prepared, methods=self.settings.methods, stages=self.measured[case.model_id],
                                  act=self.settings.act, config=self.config, seed=self.settings.seed, label=label,
@@ -196,20 +170,6 @@ class AuditSession:
         record.update(model_id=case.model_id, image_id=case.image_id, seconds=time.perf_counter() - start,
                       inverse_exact=self.inverses[case.model_id].exact, measured_stages=self.measured[case.model_id])
         return record
-
-    def _label(self, case: Case, loaded: LoadedModel) -> int | None:
-        """The image's true class from ``--labels``; an image the CSV does not name (or names out of the model's
-        range) fails alone."""
-        if self.labels is None:
-            return None
-        label = self.labels.of(case.path)
-        if label is None:
-            raise ImageError(f"image {case.path!r} has no row in labels {self.labels.path!r}; add its file name and "
-                             "class_index")
-        if label >= loaded.num_classes:
-            raise ImageError(f"image {case.path!r}: labels {self.labels.path!r} gives class {label}, but the model has "
-                             f"{loaded.num_classes} classes")
-        return label
 
     def _maps_for_baseline_class(self, case: Case, loaded, prepared, record: dict[str, Any]) -> None:
         """Where the baseline explained another class on this image, the gated maps of that class too (drift
