@@ -6,7 +6,7 @@ A bad image does not stop an image set: its error is recorded (one line naming i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,7 @@ def audit_image(
     keep_capture: bool = False,
     inverse: PatchInverse | None = None,
     progress: Callable[[int, int], None] | None = None,
+    curves_for: Collection[str] | None = None,
 ) -> ImageAudit:
     """Audit one image: one forward+backward capture, both restorations, every map, MoRF/LeRF curves.
 
@@ -88,6 +89,7 @@ def audit_image(
         keep_capture: keep the raw tokens and gradients in the result (memory: 2 x stages x N x D floats).
         inverse: a precomputed :class:`PatchInverse` of the model (saves its pseudo-inverse per image).
         progress: forwarded to :func:`audit.perturb.faithfulness_curves`.
+        curves_for: only these maps (``"<method>@<stage>"``) of the measured stages get curves; default all.
     """
     prepared = image if isinstance(image, PreparedImage) else prepare_image(image, loaded.data_config)
     device = torch.device(device)
@@ -103,7 +105,8 @@ def audit_image(
         values = ig_map_input(model, pixel, config, loaded.mean, loaded.std, cap.target, cap.layout)
         maps[f"ig@{INPUT_STAGE}"] = finish_map(MapResult("ig", INPUT_STAGE, values))
         measured.add(INPUT_STAGE)
-    scored = {key: m.values for key, m in maps.items() if m.stage in measured and m.rankable}
+    scored = {key: m.values for key, m in maps.items()
+              if m.stage in measured and m.rankable and (curves_for is None or key in curves_for)}
     curves, shared = faithfulness_curves(
         model, pixel, scored, cap.target, loaded.mean, loaded.std,
         patch=cap.layout.patch_size, grid=cap.layout.grid, config=config, progress=progress, seed=seed, label=label,

@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fill", default="grey", help="grey, black, mean, blur, road, or a pixel value")
     parser.add_argument("--score", default="prob", choices=["prob", "top1"])
     parser.add_argument("--labels", default=None, help="CSV with columns file and class_index (for --score top1)")
+    parser.add_argument("--maps", default=None, help="comma list of method@stage: only these get curves (their "
+                        "stages must be in --stages)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (mean ABPC, 95%% CI)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -76,11 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = audit_image(loaded, path, methods=args.methods.split(","), stages=stages, config=config,
                                  seed=args.seed, device=args.device, inverse=inverse,
-                                 label=labels.of(str(path)) if labels else None)
+                                 label=labels.of(str(path)) if labels else None,
+                                 curves_for=args.maps.split(",") if args.maps else None)
         except AuditError as err:
             result = ImageAudit(image=None, source=str(path), error=str(err))
         results.append(result)
         report(index, result)
+        if args.out and (index + 1) % 10 == 0:  # a long run killed part-way keeps what it measured
+            write(args, loaded, config, labels, results, time.perf_counter() - start)
     elapsed = time.perf_counter() - start
     summaries = summarize_audits(results, seed=args.seed)
     print(f"{'method@stage':<18} {'n':>3} {'MoRF AUC':>22} {'LeRF AUC':>22} {'ABPC':>24}")
@@ -94,18 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     degenerate = sorted({f"{k}: {m.reason}" for r in results for k, m in r.maps.items() if m.degenerate})
     print(f"{len(results)} images in {elapsed:.1f} s on {args.device}; degenerate maps: {degenerate}")
     if args.out:
-        payload = {
-            "model": args.model, "checkpoint": args.checkpoint, "device": args.device,
-            "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
-            "seed": args.seed, "perturbation": config.describe(), "seconds": elapsed,
-            "labels": labels.path if labels else None,
-            "images": [{"source": r.source, "class": r.target, "label": r.label, "prob": r.prob, "error": r.error,
-                        "auc": {k: [c.morf_auc, c.lerf_auc] for k, c in r.curves.items()}} for r in results],
-            "summaries": [asdict(s) for s in summaries],
-        }
-        with open(args.out, "w") as handle:
-            json.dump(payload, handle, indent=1)
+        write(args, loaded, config, labels, results, elapsed)
     return 0
+
+
+def write(args, loaded, config, labels, results, elapsed: float) -> None:
+    """The per-image AUCs and the summaries so far, with how they were made, as JSON at ``args.out``."""
+    payload = {
+        "model": args.model, "checkpoint": args.checkpoint, "device": args.device,
+        "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
+        "seed": args.seed, "perturbation": config.describe(), "seconds": elapsed,
+        "labels": labels.path if labels else None,
+        "images": [{"source": r.source, "class": r.target, "label": r.label, "prob": r.prob, "error": r.error,
+                    "auc": {k: [c.morf_auc, c.lerf_auc] for k, c in r.curves.items()}} for r in results],
+        "summaries": [asdict(s) for s in summarize_audits(results, seed=args.seed)],
+    }
+    with open(args.out, "w") as handle:
+        json.dump(payload, handle, indent=1)
 
 
 def markdown_table(summaries) -> str:

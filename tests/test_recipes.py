@@ -122,3 +122,19 @@ def test_integrated_gradients_is_measured_at_the_input_gated_and_randomised(pyte
     result.stdout.fnmatch_lines(["*vit_fmnist ig@input: mean ABPC*n=6*"])
     bad = pytester.runpytest(*nested_audit(), "--images", str(images[0]), "--methods", "cam,ig", "--gate", "cam@input")
     assert bad.ret == 4 and "cam@input: 'input' is the one stage of ig and a stage of no other map" in bad.stderr.str()
+
+
+def test_curves_for_limits_the_measured_maps():
+    from audit.models import load_model
+    from audit.perturb import PerturbationConfig
+    from audit.pipeline import audit_image
+
+    loaded = load_model(EMBEDDED_MODEL, embedded_checkpoint())
+    image = sorted(embedded_images().glob("*.png"))[0]
+    config = PerturbationConfig(steps=4)
+    every = audit_image(loaded, image, methods=["cam", "random", "ig"], stages=["encoder"], config=config)
+    some = audit_image(loaded, image, methods=["cam", "random", "ig"], stages=["encoder"], config=config,
+                       curves_for={"cam@encoder", "ig@input"})
+    assert set(every.curves) == {"cam@encoder", "random@encoder", "ig@input"}
+    assert set(some.curves) == {"cam@encoder", "ig@input"} and set(some.maps) == set(every.maps)
+    assert some.curves["cam@encoder"].morf_auc == every.curves["cam@encoder"].morf_auc
