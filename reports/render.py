@@ -401,7 +401,9 @@ class _Builder:
             lines += [(f"random MoRF, AUC {fmt(baseline.get('morf_auc'))}", baseline.get("morf"), charts.MORF, "4 3"),
                       (f"random LeRF, AUC {fmt(baseline.get('lerf_auc'))}", baseline.get("lerf"), charts.LERF, "4 3")]
         class_text = f"class {run.get('class')} ({run.get('class_name')})"
-        chart = charts.curves_chart(f"MoRF/LeRF of {key}, {class_text}", lines) if entry.get("morf") else None
+        y_label = "top-1 is the label (1/0)" if self.perturbation.get("score") == "top1" else "probability of the class"
+        chart = (charts.curves_chart(f"MoRF/LeRF of {key}, {class_text}", lines, y_label=y_label)
+                 if entry.get("morf") else None)
         strips, shown_before = [], None
         if plan.strips:
             for map_key, name in ((key, method), (baseline_key, "random")):

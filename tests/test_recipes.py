@@ -58,6 +58,7 @@ def test_attention_maps_with_the_black_fill_and_the_top1_score_against_labels(py
     result.stdout.fnmatch_lines(["*PASS*vit_fmnist chefer@encoder*n=11*"])
     html = (pytester.path / "r.html").read_text()
     assert "1 when the top-1 class is the image" in html and "chefer@encoder" in html
+    assert "top-1 is the label (1/0)" in html  # the curves' y axis
 
 
 def test_the_road_fill_runs_and_is_recorded(pytester, monkeypatch):
