@@ -460,6 +460,26 @@ def test_removal_strip_frames_are_the_perturbed_input_scaled_down(unit):
         assert np.array_equal(np.asarray(frame), np.asarray(expected.resize((24, 16), Image.Resampling.BOX))), k
 
 
+def test_removal_strips_of_the_blur_and_road_fills():
+    from audit.fills import blur_sigma, fill_image, gaussian_blur
+
+    rng = np.random.default_rng(2)
+    full = Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    grid = rng.random((2, 3)).tolist()
+    ranks = pixel_ranks(torch.tensor(grid, dtype=torch.float64), "lerf", (32, 48), (2, 3), (16, 16))
+    removed = (ranks < removal_counts(32 * 48, 4)[2]).numpy().reshape(32, 48)
+    blur = removal_strip(full, grid, "lerf", (2, 3), (16, 16), steps=4, fill="blur", size=48)
+    picture = torch.from_numpy(np.array(full)).permute(2, 0, 1).double() / 255
+    blurred = (gaussian_blur(picture, blur_sigma(32, 48)).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    expected = np.where(removed[..., None], blurred.permute(1, 2, 0).numpy(), np.asarray(full))
+    assert np.array_equal(np.asarray(blur.crop((50, 0, 98, 32))), expected)  # frame 2, at full size
+    road = removal_strip(full, grid, "lerf", (2, 3), (16, 16), steps=4, fill="road", size=48)
+    source = torch.from_numpy(np.array(full)).permute(2, 0, 1).float() / 255
+    imputed = fill_image(source, torch.from_numpy(removed), "road", noise=0.0)
+    expected = (imputed.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(road.crop((50, 0, 98, 32))), expected)  # ROAD without the noise
+
+
 @pytest.mark.parametrize("shape, stored", [((3, 28, 20), (20, 28)), ((3, 320, 200), (100, 160)), ((1, 7, 7), (7, 7))])
 def test_the_run_stores_pictures_scaled_down_never_enlarged(shape, stored):
     uri = png_data_uri(torch.rand(shape, generator=torch.Generator().manual_seed(0)), 160)
