@@ -17,22 +17,21 @@ from torch import nn
 
 from .fills import fill_image
 from .images import normalize
-from .layout import MAP_STAGE_INPUT as INPUT_STAGE
-from .layout import TokenLayout
-from .perturb import GREY, PerturbationConfig
+from .layout import MAP_STAGE_INPUT, TokenLayout
+from .maps import MapResult, finish_map
+from .perturb import PerturbationConfig
 
-__all__ = ["IG_STEPS", "INPUT_STAGE", "fill_baseline", "ig_map_input", "integrated_gradients"]
+__all__ = ["IG_STEPS", "fill_baseline", "ig_map_input", "ig_result", "integrated_gradients"]
 
 IG_STEPS = 32
 
 
 def fill_baseline(pixel: torch.Tensor, config: PerturbationConfig, mean: tuple[float, ...]) -> torch.Tensor:
-    """The image with every pixel removed by the run's fill, in pixel space (``road`` without noise: grey)."""
+    """The image with every pixel removed by the run's fill, in pixel space (``road`` without noise: grey, as
+    :func:`audit.fills.fill_image` fills an image with nothing kept to impute from)."""
     fill = config.fill
     if isinstance(fill, str):
         everything = torch.ones(pixel.shape[1:], dtype=torch.bool)
-        if fill == "road":  # nothing is kept to impute from: ROAD's grey, without its noise
-            return torch.full_like(pixel, GREY)
         return fill_image(pixel.cpu(), everything, fill, mean=mean, noise=0.0).to(pixel.device)
     return torch.as_tensor(fill, dtype=pixel.dtype, device=pixel.device).reshape(-1, 1, 1).expand_as(pixel).clone()
 
@@ -65,3 +64,8 @@ def ig_map_input(model: nn.Module, pixel: torch.Tensor, config: PerturbationConf
     z = normalize(pixel, mean, std)
     z0 = normalize(fill_baseline(pixel, config, mean), mean, std)
     return integrated_gradients(model, z, z0, target, layout, batch_size=config.batch_size)
+
+
+def ig_result(values: torch.Tensor) -> MapResult:
+    """The ``ig@input`` map as a checked :class:`~audit.maps.MapResult` (degenerate when constant or not finite)."""
+    return finish_map(MapResult("ig", MAP_STAGE_INPUT, values))

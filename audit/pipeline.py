@@ -16,9 +16,9 @@ from .attention import needs_attention
 from .capture import Capture, capture
 from .errors import AuditError, NonFiniteError
 from .images import PreparedImage, normalize, prepare_image
-from .integrated_gradients import INPUT_STAGE, ig_map_input
+from .integrated_gradients import ig_map_input, ig_result
 from .layout import normalize_stage
-from .maps import DEFAULT_METHODS, MapResult, compute_maps, finish_map
+from .maps import DEFAULT_METHODS, MapResult, compute_maps
 from .models import LoadedModel
 from .perturb import Curves, PerturbationConfig, faithfulness_curves
 from .restore import PatchInverse, Restoration, restore
@@ -103,8 +103,9 @@ def audit_image(
     config = config or PerturbationConfig()
     if "ig" in methods:  # one stage, the input: measured whenever the map is asked for
         values = ig_map_input(model, pixel, config, loaded.mean, loaded.std, cap.target, cap.layout)
-        maps[f"ig@{INPUT_STAGE}"] = finish_map(MapResult("ig", INPUT_STAGE, values))
-        measured.add(INPUT_STAGE)
+        result = ig_result(values)
+        maps[result.key] = result
+        measured.add(result.stage)
     scored = {key: m.values for key, m in maps.items()
               if m.stage in measured and m.rankable and (curves_for is None or key in curves_for)}
     curves, shared = faithfulness_curves(

@@ -22,9 +22,9 @@ from torch import nn
 
 from .attention import ATTENTION_METHODS, needs_attention
 from .capture import capture
-from .integrated_gradients import integrated_gradients
+from .integrated_gradients import ig_result, integrated_gradients
 from .layout import MAP_STAGE_ENCODER, MAP_STAGE_INPUT
-from .maps import MapResult, compute_maps, finish_map
+from .maps import compute_maps
 from .stats import spearman
 
 __all__ = ["RandomisationCurve", "cascade_steps", "randomisation_curves", "spearman", "dependency_step"]
@@ -141,8 +141,8 @@ def randomisation_curves(
             classes.append(cap.target)
             step_maps = compute_maps(work, cap, methods=methods, act=act, seed=seed, image=f"sanity-{index}")
             if "ig" in methods and baselines is not None:
-                values = integrated_gradients(work, image, baselines[index], cap.target, cap.layout)
-                step_maps[f"ig@{MAP_STAGE_INPUT}"] = finish_map(MapResult("ig", MAP_STAGE_INPUT, values))
+                result = ig_result(integrated_gradients(work, image, baselines[index], cap.target, cap.layout))
+                step_maps[result.key] = result
             maps.append(step_maps)
         explained = classes  # every step explains the classes of step 0, the trained model
         per_step.append(maps)

@@ -204,10 +204,11 @@ class AuditSession:
                 continue
             pixel = prepared.pixel.to(self.device)
             inputs.append(normalize(pixel, loaded.mean, loaded.std))
-            baselines.append(normalize(fill_baseline(pixel, self.config, loaded.mean), loaded.mean, loaded.std))
+            if "ig" in self.settings.methods:  # ig's path starts from the fill image
+                baselines.append(normalize(fill_baseline(pixel, self.config, loaded.mean), loaded.mean, loaded.std))
             names.append(image_id)
         curves = randomisation_curves(model, inputs, None, self.settings.methods, seed=self.settings.seed,
-                                      act=self.settings.act, baselines=baselines)
+                                      act=self.settings.act, baselines=baselines or None)
         return {"model": loaded.name, "model_id": model_id, "images": names,
                 "threshold": self.settings.randomisation_threshold,
                 "rule": ("each parameter of a randomised part replaced by seeded Gaussian noise with the trained "
