@@ -99,6 +99,9 @@ def test_a_bad_fill_or_score_is_a_usage_error(pytester, monkeypatch):
     assert result.ret == 4 and "fill: 'purple' is neither a pixel value in [0, 1] nor a recipe" in result.stderr.str()
     result = pytester.runpytest(*base, "--score", "accuracy")
     assert result.ret == 4 and "score: 'accuracy' is not prob or top1" in result.stderr.str()
+    result = pytester.runpytest(*base, "--score", "top1", "--labels", "missing.csv", "--audit-json", "r.json")
+    assert result.ret == 4 and "labels: 'missing.csv' is not a file" in result.stderr.str()
+    assert "labels: 'missing.csv' is not a file" in json.loads((pytester.path / "r.json").read_text())["error"]
 
 
 def test_integrated_gradients_is_measured_at_the_input_gated_and_randomised(pytester, monkeypatch):
