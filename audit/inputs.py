@@ -229,8 +229,9 @@ def read_labels(path: str | os.PathLike[str]) -> Labels:
         raise ValueError(f"labels: {label!r} is not a file; pass a CSV with columns file and class_index")
     try:
         with open(file, encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-            header = rows[0].keys() if rows else []
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            header = reader.fieldnames or []  # the header even when no row follows it
     except (UnicodeDecodeError, csv.Error, OSError) as err:
         raise ValueError(f"labels: {label!r} is not a readable UTF-8 CSV ({err}); pass a CSV with columns file and "
                          "class_index") from None

@@ -77,6 +77,7 @@ def test_the_road_fill_runs_and_is_recorded(pytester, monkeypatch):
 @pytest.mark.parametrize("content, words", [
     (None, "is not a file"),
     ("name,label\nx.png,3\n", "has no rows with columns file and class_index (its header: name, label)"),
+    ("file,class_index\n", "has no rows with columns file and class_index (its header: file, class_index)"),
     ("file,class_index\nx.png,three\n", "line 2: file 'x.png' with class_index 'three'"),
     ("file,class_index\nx.png,3\nx.png,4\n", "'x.png' is given classes 3 and 4"),
     (b"file,class_index\n\xff\xfe,1\n", "is not a readable UTF-8 CSV"),
