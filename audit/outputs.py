@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cache import check_cache_dir
 from .settings import output_settings
 
 __all__ = ["check_outputs", "write_outputs", "write_stopped_run"]
@@ -41,6 +42,8 @@ def check_outputs(settings, create: bool = True) -> None:
         kind = _not_regular(path)
         if kind:
             raise ValueError(f"{option}: {path!r} is {kind}, not a regular file; choose a regular file path")
+    if settings.cache and not settings.no_cache:
+        check_cache_dir(settings.cache, create=create)
     if len(outputs) == 2 and _same_file(settings.audit_json, settings.report):
         raise ValueError(f"report: {settings.report!r} is the same file as the results file {settings.audit_json!r}; "
                          "give --report and --audit-json different paths")

@@ -6,15 +6,21 @@ it does not have, a gated stage not measured, more steps than pixels) is a usage
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+import torch
+
+from .integrated_gradients import IG_STEPS
 from .layout import MAP_STAGE_INPUT, normalize_stage, stage_names
 from .maps import INPUT_METHODS
 from .models import LoadedModel
 from .perturb import max_steps
 from .settings import AuditSettings
 
-__all__ = ["ModelPlan", "map_keys", "plan_model"]
+__all__ = ["AUTO", "ModelPlan", "forwards_per_image", "map_keys", "plan_model", "time_forwards"]
+
+AUTO = "auto"  # --layers auto: with gates, curves for the gated maps and random at their stages only
 
 
 @dataclass(frozen=True)
@@ -22,12 +28,23 @@ class ModelPlan:
     """One model's plan.
 
     Attributes:
-        measured: the stages whose maps get MoRF/LeRF curves (``input`` whenever ``ig`` is asked for).
+        measured: the stages whose maps get MoRF/LeRF curves (``input`` whenever ``ig`` gets curves).
         gates: the gated (method, stage) pairs, stages in canonical form.
+        curves_for: the maps (``"<method>@<stage>"``) of the measured stages that get curves; None: every rankable
+            one. Under ``--layers auto`` with gates: the gated maps, ``random`` at their stages, and every map of a
+            stage ``--layers`` names besides ``auto``.
     """
 
     measured: list[str]
     gates: list[tuple[str, str]]
+    curves_for: list[str] | None = None
+
+    def rule(self) -> str:
+        """One line saying which maps get curves (the run's header prints it)."""
+        if self.curves_for is None:
+            return f"curves for every map at stages {', '.join(self.measured)}"
+        return (f"curves for the gated maps and random at their stages only: {', '.join(self.curves_for)} "
+                "(--layers all or a list of stages measures more)")
 
 
 def plan_model(settings: AuditSettings, loaded: LoadedModel) -> ModelPlan:
@@ -38,17 +55,29 @@ def plan_model(settings: AuditSettings, loaded: LoadedModel) -> ModelPlan:
             have, or more removal steps than the model's input has units.
     """
     depth = loaded.layout.depth
-    layers = stage_names(depth) if "all" in settings.layers else settings.layers
+    auto = AUTO in settings.layers and bool(settings.gate)
+    listed = [s for s in settings.layers if s != AUTO]
+    if "all" in settings.layers or (AUTO in settings.layers and not settings.gate):
+        listed = stage_names(depth)
     try:
-        measured = list(dict.fromkeys(normalize_stage(s, depth) for s in layers))
+        explicit = list(dict.fromkeys(normalize_stage(s, depth) for s in listed))
         gates = [(m, normalize_stage(s, depth)) for m, s in settings.gated()]
     except ValueError as err:
         raise ValueError(f"{err} (model {loaded.name!r})") from None
+    curves_for = None
+    measured = explicit
+    if auto:
+        gated_stages = [s for _, s in gates if s != MAP_STAGE_INPUT]
+        measured = list(dict.fromkeys(explicit + gated_stages + [s for _, s in gates if s == MAP_STAGE_INPUT]))
+        keys = [f"{m}@{s}" for m, s in gates]
+        keys += [f"random@{s}" for s in gated_stages if "random" in settings.methods]
+        keys += [f"{m}@{s}" for m, s in map_keys(settings.methods, depth) if s in explicit]
+        curves_for = list(dict.fromkeys(keys))
     wrong = [f"{m}@{s}" for m, s in gates if (m in INPUT_METHODS) != (s == MAP_STAGE_INPUT)]
     if wrong:
         raise ValueError(f"gate: {', '.join(wrong)}: 'input' is the one stage of {', '.join(INPUT_METHODS)} and a "
                          "stage of no other map")
-    if any(m in INPUT_METHODS for m in settings.methods) and MAP_STAGE_INPUT not in measured:
+    if not auto and any(m in INPUT_METHODS for m in settings.methods) and MAP_STAGE_INPUT not in measured:
         measured.append(MAP_STAGE_INPUT)  # measured whenever asked for
     missing = [f"{m}@{s}" for m, s in gates if s not in measured]
     if missing:
@@ -59,10 +88,46 @@ def plan_model(settings: AuditSettings, loaded: LoadedModel) -> ModelPlan:
         raise ValueError(f"steps: {settings.steps} removal steps, but model {loaded.name!r} takes "
                          f"{'x'.join(map(str, loaded.input_size))} inputs with only {most} {settings.unit}s to "
                          f"remove; use --steps {most} or fewer")
-    return ModelPlan(measured, gates)
+    return ModelPlan(measured, gates, curves_for)
 
 
 def map_keys(methods: list[str], depth: int) -> list[tuple[str, str]]:
     """(method, stage) of every map of a model of ``depth`` blocks: each block and the encoder (``ig``: the input)."""
     keys = [(method, stage) for stage in stage_names(depth) for method in methods if method not in INPUT_METHODS]
     return keys + [(method, MAP_STAGE_INPUT) for method in methods if method in INPUT_METHODS]
+
+
+def forwards_per_image(plan: ModelPlan, settings: AuditSettings, depth: int) -> tuple[int, int]:
+    """(maps with curves, forward passes) of one image under ``plan``: an upper bound, as identical maps share
+    their curves and degenerate maps get none.
+
+    A backward pass counts as two forwards: the capture is 3, Integrated Gradients ``3 x (steps + 1)``; each map with
+    curves adds ``2 x (steps - 1)`` removal forwards, and every image 2 shared ones (clean, all removed).
+    """
+    keys = [f"{m}@{s}" for m, s in map_keys(settings.methods, depth)
+            if s in plan.measured and (plan.curves_for is None or f"{m}@{s}" in plan.curves_for)]
+    forwards = 3 + 2 + 2 * (settings.steps - 1) * len(keys)
+    if any(m in INPUT_METHODS for m in settings.methods):
+        forwards += 3 * (IG_STEPS + 1)
+    return len(keys), forwards
+
+
+def time_forwards(model: torch.nn.Module, input_size: tuple[int, int], channels: int, device: str,
+                  batch_size: int, amp: str | None, seconds: float = 0.5) -> float:
+    """Forward passes per second of ``model`` on batches like the curves' (after one warm-up batch)."""
+    batch = max(1, min(batch_size, 16))
+    images = torch.zeros(batch, channels, *input_size, device=device)
+    context = torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, amp)) if amp else None
+    done, start = 0, None
+    with torch.inference_mode():
+        while start is None or (time.perf_counter() - start < seconds and done < 64):
+            if context is not None:
+                with context:
+                    model(images)
+            else:
+                model(images)
+            if start is None:  # the first batch warms up
+                start = time.perf_counter()
+                continue
+            done += batch
+    return done / max(time.perf_counter() - start, 1e-9)

@@ -174,6 +174,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         lines.append(f"vit-audit: baseline {session.baseline.source} (margin {s.margin:g}; map agreement {agreement})")
     for model_id, loaded in session.models.items():
         lines.extend(f"vit-audit: {model_id}: {note}" for note in loaded.notes)
+        lines.extend(f"vit-audit: {model_id}: {line}" for line in session.plan_lines(model_id))
     left_out = session.image_set.left_out
     if left_out:
         shown = "; ".join(f"{e['path']}: {e['reason']}, same as {e['same_as']}" for e in left_out[:3])
@@ -326,6 +327,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             f"vs -{record['margin']:g}, n={record['n_pairs']}; maps: median Spearman {_num(drift['statistic'])} "
             f"[{_num(drift['ci95'][0])}, {_num(drift['ci95'][1])}] ({drift['verdict']}), same class on "
             f"{_percent(drift['top1_agreement'])} of the images")
+    cache = audit._cache
+    if cache is not None and (cache.hits or cache.misses):
+        terminalreporter.write_line(f"cache: {cache.hits} record(s) reused, {cache.misses} computed "
+                                    f"({cache.folder})" + (f"; {len(cache.ignored)} unusable entries ignored"
+                                                           if cache.ignored else ""))
     for line in state.written:
         terminalreporter.write_line(line)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .cache import RunCache, run_key
 from .compare import Baseline, baseline_stage, check_measured, check_recipe, compare_map, load_baseline, maps_for_class
 from .errors import AuditError, ImageError
 from .gates import GateInput, evaluate_gate
@@ -23,7 +24,7 @@ from .integrated_gradients import fill_baseline
 from .models import LoadedModel
 from .perturb import PerturbationConfig
 from .pipeline import audit_image
-from .plan import map_keys, plan_model
+from .plan import ModelPlan, forwards_per_image, map_keys, plan_model, time_forwards
 from .restore import PatchInverse
 from .results import SCHEMA, clean, environment_record, error_run_record, model_record, run_record
 from .sanity import randomisation_curves
@@ -80,12 +81,14 @@ class AuditSession:
         self.images = [(entry.id, entry.path) for entry in self.image_set.entries]
         self.measured: dict[str, list[str]] = {}
         self.gates: dict[str, list[tuple[str, str]]] = {}
+        self.plans: dict[str, ModelPlan] = {}
         for model_id, model in self.models.items():
             self._plan(model_id, model)
         self.inverses = {model_id: PatchInverse(loaded.model) for model_id, loaded in self.models.items()}
         self.config = PerturbationConfig(steps=settings.steps, fill=settings.fill, unit=settings.unit,
                                          batch_size=settings.batch_size, amp=settings.amp, score=settings.score)
         self._runs: dict[tuple[str, str], dict[str, Any]] = {}
+        self._cache: RunCache | None = None
         self.baseline_model: LoadedModel | None = None
         self.baseline = (self._baseline() if settings.baseline else
                          self._audited_baseline() if settings.baseline_model else None)
@@ -119,8 +122,22 @@ class AuditSession:
 
     def _plan(self, model_id: str, loaded: LoadedModel) -> None:
         """The stages measured and gated for one model (:func:`audit.plan.plan_model`)."""
-        plan = plan_model(self.settings, loaded)
+        plan = self.plans[model_id] = plan_model(self.settings, loaded)
         self.measured[model_id], self.gates[model_id] = plan.measured, plan.gates
+
+    def plan_lines(self, model_id: str) -> list[str]:
+        """What the run will measure on a model: which maps get curves, and images x maps x forwards with an ETA
+        from a short timing of the model (printed before any model work)."""
+        loaded, plan, s = self.models[model_id], self.plans[model_id], self.settings
+        n_curves, forwards = forwards_per_image(plan, s, loaded.layout.depth)
+        model = loaded.model.to(self.device)
+        rate = time_forwards(model, loaded.input_size, loaded.data_config["input_size"][0], self.device,
+                             s.batch_size, s.amp)
+        total = forwards * len(self.images)
+        return [plan.rule(),
+                f"plan: {len(self.images)} images x {n_curves} maps with curves x {2 * (s.steps - 1)} removal "
+                f"forwards (+ capture and shared ones) = {total:,} forwards at most; ETA ~{_duration(total / rate)} "
+                f"at {rate:.0f} forwards/s timed on {self.device}"]
 
     @staticmethod
     def _device(device: str) -> str:
@@ -154,24 +171,46 @@ class AuditSession:
             self._runs[case.key] = self.store.once("runs", case.key, lambda: self._compute_run(case))
         return self._runs[case.key]
 
+    @property
+    def cache(self) -> RunCache | None:
+        """The records kept between runs (None under ``--no-cache``); its folder is made on first use."""
+        if self._cache is None and self.settings.cache and not self.settings.no_cache:
+            self._cache = RunCache(self.settings.cache)
+        return self._cache
+
     def _compute_run(self, case: Case) -> dict[str, Any]:
         loaded = self._model(case.model_id)
         start = time.perf_counter()
         try:
             label = self.labels.class_of(case.path, loaded.num_classes) if self.labels else None
-            prepared = prepare_image(case.path, loaded.data_config, name=case.image_id)
-            result = audit_image(loaded, prepared, methods=self.settings.methods, stages=self.measured[case.model_id],
-                                 act=self.settings.act, config=self.config, seed=self.settings.seed, label=label,
-                                 device=self.device, keep_capture=True, inverse=self.inverses[case.model_id])
-            record = run_record(loaded, result, thumbnail=max(self.settings.report_thumbnail, 64))
-            self._maps_for_baseline_class(case, loaded, prepared, record)
+            entry = self.image_set.entry(case.image_id)
+            key = run_key(self.settings, loaded, self.plans[case.model_id], self.device, entry.sha256, label) \
+                if self.cache is not None and entry is not None else None
+            record = self.cache.get(key) if key is not None else None
+            if record is None:
+                prepared = prepare_image(case.path, loaded.data_config, name=case.image_id)
+                result = audit_image(loaded, prepared, methods=self.settings.methods,
+                                     stages=self.measured[case.model_id], act=self.settings.act, config=self.config,
+                                     seed=self.settings.seed, label=label, device=self.device, keep_capture=True,
+                                     inverse=self.inverses[case.model_id],
+                                     curves_for=self.plans[case.model_id].curves_for)
+                record = clean(run_record(loaded, result, thumbnail=max(self.settings.report_thumbnail, 64)))
+                record.update(seconds=time.perf_counter() - start, inverse_exact=self.inverses[case.model_id].exact,
+                              measured_stages=self.measured[case.model_id],
+                              curves_for=self.plans[case.model_id].curves_for)
+                if key is not None:
+                    self.cache.put(key, record)  # on disk as soon as it is done
+            record.update(image=case.path, image_name=case.image_id)
+            self._maps_for_baseline_class(case, loaded, record)
         except AuditError as err:
             record = error_run_record(loaded.name, case.path, str(err))
-        record.update(model_id=case.model_id, image_id=case.image_id, seconds=time.perf_counter() - start,
-                      inverse_exact=self.inverses[case.model_id].exact, measured_stages=self.measured[case.model_id])
+            record.update(seconds=time.perf_counter() - start, inverse_exact=self.inverses[case.model_id].exact,
+                          measured_stages=self.measured[case.model_id],
+                          curves_for=self.plans[case.model_id].curves_for)
+        record.update(model_id=case.model_id, image_id=case.image_id)
         return record
 
-    def _maps_for_baseline_class(self, case: Case, loaded, prepared, record: dict[str, Any]) -> None:
+    def _maps_for_baseline_class(self, case: Case, loaded, record: dict[str, Any]) -> None:
         """Where the baseline explained another class on this image, the gated maps of that class too (drift
         compares maps of the same class)."""
         if self.baseline is None or case.model_id not in self.models:  # the baseline's own runs compare nothing
@@ -180,6 +219,7 @@ class AuditSession:
         other = self.baseline.runs.get(entry.sha256) if entry and entry.sha256 else None
         if other is None or other.get("error") or other.get("class") in (None, record["class"]):
             return
+        prepared = prepare_image(case.path, loaded.data_config, name=case.image_id)
         record["baseline_class"] = other["class"]
         record["baseline_class_maps"] = maps_for_class(loaded, prepared, int(other["class"]), self.gates[case.model_id],
                                                        self.settings.act, self.settings.seed, self.device)
@@ -328,6 +368,12 @@ class AuditSession:
         return {"baseline": {**self.baseline.record(), "images_only_in_baseline": only_in_baseline,
                              "images_only_in_candidate": only_in_candidate},
                 "comparisons": self.comparison_records()}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def _constant(curve: list[float | None] | None) -> bool:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .cache import DEFAULT_CACHE
 from .gates import LIMIT_NAMES, MIN_IMAGES, GateLimits
 from .maps import ACTIVATIONS, DEFAULT_METHODS, METHODS
 from .perturb import FILL_CONSTANTS, FILL_RECIPES, SCORES
@@ -69,7 +70,7 @@ class AuditSettings:
     images: list[str] = field(default_factory=list)
     device: str = "cpu"
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    layers: list[str] = field(default_factory=lambda: ["all"])
+    layers: list[str] = field(default_factory=lambda: ["auto"])
     steps: int = 20
     unit: str = "pixel"
     fill: float | str = 127 / 255
@@ -95,6 +96,8 @@ class AuditSettings:
     report: str | None = None
     report_thumbnail: int = 64
     report_max_mb: float = 5.0
+    cache: str | None = DEFAULT_CACHE
+    no_cache: bool = False
     limits: dict[str, GateLimits] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
 
@@ -113,7 +116,8 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
     "device": ("cpu, cuda or auto (default cpu)", "DEVICE"),
     "methods": (f"comma list of maps: {','.join(METHODS)} (default: the paper's {','.join(DEFAULT_METHODS)})",
                 "LIST"),
-    "layers": ("stages whose faithfulness is measured: block indices and/or encoder, or all (default all)", "LIST"),
+    "layers": ("stages whose maps get MoRF/LeRF curves: block indices and/or encoder, all, or auto (default: with "
+               "gates, only the gated maps and random at their stages; with none, every stage)", "LIST"),
     "steps": (f"MoRF/LeRF removal steps, 1..{STEPS_MAX} (default 20)", "N"),
     "unit": ("removal unit: pixel or patch (default pixel)", "UNIT"),
     "fill": ("fill of removed pixels: a pixel value in [0, 1] (default 127/255) or a recipe: grey, black, mean "
@@ -147,6 +151,9 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
     "report": ("write the HTML report here", "PATH"),
     "report_thumbnail": (f"longer side of the report's thumbnails in pixels, {THUMBNAIL_MIN}..{THUMBNAIL_MAX} "
                          "(default 64)", "PX"),
+    "cache": (f"folder keeping every finished (model, image) record between runs, so that a killed or repeated run "
+              f"recomputes only what is missing (default {DEFAULT_CACHE})", "DIR"),
+    "no_cache": ("neither read nor write the cache", None),
     "report_max_mb": (f"size limit of the HTML report in MB, above 0 and below {MAX_MB_LIMIT} (default 5)", "MB"),
 }
 LIST_OPTIONS = {"model", "checkpoint", "images", "methods", "layers", "gate"}
@@ -454,13 +461,13 @@ def _validate(s: AuditSettings, origins: dict[str, str] | None = None) -> None:
         if method not in s.methods:
             raise fail("gate", f"gate: {gate!r} gates a map that --methods does not compute ({','.join(s.methods)})")
     if not s.layers:
-        raise fail("layers", "layers: expected at least one block index, 'encoder' or 'all', got an empty list")
+        raise fail("layers", "layers: expected at least one block index, 'encoder', 'all' or 'auto', got an empty list")
     for layer in s.layers:
-        if layer != "all" and layer != "encoder":
+        if layer not in ("all", "auto", "encoder"):
             try:
                 int(layer)
             except ValueError:
-                raise fail("layers", f"layers: {layer!r} is not a block index, 'encoder' or 'all'") from None
+                raise fail("layers", f"layers: {layer!r} is not a block index, 'encoder', 'all' or 'auto'") from None
     if s.baseline and (s.baseline_model or s.baseline_checkpoint):
         raise fail("baseline", "baseline: give either --baseline (a results file) or --baseline-model and "
                    "--baseline-checkpoint (audited in this run), not both")

@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-GATES = ("cam@encoder", "grad_cls@encoder", "grad@0")
-RECIPE = ["--methods", "cam,grad,grad_cls,random", "--layers", "0,encoder", *[a for g in GATES for a in ("--gate", g)]]
+GATES = ("grad@0", "chefer@encoder", "cam@encoder")  # the default policy's gates, and the paper's CAM beside them
+RECIPE = ["--methods", "cam,grad,chefer,random", *[a for g in GATES for a in ("--gate", g)]]
 
 
 def _audit(model_args: list[str], images: Path, out: Path, extra: list[str]) -> dict:
     command = [shutil.which("vit-audit") or "vit-audit", *model_args, "--images", str(images), *RECIPE, *extra,
-               "--audit-json", str(out), "-q", "-k", "gate or compare"]
+               "--audit-json", str(out), "--no-cache", "-q", "-k", "gate or compare"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=out.parent)
     if not out.exists():
         raise SystemExit(f"audit failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
