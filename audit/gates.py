@@ -20,7 +20,8 @@ import numpy as np
 from .ranges import finite
 from .stats import N_BOOTSTRAP, bootstrap_ci
 
-__all__ = ["GateLimits", "LIMIT_NAMES", "evaluate_gate", "MIN_IMAGES", "VERDICTS"]
+__all__ = ["FLAT_TOLERANCE", "GateInput", "GateLimits", "LIMIT_NAMES", "evaluate_gate", "gate_inputs", "MIN_IMAGES",
+           "VERDICTS"]
 
 MIN_IMAGES = 5
 VERDICTS = ("pass", "fail", "inconclusive")
@@ -74,6 +75,38 @@ class GateInput:
     lerf_auc: list[float] = field(default_factory=list)
     degenerate: dict[str, str] = field(default_factory=dict)
     flat: list[str] = field(default_factory=list)
+
+
+FLAT_TOLERANCE = 1e-12  # a class probability that moves less than this under every removal is constant
+
+
+def gate_inputs(runs: Sequence[dict], method: str, stage: str) -> tuple[GateInput, GateInput, list[str]]:
+    """The per-image AUCs of ``method@stage`` and of ``random@stage`` (its baseline) from a model's run records, and
+    the images that could not be read."""
+    data, baseline = GateInput(), GateInput()
+    skipped = []
+    for run in runs:
+        if run.get("error"):
+            skipped.append(run["image_id"])
+            continue
+        for target, key in ((data, f"{method}@{stage}"), (baseline, f"random@{stage}")):
+            entry = run["maps"].get(key)
+            if entry is None:
+                continue
+            if entry["morf_auc"] is None:
+                target.degenerate[run["image_id"]] = entry["reason"] or "not measured"
+                continue
+            target.images.append(run["image_id"])
+            target.morf_auc.append(entry["morf_auc"])
+            target.lerf_auc.append(entry["lerf_auc"])
+            if _constant(entry["morf"]) and _constant(entry["lerf"]):
+                target.flat.append(run["image_id"])
+    return data, baseline, skipped
+
+
+def _constant(curve: list[float | None] | None) -> bool:
+    values = [v for v in curve or [] if v is not None]
+    return bool(values) and max(values) - min(values) <= FLAT_TOLERANCE
 
 
 def _stat(values: Sequence[float], seed: int, n_boot: int) -> _Stat:

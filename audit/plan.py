@@ -18,7 +18,7 @@ from .models import LoadedModel
 from .perturb import max_steps
 from .settings import AuditSettings
 
-__all__ = ["AUTO", "ModelPlan", "forwards_per_image", "map_keys", "plan_model", "time_forwards"]
+__all__ = ["AUTO", "ModelPlan", "forwards_per_image", "map_keys", "plan_lines", "plan_model", "time_forwards"]
 
 AUTO = "auto"  # --layers auto: with gates, curves for the gated maps and random at their stages only
 
@@ -131,3 +131,22 @@ def time_forwards(model: torch.nn.Module, input_size: tuple[int, int], channels:
                 continue
             done += batch
     return done / max(time.perf_counter() - start, 1e-9)
+
+
+def plan_lines(plan: ModelPlan, settings: AuditSettings, loaded: LoadedModel, n_images: int, device: str) -> list[str]:
+    """What a run will measure on a model: which maps get curves, and images x maps x forwards with an ETA from a
+    short timing of the model (the run's header prints them before any model work)."""
+    n_curves, forwards = forwards_per_image(plan, settings, loaded.layout.depth)
+    rate = time_forwards(loaded.model.to(device), loaded.input_size, loaded.data_config["input_size"][0], device,
+                         settings.batch_size, settings.amp)
+    total = forwards * n_images
+    return [plan.rule(),
+            f"plan: {n_images} images x {n_curves} maps with curves x {2 * (settings.steps - 1)} removal forwards "
+            f"(+ capture and shared ones) = {total:,} forwards at most; ETA ~{_duration(total / rate)} at "
+            f"{rate:.0f} forwards/s timed on {device}"]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

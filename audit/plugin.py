@@ -21,6 +21,7 @@ import pytest
 from .errors import AuditError
 from .maps import BASELINES
 from .outputs import check_outputs, write_outputs, write_stopped_run
+from .progress import Progress, RecordWatcher, make_records
 from .settings import LIST_OPTIONS, OPTIONS, resolve_settings
 
 SESSION = pytest.StashKey["AuditSession"]()
@@ -252,15 +253,31 @@ def _outcome(report: pytest.TestReport) -> dict[str, Any] | None:
 
 class _Collector:
     """Keeps every check's outcome on the controller (pytest-xdist forwards workers' reports to it), and whether a
-    Ctrl-C stopped the run (a SIGTERM records itself)."""
+    Ctrl-C stopped the run (a SIGTERM records itself); with xdist, shows how many records the workers finished."""
 
     def __init__(self, state: _State):
         self.state = state
+        self.watcher: RecordWatcher | None = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         outcome = _outcome(report)
         if outcome is not None:
             self.state.checks.append(outcome)
+        if self.watcher is not None:
+            self.watcher.poll()
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session):
+        """Before the checks run: the records they read, with a progress line (xdist: the workers make them)."""
+        audit = session.config.stash.get(SESSION, None)
+        if audit is not None and not session.config.getoption("collectonly", False):
+            if session.config.pluginmanager.has_plugin("dsession"):  # the controller collects nothing
+                progress = Progress.for_config(session.config, len(audit.cases()))
+                progress.live = False
+                self.watcher = RecordWatcher(self.state.workdir, progress)
+            elif session.items:
+                make_records(audit, session.items, session.config)
+        return (yield)
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -327,11 +344,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             f"vs -{record['margin']:g}, n={record['n_pairs']}; maps: median Spearman {_num(drift['statistic'])} "
             f"[{_num(drift['ci95'][0])}, {_num(drift['ci95'][1])}] ({drift['verdict']}), same class on "
             f"{_percent(drift['top1_agreement'])} of the images")
-    cache = audit._cache
-    if cache is not None and (cache.hits or cache.misses):
-        terminalreporter.write_line(f"cache: {cache.hits} record(s) reused, {cache.misses} computed "
-                                    f"({cache.folder})" + (f"; {len(cache.ignored)} unusable entries ignored"
-                                                           if cache.ignored else ""))
+    for line in audit.records.cache_lines():
+        terminalreporter.write_line(line)
     for line in state.written:
         terminalreporter.write_line(line)
 

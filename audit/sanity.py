@@ -47,23 +47,26 @@ def cascade_steps(model: nn.Module) -> list[tuple[str, list[nn.Module | nn.Param
     return steps
 
 
+ACCUMULATED_METHODS = ("rollout", "chefer")  # maps that accumulate the attention of blocks 0..k
+
+
 def dependency_step(stage: str, depth: int, method: str | None = None) -> int:
     """The cascade step after which every stage a map at ``stage`` depends on is randomised.
 
     A map at block k reads block k's tokens and the gradient from the head down to them, so it is fully
     randomised once the head and blocks L-1 .. k are (step 1 + L - k); an encoder map needs the head (step 1) and
-    every block under the final norm (step 1 + L). The attention-based maps at block k read block k's attention
-    probabilities (its qkv projection, over the tokens entering it) and, for ``chefer`` and ``attn_gradcam``, the
-    gradient from the head down to them; ``rollout`` and ``chefer`` also read blocks 0..k-1's attention, which the
-    top-down cascade reaches later. They are all randomised from step 1 + L - k on; at ``'encoder'`` they are the
-    last block's (step 2). ``ig@input`` reads the whole model: step 2 + L, the embedding's.
+    every block under the final norm (step 1 + L). ``attention`` and ``attn_gradcam`` at block k read block k's
+    attention probabilities (its qkv projection, over the tokens entering it; ``attn_gradcam`` also the gradient
+    from the head down to them): step 1 + L - k, and at ``'encoder'`` the last block's (step 2). ``rollout`` and
+    ``chefer`` at block k (and at ``'encoder'``) also read the attention of blocks 0 .. k-1, which the top-down
+    cascade reaches last: step 1 + L, block 0's. ``ig@input`` reads the whole model: step 2 + L, the embedding's.
     """
     if stage == MAP_STAGE_INPUT:  # Integrated Gradients reads every parameter: the embedding is randomised last
         return 2 + depth
-    if stage == MAP_STAGE_ENCODER:
-        if method in ATTENTION_METHODS:
-            return 2
+    if method in ACCUMULATED_METHODS:  # the attention of every block from 0 up
         return 1 + depth
+    if stage == MAP_STAGE_ENCODER:
+        return 2 if method in ATTENTION_METHODS else 1 + depth
     return 1 + depth - int(stage)
 
 

@@ -14,19 +14,18 @@ from typing import Any
 
 import torch
 
-from .cache import RunCache, run_key
 from .compare import Baseline, baseline_stage, check_measured, check_recipe, compare_map, load_baseline, maps_for_class
 from .errors import AuditError, ImageError
-from .gates import GateInput, evaluate_gate
+from .gates import evaluate_gate, gate_inputs
 from .images import normalize, prepare_image
 from .inputs import collect_images, load_models, load_named, model_id_for, read_labels
 from .integrated_gradients import fill_baseline
 from .models import LoadedModel
 from .perturb import PerturbationConfig
-from .pipeline import audit_image
-from .plan import ModelPlan, forwards_per_image, map_keys, plan_model, time_forwards
+from .plan import ModelPlan, map_keys, plan_lines, plan_model
+from .records import RecordMaker
 from .restore import PatchInverse
-from .results import SCHEMA, clean, environment_record, error_run_record, model_record, run_record
+from .results import SCHEMA, clean, environment_record, error_run_record, model_record
 from .sanity import randomisation_curves
 from .settings import AuditSettings
 from .stats import summarize
@@ -34,7 +33,6 @@ from .store import RecordStore
 
 __all__ = ["AuditSession", "Case", "model_id_for"]
 
-FLAT_TOLERANCE = 1e-12  # a class probability that moves less than this under every removal is constant
 BASELINE_PREFIX = "baseline-"  # the id of a baseline model audited in this run: baseline-<its model id>
 
 
@@ -88,7 +86,7 @@ class AuditSession:
         self.config = PerturbationConfig(steps=settings.steps, fill=settings.fill, unit=settings.unit,
                                          batch_size=settings.batch_size, amp=settings.amp, score=settings.score)
         self._runs: dict[tuple[str, str], dict[str, Any]] = {}
-        self._cache: RunCache | None = None
+        self.records = RecordMaker(settings, self.config, self.device)
         self.baseline_model: LoadedModel | None = None
         self.baseline = (self._baseline() if settings.baseline else
                          self._audited_baseline() if settings.baseline_model else None)
@@ -126,18 +124,8 @@ class AuditSession:
         self.measured[model_id], self.gates[model_id] = plan.measured, plan.gates
 
     def plan_lines(self, model_id: str) -> list[str]:
-        """What the run will measure on a model: which maps get curves, and images x maps x forwards with an ETA
-        from a short timing of the model (printed before any model work)."""
-        loaded, plan, s = self.models[model_id], self.plans[model_id], self.settings
-        n_curves, forwards = forwards_per_image(plan, s, loaded.layout.depth)
-        model = loaded.model.to(self.device)
-        rate = time_forwards(model, loaded.input_size, loaded.data_config["input_size"][0], self.device,
-                             s.batch_size, s.amp)
-        total = forwards * len(self.images)
-        return [plan.rule(),
-                f"plan: {len(self.images)} images x {n_curves} maps with curves x {2 * (s.steps - 1)} removal "
-                f"forwards (+ capture and shared ones) = {total:,} forwards at most; ETA ~{_duration(total / rate)} "
-                f"at {rate:.0f} forwards/s timed on {self.device}"]
+        """What the run will measure on a model, with an ETA (:func:`audit.plan.plan_lines`)."""
+        return plan_lines(self.plans[model_id], self.settings, self.models[model_id], len(self.images), self.device)
 
     @staticmethod
     def _device(device: str) -> str:
@@ -171,42 +159,18 @@ class AuditSession:
             self._runs[case.key] = self.store.once("runs", case.key, lambda: self._compute_run(case))
         return self._runs[case.key]
 
-    @property
-    def cache(self) -> RunCache | None:
-        """The records kept between runs (None under ``--no-cache``); its folder is made on first use."""
-        if self._cache is None and self.settings.cache and not self.settings.no_cache:
-            self._cache = RunCache(self.settings.cache)
-        return self._cache
-
     def _compute_run(self, case: Case) -> dict[str, Any]:
         loaded = self._model(case.model_id)
-        start = time.perf_counter()
-        try:
-            label = self.labels.class_of(case.path, loaded.num_classes) if self.labels else None
-            entry = self.image_set.entry(case.image_id)
-            key = run_key(self.settings, loaded, self.plans[case.model_id], self.device, entry.sha256, label) \
-                if self.cache is not None and entry is not None else None
-            record = self.cache.get(key) if key is not None else None
-            if record is None:
-                prepared = prepare_image(case.path, loaded.data_config, name=case.image_id)
-                result = audit_image(loaded, prepared, methods=self.settings.methods,
-                                     stages=self.measured[case.model_id], act=self.settings.act, config=self.config,
-                                     seed=self.settings.seed, label=label, device=self.device, keep_capture=True,
-                                     inverse=self.inverses[case.model_id],
-                                     curves_for=self.plans[case.model_id].curves_for)
-                record = clean(run_record(loaded, result, thumbnail=max(self.settings.report_thumbnail, 64)))
-                record.update(seconds=time.perf_counter() - start, inverse_exact=self.inverses[case.model_id].exact,
-                              measured_stages=self.measured[case.model_id],
-                              curves_for=self.plans[case.model_id].curves_for)
-                if key is not None:
-                    self.cache.put(key, record)  # on disk as soon as it is done
-            record.update(image=case.path, image_name=case.image_id)
-            self._maps_for_baseline_class(case, loaded, record)
-        except AuditError as err:
-            record = error_run_record(loaded.name, case.path, str(err))
-            record.update(seconds=time.perf_counter() - start, inverse_exact=self.inverses[case.model_id].exact,
-                          measured_stages=self.measured[case.model_id],
-                          curves_for=self.plans[case.model_id].curves_for)
+        entry = self.image_set.entry(case.image_id)
+        record = self.records.make(loaded, self.plans[case.model_id], self.inverses[case.model_id], case.path,
+                                   case.image_id, entry.sha256 if entry else None,
+                                   self.labels.class_of if self.labels else None)
+        if not record.get("error"):
+            try:
+                self._maps_for_baseline_class(case, loaded, record)
+            except AuditError as err:
+                record = {**error_run_record(loaded.name, case.path, str(err)),
+                          **{k: record[k] for k in ("seconds", "inverse_exact", "measured_stages", "curves_for")}}
         record.update(model_id=case.model_id, image_id=case.image_id)
         return record
 
@@ -259,24 +223,7 @@ class AuditSession:
 
     def gate(self, model_id: str, method: str, stage: str) -> dict[str, Any]:
         """Evaluate one gate over every image and store its record for the results file."""
-        data, baseline = GateInput(), GateInput()
-        skipped = []
-        for run in self.runs_of(model_id):
-            if run.get("error"):
-                skipped.append(run["image_id"])
-                continue
-            for target, key in ((data, f"{method}@{stage}"), (baseline, f"random@{stage}")):
-                entry = run["maps"].get(key)
-                if entry is None:
-                    continue
-                if entry["morf_auc"] is None:
-                    target.degenerate[run["image_id"]] = entry["reason"] or "not measured"
-                    continue
-                target.images.append(run["image_id"])
-                target.morf_auc.append(entry["morf_auc"])
-                target.lerf_auc.append(entry["lerf_auc"])
-                if _constant(entry["morf"]) and _constant(entry["lerf"]):
-                    target.flat.append(run["image_id"])
+        data, baseline, skipped = gate_inputs(self.runs_of(model_id), method, stage)
         s = self.settings
         record = evaluate_gate(self.models[model_id].name, method, stage, data, threshold=s.threshold, seed=s.seed,
                                min_images=s.min_images, limits=s.limits.get(f"{method}@{stage}"),
@@ -368,14 +315,3 @@ class AuditSession:
         return {"baseline": {**self.baseline.record(), "images_only_in_baseline": only_in_baseline,
                              "images_only_in_candidate": only_in_candidate},
                 "comparisons": self.comparison_records()}
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
-def _constant(curve: list[float | None] | None) -> bool:
-    values = [v for v in curve or [] if v is not None]
-    return bool(values) and max(values) - min(values) <= FLAT_TOLERANCE

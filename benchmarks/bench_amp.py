@@ -36,11 +36,10 @@ import torch
 
 from audit import PerturbationConfig, find_images, load_model
 from audit.errors import AuditError
-from audit.gates import MIN_IMAGES, GateInput, evaluate_gate
+from audit.gates import FLAT_TOLERANCE, MIN_IMAGES, GateInput, evaluate_gate
 from audit.perturb import Curves
 from audit.pipeline import ImageAudit, audit_image
 from audit.restore import PatchInverse
-from audit.session import FLAT_TOLERANCE
 
 DEFAULT_MODEL = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 DEFAULT_METHODS = "cam,cam_hidden,grad,grad_cls,chefer,random,center"

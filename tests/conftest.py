@@ -28,6 +28,7 @@ SHARED = Path(os.environ.get("VIT_AUDIT_SHARED", ROOT.parent / "shared"))
 VIT_TINY_NAME = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 VIT_TINY_FILE = SHARED / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
 IMAGENET_DIR = SHARED / "images" / "imagenet-persian-cat"
+DIVERSE_DIR = SHARED / "images" / "imagenet-diverse-200"
 
 # Tiny models of every plain-ViT token layout timm has (name -> create_model kwargs).
 TINY_MODELS = {

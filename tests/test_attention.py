@@ -58,8 +58,11 @@ def test_encoder_attention_maps_are_the_last_blocks():
     last = str(len(model.blocks) - 1)
     for method in ATTENTION_METHODS:
         assert torch.equal(maps[f"{method}@encoder"].values, maps[f"{method}@{last}"].values)
-    assert dependency_step("encoder", 4, "chefer") == 2 and dependency_step("encoder", 4, "cam") == 5
-    assert dependency_step("1", 4, "rollout") == dependency_step("1", 4, "cam") == 4
+    # attention and attn_gradcam read one block's attention; rollout and chefer that of every block from 0 up
+    assert dependency_step("encoder", 4, "attention") == dependency_step("encoder", 4, "attn_gradcam") == 2
+    assert dependency_step("encoder", 4, "chefer") == dependency_step("encoder", 4, "cam") == 5
+    assert dependency_step("1", 4, "attention") == dependency_step("1", 4, "cam") == 4
+    assert dependency_step("1", 4, "rollout") == dependency_step("1", 4, "chefer") == dependency_step("0", 4, "cam")
 
 
 def test_attention_maps_need_an_attention_capture():
