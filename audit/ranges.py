@@ -23,7 +23,7 @@ MIN_IMAGES_MAX = 1_000_000
 RANDOMISATION_IMAGES_MAX = 1_000
 #: The default non-inferiority margin of a comparison with a baseline, on the mean ABPC difference (README,
 #: "Gating a release", gives the measurement it rests on).
-DEFAULT_MARGIN = 0.45
+DEFAULT_MARGIN = 0.05
 THUMBNAIL_MIN, THUMBNAIL_MAX = 8, 512  # report thumbnails: THUMBNAIL_MIN <= px <= THUMBNAIL_MAX
 MAX_MB_LIMIT = 10_000  # report size limit: 0 < MB < MAX_MB_LIMIT
 

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-GATES = ("grad@0", "chefer@encoder", "cam@encoder")  # the default policy's gates, and the paper's CAM beside them
+POLICY = ("grad@0", "chefer@encoder")  # the default policy's gates: the margin rule is theirs
+GATES = (*POLICY, "cam@encoder")  # and the paper's CAM, shown beside them
 RECIPE = ["--methods", "cam,grad,chefer,random", *[a for g in GATES for a in ("--gate", g)]]
 
 
@@ -95,13 +96,15 @@ def main(argv: list[str] | None = None) -> int:
                              ["--baseline", str(base), "--margin", "1"])
             for c in results["comparisons"]:
                 drift = c["drift"]
-                worst = max(worst, -c["ci95"][1]) if benign else worst
+                if benign and f"{c['method']}@{c['stage']}" in POLICY:
+                    worst = max(worst, -c["ci95"][1])
                 print(f"  {Path(checkpoint).parent.name + ('' if benign else ' (harmful)'):<20} "
                       f"{c['method'] + '@' + c['stage']:<17} "
                       f"{c['baseline_abpc']:+.3f} -> {c['candidate_abpc']:+.3f}; d {c['statistic']:+.3f} "
                       f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]; Spearman {drift['statistic']:+.3f} "
                       f"[{drift['ci95'][0]:+.3f}, {drift['ci95'][1]:+.3f}]; top-1 {100 * drift['top1_agreement']:.0f}%")
-    print(f"\nno benign candidate fails with a margin above {worst:.3f} (the largest -upper bound of d's CI)")
+    print(f"\nno benign candidate fails the policy's gates with a margin above {worst:.3f} (the largest -upper bound "
+          "of d's CI)")
     return 0
 
 
