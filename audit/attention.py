@@ -59,6 +59,25 @@ def chefer(attentions: list[torch.Tensor], gradients: list[torch.Tensor]) -> tor
     return result
 
 
+def _accumulated_rows(method: str, cap: Capture) -> list[torch.Tensor]:
+    """Row 0 of ``rollout`` or ``chefer``'s R after blocks 0..k, for every block k: one pass over the blocks (each
+    stage's R extends the previous one's), kept on the capture for the other stages."""
+    key = f"{method}_rows"
+    if key not in cap.memo:
+        size = cap.attentions[0].shape[-1]
+        eye = torch.eye(size, dtype=torch.float64, device=cap.attentions[0].device)
+        result, rows = eye, []
+        for k, attn in enumerate(cap.attentions):
+            if method == "rollout":
+                result = ((attn.double().mean(0) + eye) / 2) @ result
+            else:
+                weighted = (cap.attention_grads[k].double() * attn.double()).clamp(min=0).mean(0)
+                result = result + weighted @ result
+            rows.append(result[0])
+        cap.memo[key] = rows
+    return cap.memo[key]
+
+
 def attention_map(method: str, cap: Capture, stage: str) -> tuple[torch.Tensor | None, str | None]:
     """One attention-based map on the patch grid (float32), or (None, why it is not applicable).
 
@@ -78,10 +97,8 @@ def attention_map(method: str, cap: Capture, stage: str) -> tuple[torch.Tensor |
     first = layout.num_prefix_tokens
     if method == "attention":
         row = cap.attentions[block].double().mean(0)[0]
-    elif method == "rollout":
-        row = rollout(cap.attentions[:block + 1])[0]
-    elif method == "chefer":
-        row = chefer(cap.attentions[:block + 1], cap.attention_grads[:block + 1])[0]
+    elif method in ("rollout", "chefer"):  # the same products as rollout() and chefer(), shared across stages
+        row = _accumulated_rows(method, cap)[block]
     else:
         attn, grad = cap.attentions[block].double(), cap.attention_grads[block].double()
         alpha = grad[:, 0, first:].mean(-1)  # per head: the mean gradient over the patch tokens of row 0

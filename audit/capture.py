@@ -9,7 +9,7 @@ Hooks are removed in ``finally``.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -50,6 +50,7 @@ class Capture:
     attentions: list[torch.Tensor] | None = None
     attention_grads: list[torch.Tensor] | None = None
     attention_reason: str | None = None
+    memo: dict = field(default_factory=dict, repr=False, compare=False)  # results derived once from this capture
 
     @property
     def stages(self) -> list[str]:

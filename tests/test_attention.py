@@ -128,3 +128,16 @@ def test_integrated_gradients_equals_the_reference_on_the_real_vit_tiny(vit_tiny
     expected = reference_ig_map(vit_tiny.model, pixel, fill_baseline(pixel, config, vit_tiny.mean), vit_tiny.mean,
                                 vit_tiny.std, cap.target, cap.layout.patch_size)
     _close_to_reference(mine, expected, "ig on the real ViT-Ti")
+
+
+def test_every_stage_of_rollout_and_chefer_is_the_product_up_to_its_block():
+    """The maps share one pass over the blocks; each stage must still be R after blocks 0..b."""
+    model = make_tiny("test_vit")
+    cap = capture(model, torch.randn(3, *input_size_of(model)), attention=True)
+    maps = compute_maps(model, cap, methods=["rollout", "chefer"])
+    first = cap.layout.num_prefix_tokens
+    for block in range(len(model.blocks)):
+        expected = {"rollout": rollout(cap.attentions[:block + 1])[0],
+                    "chefer": chefer(cap.attentions[:block + 1], cap.attention_grads[:block + 1])[0]}
+        for method, row in expected.items():
+            torch.testing.assert_close(maps[f"{method}@{block}"].values, cap.layout.to_grid(row[first:].float()))
