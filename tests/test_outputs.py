@@ -117,7 +117,9 @@ def test_sigterm_writes_what_is_done_marks_it_interrupted_and_removes_the_tempor
     assert 0 < len(results["runs"]) < n_images, "the run was not interrupted part way"
     assert (work / "r.html").read_text().rstrip().endswith("</html>")
     assert "interrupted by SIGTERM" in output
-    assert sorted(p.name for p in work.iterdir()) == ["r.html", "r.json"]
+    # besides the named outputs, only the default cache: it keeps every record finished before the signal
+    assert sorted(p.name for p in work.iterdir()) == [".vit-audit-cache", "r.html", "r.json"]
+    assert len(list((work / ".vit-audit-cache" / "runs").glob("*.json"))) >= len(results["runs"])
     assert list(temp.glob("vit-audit-*")) == []
 
 
@@ -230,7 +232,7 @@ def test_vit_audit_writes_nothing_beside_the_installed_package(tiny_files, tmp_p
     assert f"rootdir: {install}" in run.stdout  # the copy was audited with, not the checkout
     after = _snapshot(install)
     assert sorted(set(after) - set(before)) == [] and {k: v for k, v in after.items() if before[k] != v} == {}
-    assert sorted(p.name for p in work.iterdir()) == ["r.html", "r.json"]
+    assert sorted(p.name for p in work.iterdir()) == [".vit-audit-cache", "r.html", "r.json"]  # and the cache
 
 
 @pytest.mark.parametrize("args, expected", [

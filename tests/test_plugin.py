@@ -272,7 +272,7 @@ def test_vit_audit_command_runs_the_packaged_checks_from_any_folder(tiny_files, 
     assert json.loads(results.read_text())["gates"][0]["verdict"] == "pass"
     # The policy is the current folder's: this project's own (report in out/, three gates) does not leak in, even
     # though the checks are installed from this checkout.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".vit-audit-cache", "results.json"]  # and the cache
     assert json.loads(results.read_text())["policy"]["sources"] == ["command line"]
     (tmp_path / "pyproject.toml").write_text('[tool.vit-audit]\naudit-json = "policy.json"\nthreshold = -1\n')
     run = subprocess.run([command, "--model", "test_vit", "--checkpoint", str(tiny_files["checkpoint"]), "--images",

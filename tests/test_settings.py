@@ -121,7 +121,7 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
     ({"min_images": str(10**30)}, r"^min-images: expected an integer in \[1, 1000000\], got 1000000000000"),
     ({"randomisation_images": "1001"}, r"^randomisation-images: expected an integer in \[1, 1000\], got 1001$"),
     ({"fill": "nan"}, r"^fill: nan is outside \[0, 1\]$"),
-    ({"layers": [""]}, r"^layers: expected at least one block index, 'encoder' or 'all', got an empty list$"),
+    ({"layers": [""]}, r"^layers: expected at least one block index, 'encoder', 'all' or 'auto', got an empty list$"),
     ({"methods": [" , "]}, r"^methods: expected at least one of cam,.*, got an empty list$"),
     ({"batch_size": "0"}, r"^batch-size: expected a positive integer, got 0$"),  # the first versions' words
 ])
