@@ -70,6 +70,19 @@ def save_tiny(key: str, path: Path) -> Path:
     return path
 
 
+def audit_files(root: Path, photos: tuple[str, ...], size: tuple[int, int] = (120, 100)) -> dict[str, Path]:
+    """test_vit's weights and a folder of scikit-image photos (RGB, resized to ``size``) under ``root``."""
+    import skimage.data
+    from PIL import Image
+
+    save_tiny("test_vit", root / "test_vit.safetensors")
+    folder = root / "photos"
+    folder.mkdir()
+    for name in photos:
+        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize(size).save(folder / f"{name}.png")
+    return {"checkpoint": root / "test_vit.safetensors", "photos": folder}
+
+
 def nested_audit() -> list[str]:
     """The start of a nested audit run: the packaged checks with the plugin, no cache, rooted in the current folder."""
     from audit.plugin import _checks_dir

@@ -11,12 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-import skimage.data
-from PIL import Image
 
 from audit.cache import RunCache, check_cache_dir
 
-from conftest import nested_audit, save_tiny
+from conftest import audit_files, nested_audit
 
 pytest_plugins = ["pytester"]
 
@@ -27,14 +25,7 @@ TIMING_KEYS = ("seconds", "created", "duration")
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("cache-data")
-    save_tiny("test_vit", root / "test_vit.safetensors")
-    save_tiny("square", root / "square.safetensors")
-    photos = root / "photos"
-    photos.mkdir()
-    for name in PHOTOS:
-        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((120, 100)).save(photos / f"{name}.png")
-    return {"checkpoint": root / "test_vit.safetensors", "photos": photos}
+    return audit_files(tmp_path_factory.mktemp("cache-data"), PHOTOS)
 
 
 @pytest.fixture(autouse=True)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
-import skimage.data
-from PIL import Image
 
 from audit.progress import Progress
 
-from conftest import nested_audit, save_tiny
+from conftest import audit_files, nested_audit
 
 pytest_plugins = ["pytester"]
 
@@ -57,14 +56,8 @@ def test_no_reporter_writes_nothing():
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("progress-data")
-    save_tiny("test_vit", root / "test_vit.safetensors")
-    photos = root / "photos"
-    photos.mkdir()
-    for name in PHOTOS:
-        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((120, 100)).save(photos / f"{name}.png")
-    return {"checkpoint": root / "test_vit.safetensors", "photos": photos}
+def files(tmp_path_factory) -> dict[str, Path]:
+    return audit_files(tmp_path_factory.mktemp("progress-data"), PHOTOS)
 
 
 @pytest.fixture(autouse=True)
