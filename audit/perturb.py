@@ -36,7 +36,7 @@ from .images import normalize
 
 __all__ = ["PerturbationConfig", "Curves", "faithfulness_curves", "auc", "removal_counts", "pixel_ranks",
            "max_steps", "road_seed", "ORDERS", "SCORE_DIRECTION", "SCORES", "FILL_CONSTANTS", "FILL_RECIPES",
-           "ROAD_NOISE"]
+           "ROAD_NOISE", "amp_context"]
 
 ORDERS = ("morf", "lerf")
 UNITS = ("pixel", "patch")
@@ -204,7 +204,8 @@ def _road_batch(pixel: torch.Tensor, masks: torch.Tensor, seed: int, mean: tuple
     return normalize(torch.stack(filled), mean, std)
 
 
-def _amp_context(device: torch.device, amp: str | None):
+def amp_context(device: torch.device, amp: str | None):
+    """Autocast to ``amp`` (e.g. ``'bfloat16'``) on ``device``'s type, or nothing when ``amp`` is None."""
     if amp is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=getattr(torch, amp))
@@ -289,7 +290,7 @@ def faithfulness_curves(
     fill = normalize(fill.to(device).reshape(chans, 1, -1), mean, std).reshape(chans, -1)
 
     probs = np.empty(len(jobs), dtype=np.float64)
-    with torch.inference_mode(), _amp_context(device, config.amp):
+    with torch.inference_mode(), amp_context(device, config.amp):
         for start in range(0, len(jobs), config.batch_size):
             stop = min(start + config.batch_size, len(jobs))
             masks = rank_table[job_rows[start:stop]] < job_counts[start:stop, None]

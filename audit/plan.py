@@ -15,7 +15,7 @@ from .integrated_gradients import IG_STEPS
 from .layout import MAP_STAGE_INPUT, normalize_stage, stage_names
 from .maps import INPUT_METHODS
 from .models import LoadedModel
-from .perturb import max_steps
+from .perturb import amp_context, max_steps
 from .settings import AuditSettings
 
 __all__ = ["AUTO", "ModelPlan", "forwards_per_image", "map_keys", "plan_lines", "plan_model", "time_forwards"]
@@ -117,15 +117,10 @@ def time_forwards(model: torch.nn.Module, input_size: tuple[int, int], channels:
     """Forward passes per second of ``model`` on batches like the curves' (after one warm-up batch)."""
     batch = max(1, min(batch_size, 16))
     images = torch.zeros(batch, channels, *input_size, device=device)
-    context = torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, amp)) if amp else None
     done, start = 0, None
-    with torch.inference_mode():
+    with torch.inference_mode(), amp_context(torch.device(device), amp):
         while start is None or (time.perf_counter() - start < seconds and done < 64):
-            if context is not None:
-                with context:
-                    model(images)
-            else:
-                model(images)
+            model(images)
             if start is None:  # the first batch warms up
                 start = time.perf_counter()
                 continue

@@ -272,8 +272,7 @@ class _Collector:
         audit = session.config.stash.get(SESSION, None)
         if audit is not None and not session.config.getoption("collectonly", False):
             if session.config.pluginmanager.has_plugin("dsession"):  # the controller collects nothing
-                progress = Progress.for_config(session.config, len(audit.cases()))
-                progress.live = False
+                progress = Progress.for_config(session.config, len(audit.cases()), live=False)
                 self.watcher = RecordWatcher(self.state.workdir, progress)
             elif session.items:
                 make_records(audit, session.items, session.config)

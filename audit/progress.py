@@ -56,11 +56,12 @@ class Progress:
         self.started = time.perf_counter()
 
     @classmethod
-    def for_config(cls, config, total: int) -> Progress:
+    def for_config(cls, config, total: int, live: bool = True) -> Progress:
+        """Progress on pytest's terminal (none under ``-q``); ``live`` where it is a terminal and ``live`` is asked."""
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None or config.get_verbosity() < 0:
             reporter = None
-        live = reporter is not None and reporter._tw.hasmarkup and reporter.isatty()
+        live = live and reporter is not None and reporter._tw.hasmarkup and reporter.isatty()
         return cls(reporter, total, live)
 
     def line(self) -> str:

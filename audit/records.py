@@ -17,7 +17,9 @@ from .restore import PatchInverse
 from .results import clean, error_run_record, run_record
 from .settings import AuditSettings
 
-__all__ = ["RecordMaker"]
+__all__ = ["MADE_HOW", "RecordMaker"]
+
+MADE_HOW = ("seconds", "inverse_exact", "measured_stages", "curves_for")  # what every record says of its making
 
 
 class RecordMaker:
@@ -79,5 +81,4 @@ class RecordMaker:
 
     @staticmethod
     def _made_how(start: float, inverse: PatchInverse, plan: ModelPlan) -> dict[str, Any]:
-        return {"seconds": time.perf_counter() - start, "inverse_exact": inverse.exact,
-                "measured_stages": plan.measured, "curves_for": plan.curves_for}
+        return dict(zip(MADE_HOW, (time.perf_counter() - start, inverse.exact, plan.measured, plan.curves_for)))

@@ -23,7 +23,7 @@ from .integrated_gradients import fill_baseline
 from .models import LoadedModel
 from .perturb import PerturbationConfig
 from .plan import ModelPlan, map_keys, plan_lines, plan_model
-from .records import RecordMaker
+from .records import MADE_HOW, RecordMaker
 from .restore import PatchInverse
 from .results import SCHEMA, clean, environment_record, error_run_record, model_record
 from .sanity import randomisation_curves
@@ -77,8 +77,6 @@ class AuditSession:
         self.image_set = collect_images(settings.images, keep_duplicates=settings.keep_duplicate_images)
         self.labels = read_labels(settings.labels) if settings.labels else None
         self.images = [(entry.id, entry.path) for entry in self.image_set.entries]
-        self.measured: dict[str, list[str]] = {}
-        self.gates: dict[str, list[tuple[str, str]]] = {}
         self.plans: dict[str, ModelPlan] = {}
         for model_id, model in self.models.items():
             self._plan(model_id, model)
@@ -120,8 +118,12 @@ class AuditSession:
 
     def _plan(self, model_id: str, loaded: LoadedModel) -> None:
         """The stages measured and gated for one model (:func:`audit.plan.plan_model`)."""
-        plan = self.plans[model_id] = plan_model(self.settings, loaded)
-        self.measured[model_id], self.gates[model_id] = plan.measured, plan.gates
+        self.plans[model_id] = plan_model(self.settings, loaded)
+
+    @property
+    def gates(self) -> dict[str, list[tuple[str, str]]]:
+        """Model id -> its gated (method, stage) pairs, stages in canonical form."""
+        return {model_id: plan.gates for model_id, plan in self.plans.items()}
 
     def plan_lines(self, model_id: str) -> list[str]:
         """What the run will measure on a model, with an ETA (:func:`audit.plan.plan_lines`)."""
@@ -169,8 +171,7 @@ class AuditSession:
             try:
                 self._maps_for_baseline_class(case, loaded, record)
             except AuditError as err:
-                record = {**error_run_record(loaded.name, case.path, str(err)),
-                          **{k: record[k] for k in ("seconds", "inverse_exact", "measured_stages", "curves_for")}}
+                record = {**error_run_record(loaded.name, case.path, str(err)), **{k: record[k] for k in MADE_HOW}}
         record.update(model_id=case.model_id, image_id=case.image_id)
         return record
 

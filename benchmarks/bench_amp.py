@@ -36,7 +36,7 @@ import torch
 
 from audit import PerturbationConfig, find_images, load_model
 from audit.errors import AuditError
-from audit.gates import FLAT_TOLERANCE, MIN_IMAGES, GateInput, evaluate_gate
+from audit.gates import MIN_IMAGES, evaluate_gate, gate_inputs
 from audit.perturb import Curves
 from audit.pipeline import ImageAudit, audit_image
 from audit.restore import PatchInverse
@@ -178,36 +178,28 @@ def _deltas(pair: ImagePair, key: str) -> tuple[float, float, float]:
     return morf, lerf, lerf - morf
 
 
-def _flat(curve: np.ndarray) -> bool:
-    """A curve whose class probability moves less than the audit's tolerance under every removal."""
-    values = np.asarray(curve, dtype=np.float64)
-    return bool(values.size) and float(values.max() - values.min()) <= FLAT_TOLERANCE
-
-
-def gate_input(audits: list[tuple[str, ImageAudit]], key: str) -> GateInput:
-    """The per-image AUCs of one map as the audit's gate reads them (degenerate and flat images marked)."""
-    data = GateInput()
+def _runs(audits: list[tuple[str, ImageAudit]]) -> list[dict[str, Any]]:
+    """The audits in the shape of the results file's runs, as far as the gate reads them: every map with curves,
+    and every degenerate map with its reason."""
+    runs = []
     for source, result in audits:
-        if key in result.curves:
-            curves = result.curves[key]
-            data.images.append(source)
-            data.morf_auc.append(curves.morf_auc)
-            data.lerf_auc.append(curves.lerf_auc)
-            if _flat(curves.morf) and _flat(curves.lerf):
-                data.flat.append(source)
-        elif key in result.maps and result.maps[key].degenerate:
-            data.degenerate[source] = result.maps[key].reason or "not measured"
-    return data
+        maps = {key: {"morf_auc": c.morf_auc, "lerf_auc": c.lerf_auc, "morf": list(c.morf), "lerf": list(c.lerf)}
+                for key, c in result.curves.items()}
+        maps.update({key: {"morf_auc": None, "reason": m.reason} for key, m in result.maps.items()
+                     if m.degenerate and key not in maps})
+        runs.append({"image_id": source, "maps": maps})
+    return runs
 
 
 def gate_records(model: str, audits: list[tuple[str, ImageAudit]], gates: list[str], threshold: float, seed: int,
                  min_images: int) -> dict[str, dict[str, Any]]:
-    """The gate record of every gated map over one run's audits, with the random map of its stage beside it."""
-    records = {}
+    """The gate record of every gated map over one run's audits (:func:`audit.gates.gate_inputs`, as the audit
+    reads its records), with the random map of its stage beside it."""
+    records, runs = {}, _runs(audits)
     for gate in gates:
         method, _, stage = gate.partition("@")
-        baseline = gate_input(audits, f"random@{stage}")
-        records[gate] = evaluate_gate(model, method, stage, gate_input(audits, gate), threshold=threshold, seed=seed,
+        data, baseline, _ = gate_inputs(runs, method, stage)
+        records[gate] = evaluate_gate(model, method, stage, data, threshold=threshold, seed=seed,
                                       min_images=min_images,
                                       baseline=baseline if method != "random" and baseline.images else None)
     return records
