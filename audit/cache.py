@@ -50,7 +50,10 @@ def check_cache_dir(path: str | os.PathLike[str], create: bool = True) -> Path:
 def run_key(settings, loaded, plan, device: str, image_sha256: str | None, label: int | None
             ) -> dict[str, Any] | None:
     """Everything a (model, image) record depends on, or None when it cannot be keyed (no checkpoint or image
-    digest): such a record is computed every time."""
+    digest): such a record is computed every time.
+
+    ``--results-detail`` is not part of it: records are kept whole and trimmed only when the results file is written
+    (:mod:`audit.detail`), so one entry serves every level."""
     if not image_sha256 or not loaded.checkpoint_sha256:
         return None
     import timm
@@ -117,7 +120,7 @@ class RunCache:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump({"key": key, "record": record}, out, allow_nan=False)
+                json.dump({"key": key, "record": record}, out, allow_nan=False, separators=(",", ":"))
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

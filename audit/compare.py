@@ -185,15 +185,28 @@ def baseline_stage(baseline: Baseline, stage: str) -> str:
 
 
 def check_measured(baseline: Baseline, gates: list[tuple[str, str]]) -> None:
-    """Refuse a baseline in which a gated map was not measured (its runs have no curves for it)."""
+    """Refuse a baseline in which a gated map was not measured (its runs have no curves for it), or whose file does
+    not keep that map's grids (``--results-detail summary``): the map agreement is computed from them."""
     measured: set[str] = set()
+    without_grid: set[str] = set()  # measured, but the grid was not kept
     for run in baseline.runs.values():
-        measured.update(key for key, m in (run.get("maps") or {}).items() if m.get("morf_auc") is not None)
-    missing = [f"{method}@{baseline_stage(baseline, stage)}" for method, stage in gates
-               if f"{method}@{baseline_stage(baseline, stage)}" not in measured]
+        for key, m in (run.get("maps") or {}).items():
+            if m.get("morf_auc") is not None:
+                measured.add(key)
+                if m.get("grid") is None:
+                    without_grid.add(key)
+    keys = [f"{method}@{baseline_stage(baseline, stage)}" for method, stage in gates]
+    missing = [key for key in keys if key not in measured]
     if baseline.runs and missing:
         raise ValueError(f"baseline: {baseline.source!r} has no curves for {', '.join(missing)}; audit the baseline "
                          "with these maps in --methods and their stages in --layers")
+    gridless = [key for key in keys if key in without_grid]
+    if gridless:
+        detail = (baseline.results.get("settings") or {}).get("results_detail")
+        written = f", written with --results-detail {detail}," if isinstance(detail, str) else ""
+        raise ValueError(f"baseline: {baseline.source!r}{written} keeps no map grids for {', '.join(gridless)}, which "
+                         "the comparison needs; audit the baseline again with --results-detail full (the default) "
+                         "or curves")
 
 
 def maps_for_class(loaded: LoadedModel, prepared: PreparedImage, target: int, keys: list[tuple[str, str]],

@@ -29,3 +29,7 @@ class ImageError(AuditError, ValueError):
 
 class NonFiniteError(AuditError, ValueError):
     """A model whose activations on an image are not finite (NaN or infinity): nothing measured on it means anything."""
+
+
+class ExecutorError(AuditError, ValueError):
+    """An executor that cannot start (Ray missing, a cluster that cannot be reached) or that lost its cluster."""

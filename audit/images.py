@@ -10,6 +10,7 @@ becomes a one-line :class:`~audit.errors.ImageError` naming it, so that image fa
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -184,9 +185,10 @@ def _eight_bit(picture: Any, bits: int, source: str) -> Any:
 
 
 def prepare_image(
-    image: str | os.PathLike[str] | Any,
+    image: str | os.PathLike[str] | bytes | Any,
     data_config: dict[str, Any],
     name: str | None = None,
+    source: str | None = None,
 ) -> PreparedImage:
     """Load (if a path) and resize/crop an image with the model's data config, without normalising.
 
@@ -194,9 +196,10 @@ def prepare_image(
     into 8 bits (see :func:`_eight_bit`) before the conversion to the model's 'L' or 'RGB' mode.
 
     Args:
-        image: a file path, a PIL image, or an (H, W) / (H, W, C) uint8 array.
+        image: a file path, the bytes of an image file, a PIL image, or an (H, W) / (H, W, C) uint8 array.
         data_config: timm's data config of the model (``LoadedModel.data_config``).
         name: id for results; defaults to the file stem.
+        source: for bytes, the file they were read from, named in the results and in messages as that file is.
 
     Raises:
         ImageError: the file is missing, not a readable image, too large to open safely or holds values out of its
@@ -213,6 +216,11 @@ def prepare_image(
     if isinstance(image, (str, os.PathLike)):
         source = os.fspath(image)
         with _one_image(source), Image.open(source) as handle:
+            picture = _decoded(handle, mode, source)
+        name = name or Path(source).stem
+    elif isinstance(image, bytes):
+        source = source or name or "<image bytes>"
+        with _one_image(source), Image.open(io.BytesIO(image)) as handle:
             picture = _decoded(handle, mode, source)
         name = name or Path(source).stem
     elif isinstance(image, Image.Image):

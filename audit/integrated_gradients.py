@@ -19,7 +19,7 @@ from .fills import fill_image
 from .images import normalize
 from .layout import MAP_STAGE_INPUT, TokenLayout
 from .maps import MapResult, finish_map
-from .perturb import PerturbationConfig
+from .perturb import PerturbationConfig, batch_size_for
 
 __all__ = ["IG_STEPS", "fill_baseline", "ig_map_input", "ig_result", "integrated_gradients"]
 
@@ -63,7 +63,8 @@ def ig_map_input(model: nn.Module, pixel: torch.Tensor, config: PerturbationConf
     """``ig@input`` of a pixel-space image under the run's fill (see :func:`integrated_gradients`)."""
     z = normalize(pixel, mean, std)
     z0 = normalize(fill_baseline(pixel, config, mean), mean, std)
-    return integrated_gradients(model, z, z0, target, layout, batch_size=config.batch_size)
+    batch_size = batch_size_for(config, model, tuple(pixel.shape[-2:]), backward=True)
+    return integrated_gradients(model, z, z0, target, layout, batch_size=batch_size)
 
 
 def ig_result(values: torch.Tensor) -> MapResult:

@@ -14,7 +14,8 @@ from torch import nn
 
 from .errors import UnsupportedModelError
 
-__all__ = ["TokenLayout", "check_supported", "layout_of", "stage_names", "MAP_STAGE_ENCODER", "MAP_STAGE_INPUT"]
+__all__ = ["TokenLayout", "check_supported", "layout_of", "stage_names", "stage_order", "MAP_STAGE_ENCODER",
+           "MAP_STAGE_INPUT"]
 
 MAP_STAGE_ENCODER = "encoder"
 MAP_STAGE_INPUT = "input"  # the model input: the one stage of maps made from it (Integrated Gradients)
@@ -140,3 +141,15 @@ def normalize_stage(stage: int | str, depth: int) -> str:
     if not 0 <= index < depth:
         raise ValueError(f"stage: block {stage!r} does not exist; this model has blocks 0..{depth - 1} and 'encoder'")
     return str(index)
+
+
+def stage_order(stage: str) -> tuple[int, int]:
+    """Sort key of a stage name in model order: the input, the patch embedding (before and after the position
+    embedding), blocks ``'0'..'L-1'``, ``'encoder'``; any other name after them."""
+    order = {MAP_STAGE_INPUT: -3, "patch_embed": -2, "embed": -1, MAP_STAGE_ENCODER: 10**6}
+    if stage in order:
+        return (0, order[stage])
+    try:
+        return (0, int(stage))
+    except ValueError:
+        return (1, 0)

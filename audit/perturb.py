@@ -36,7 +36,7 @@ from .images import normalize
 
 __all__ = ["PerturbationConfig", "Curves", "faithfulness_curves", "auc", "removal_counts", "pixel_ranks",
            "max_steps", "road_seed", "ORDERS", "SCORE_DIRECTION", "SCORES", "FILL_CONSTANTS", "FILL_RECIPES",
-           "ROAD_NOISE", "amp_context"]
+           "ROAD_NOISE", "amp_context", "AUTO_BATCH", "activation_bytes", "auto_batch_size", "batch_size_for"]
 
 ORDERS = ("morf", "lerf")
 UNITS = ("pixel", "patch")
@@ -45,6 +45,12 @@ GREY = 127 / 255
 FILL_CONSTANTS = {"grey": GREY, "black": 0.0}
 FILL_RECIPES = ("mean", "blur", "road")
 ROAD_NOISE = 0.01  # sigma of ROAD's Gaussian noise on the imputed pixels, in pixel units
+# batch_size='auto': as many perturbed images per forward as a share of the memory holds (auto_batch_size)
+AUTO_BATCH = "auto"
+CPU_BATCH_MAX = 64  # on a CPU larger batches are no faster (README, Benchmarks: the best batch is 16-32)
+GPU_BATCH_MAX = 1024
+CPU_ACTIVATION_BUDGET = 1 << 30  # bytes of activations a CPU batch may hold, at most a quarter of what is free
+GPU_MEMORY_SHARE = 0.5  # of the device's free memory
 # y_k: the softmax probability of the explained class, or whether the top-1 class is the image's label (Chefer et
 # al.'s perturbation test; without a label, the explained class)
 SCORES = ("prob", "top1")
@@ -63,7 +69,8 @@ class PerturbationConfig:
             model's normalisation mean), ``'blur'`` (the image under RISE's Gaussian blur) and ``'road'`` (ROAD's
             noisy linear imputation, recomputed at every step, noise sigma :data:`ROAD_NOISE`) by name.
         unit: ``'pixel'`` or ``'patch'`` (whole grid cells).
-        batch_size: perturbed images per forward pass.
+        batch_size: perturbed images per forward pass, or ``'auto'`` (:func:`auto_batch_size`: from the memory
+            a forward of the model needs per image and what is free; the size used is returned with the curves).
         amp: ``None`` for float32, or ``'bfloat16'`` / ``'float16'`` autocast (faster, slightly different
             numbers; recorded).
         score: y_k, ``'prob'`` (the explained class's softmax probability) or ``'top1'`` (1 when the top-1 class
@@ -73,7 +80,7 @@ class PerturbationConfig:
     steps: int = 20
     fill: float | tuple[float, ...] | str = GREY
     unit: str = "pixel"
-    batch_size: int = 64
+    batch_size: int | str = AUTO_BATCH
     amp: str | None = None
     score: str = "prob"
     auc_rule: str = field(default="trapezoid over x = k/steps on [0, 1]", init=False)
@@ -84,8 +91,9 @@ class PerturbationConfig:
             raise ValueError(f"steps: expected a positive integer, got {self.steps!r}")
         if self.unit not in UNITS:
             raise ValueError(f"unit: expected one of {UNITS}, got {self.unit!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer, got {self.batch_size!r}")
+        if self.batch_size != AUTO_BATCH and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                              or self.batch_size < 1):
+            raise ValueError(f"batch_size: expected a positive integer or 'auto', got {self.batch_size!r}")
         if self.amp not in (None, "bfloat16", "float16"):
             raise ValueError(f"amp: expected None, 'bfloat16' or 'float16', got {self.amp!r}")
         if self.score not in SCORES:
@@ -204,6 +212,64 @@ def _road_batch(pixel: torch.Tensor, masks: torch.Tensor, seed: int, mean: tuple
     return normalize(torch.stack(filled), mean, std)
 
 
+def activation_bytes(model: nn.Module, size: tuple[int, int], amp: str | None = None) -> int:
+    """An upper estimate of the memory one image's forward through ``model`` holds at once, in bytes.
+
+    From the token count N (the patch grid of ``size`` and up to 8 prefix tokens), the width D of the patch
+    embedding, a 4 D wide MLP and heads of 64 channels: a block keeps about 6 N x D values and 2 N x 4D of its MLP
+    (2 bytes each under ``amp``, else 4), and 2 N x N float32 attention scores per head.
+    """
+    proj = model.patch_embed.proj
+    patch = proj.kernel_size if isinstance(proj.kernel_size, tuple) else (proj.kernel_size,) * 2
+    width = int(proj.out_channels)
+    tokens = (size[0] // patch[0]) * (size[1] // patch[1]) + 8
+    heads = max(1, width // 64)
+    element = 2 if amp else 4
+    return element * tokens * (6 * width + 8 * width) + 4 * 2 * heads * tokens * tokens
+
+
+def _free_bytes(device: torch.device) -> int:
+    """Memory free for a batch: the CUDA device's free memory, or the machine's available memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 4 * CPU_ACTIVATION_BUDGET  # not Linux: assume the budget fits
+
+
+def auto_batch_size(model: nn.Module, size: tuple[int, int], device: torch.device, amp: str | None = None,
+                    free: int | None = None, backward: bool = False) -> int:
+    """The ``'auto'`` batch size: as many images as :func:`activation_bytes` fit into the memory share.
+
+    With ``backward`` the batch is for a forward and backward pass, which keeps the activations of every block.
+
+    On CUDA the share is half of the device's free memory, up to :data:`GPU_BATCH_MAX` images; on a CPU it is at
+    most :data:`CPU_ACTIVATION_BUDGET` and a quarter of the available memory, up to :data:`CPU_BATCH_MAX`. Large
+    inputs get smaller batches, not an out-of-memory error; at least 1.
+    """
+    free = _free_bytes(device) if free is None else free
+    if device.type == "cuda":
+        budget, most = int(GPU_MEMORY_SHARE * free), GPU_BATCH_MAX
+    else:
+        budget, most = min(CPU_ACTIVATION_BUDGET, free // 4), CPU_BATCH_MAX
+    depth = (len(getattr(model, "blocks", ())) or 12) if backward else 1
+    per_image = activation_bytes(model, size, amp) * depth
+    return max(1, min(most, budget // per_image))
+
+
+def batch_size_for(config: PerturbationConfig, model: nn.Module, size: tuple[int, int], backward: bool = False
+                   ) -> int:
+    """The batch size ``config`` asks for, with ``'auto'`` resolved for ``model`` on its device."""
+    if config.batch_size != AUTO_BATCH:
+        return int(config.batch_size)
+    return auto_batch_size(model, size, next(model.parameters()).device, config.amp, backward=backward)
+
+
 def amp_context(device: torch.device, amp: str | None):
     """Autocast to ``amp`` (e.g. ``'bfloat16'``) on ``device``'s type, or nothing when ``amp`` is None."""
     if amp is None:
@@ -241,8 +307,8 @@ def faithfulness_curves(
         label: the image's true class, for ``score='top1'`` (default: ``target``).
 
     Returns:
-        ``({key: Curves}, {"clean": p, "removed": p})``: the curves and the probabilities of the clean image
-        and of the fully removed image, shared by every curve.
+        ``({key: Curves}, {"clean": p, "removed": p, "batch_size": b})``: the curves, the probabilities of the
+        clean image and of the fully removed image, shared by every curve, and the batch size used.
     """
     config = config or PerturbationConfig()
     device = next(model.parameters()).device
@@ -259,6 +325,7 @@ def faithfulness_curves(
     if steps > units:
         raise ValueError(f"steps: {steps} removal steps, but the input has only {units} {config.unit}s to remove")
     counts = removal_counts(units, steps)
+    batch_size = batch_size_for(config, model, (height, width))
 
     # One rank vector per distinct (map, order); identical maps share their curves.
     distinct: dict[tuple, int] = {}
@@ -291,8 +358,8 @@ def faithfulness_curves(
 
     probs = np.empty(len(jobs), dtype=np.float64)
     with torch.inference_mode(), amp_context(device, config.amp):
-        for start in range(0, len(jobs), config.batch_size):
-            stop = min(start + config.batch_size, len(jobs))
+        for start in range(0, len(jobs), batch_size):
+            stop = min(start + batch_size, len(jobs))
             masks = rank_table[job_rows[start:stop]] < job_counts[start:stop, None]
             if recipe == "road":
                 images = _road_batch(pixel, masks, seed, mean, std).to(device)
@@ -316,4 +383,4 @@ def faithfulness_curves(
         curves[key] = Curves(morf=morf, lerf=lerf)
     if not math.isfinite(clean):
         raise ValueError("the model gave a non-finite probability for the clean image")
-    return curves, {"clean": float(clean), "removed": float(removed)}
+    return curves, {"clean": float(clean), "removed": float(removed), "batch_size": batch_size}

@@ -6,7 +6,8 @@ A bad image does not stop an image set: its error is recorded (one line naming i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,8 @@ from .perturb import Curves, PerturbationConfig, faithfulness_curves
 from .restore import PatchInverse, Restoration, restore
 from .stats import N_BOOTSTRAP, Summary, summarize
 
-__all__ = ["ImageAudit", "audit_image", "audit_images", "summarize_audits"]
+__all__ = ["ImageAudit", "audit_image", "audit_images", "summarize_audits", "one_thread", "finite_stages",
+           "check_capture_finite"]
 
 
 @dataclass
@@ -39,6 +41,7 @@ class ImageAudit:
         curves: ``{"<method>@<stage>": Curves}`` for the rankable maps of the measured stages.
         restorations: ``{reading: {stage: Restoration}}``.
         removed_prob: probability of the class on the fully removed (all-fill) image.
+        batch_size: perturbed images per forward of the curves (``'auto'`` resolved).
         error: set instead of the rest when the image could not be audited.
     """
 
@@ -51,8 +54,28 @@ class ImageAudit:
     curves: dict[str, Curves] = field(default_factory=dict)
     restorations: dict[str, dict[str, Restoration]] = field(default_factory=dict)
     removed_prob: float = float("nan")
+    batch_size: int | None = None
     capture: Capture | None = field(default=None, repr=False)
     error: str | None = None
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the enclosed torch work on one CPU thread, then restore the thread count.
+
+    An image's maps, restorations and checks are hundreds of operations on tensors of a few thousand values: on
+    several threads each pays for waking and joining the others, which costs more than the work (15-40x more on
+    a busy 2-core machine). The model's passes keep every thread.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def audit_image(
@@ -97,8 +120,9 @@ def audit_image(
     pixel = prepared.pixel.to(device)
     cap = capture(model, normalize(pixel, loaded.mean, loaded.std), target=target,
                   attention=needs_attention(methods))
-    _check_finite(cap, prepared.source)
-    maps = compute_maps(model, cap, methods=methods, act=act, seed=seed, image=prepared.name)
+    with one_thread():
+        check_capture_finite(cap, prepared.source)
+        maps = compute_maps(model, cap, methods=methods, act=act, seed=seed, image=prepared.name)
     measured = set(cap.map_stages if stages is None else (normalize_stage(s, cap.layout.depth) for s in stages))
     config = config or PerturbationConfig()
     if "ig" in methods:  # one stage, the input: measured whenever the map is asked for
@@ -112,7 +136,8 @@ def audit_image(
         model, pixel, scored, cap.target, loaded.mean, loaded.std,
         patch=cap.layout.patch_size, grid=cap.layout.grid, config=config, progress=progress, seed=seed, label=label,
     )
-    restorations = restore(cap, model, prepared.pixel, loaded.mean, loaded.std, inverse=inverse)
+    with one_thread():
+        restorations = restore(cap, model, prepared.pixel, loaded.mean, loaded.std, inverse=inverse)
     return ImageAudit(
         image=prepared,
         source=prepared.source,
@@ -123,16 +148,24 @@ def audit_image(
         curves=curves,
         restorations=restorations,
         removed_prob=shared["removed"],
+        batch_size=shared["batch_size"],
         capture=cap if keep_capture else None,
     )
 
 
-def _check_finite(cap: Capture, source: str) -> None:
-    """Stop an image whose tokens, gradients or logits are not finite, naming the first stage where they are not."""
-    def first_bad(tensors: dict[str, torch.Tensor]) -> str | None:
-        return next((stage for stage in cap.stages if not bool(torch.isfinite(tensors[stage]).all())), None)
+def finite_stages(cap: Capture) -> dict[str, tuple[bool, bool]]:
+    """Stage -> (its tokens are finite, its gradients are finite), computed once per capture."""
+    if "finite" not in cap.memo:
+        cap.memo["finite"] = {stage: (bool(torch.isfinite(cap.tokens[stage]).all()),
+                                      bool(torch.isfinite(cap.grads[stage]).all())) for stage in cap.stages}
+    return cap.memo["finite"]
 
-    tokens, grads = first_bad(cap.tokens), first_bad(cap.grads)
+
+def check_capture_finite(cap: Capture, source: str) -> None:
+    """Stop an image whose tokens, gradients or logits are not finite, naming the first stage where they are not."""
+    finite = finite_stages(cap)
+    tokens = next((stage for stage in cap.stages if not finite[stage][0]), None)
+    grads = next((stage for stage in cap.stages if not finite[stage][1]), None)
     if tokens is None and grads is None and bool(torch.isfinite(cap.logits).all()):
         return
     where = (f"tokens from stage {tokens} on" if tokens is not None

@@ -15,7 +15,7 @@ from .integrated_gradients import IG_STEPS
 from .layout import MAP_STAGE_INPUT, normalize_stage, stage_names
 from .maps import INPUT_METHODS
 from .models import LoadedModel
-from .perturb import amp_context, max_steps
+from .perturb import AUTO_BATCH, amp_context, max_steps
 from .settings import AuditSettings
 
 __all__ = ["AUTO", "ModelPlan", "forwards_per_image", "map_keys", "plan_lines", "plan_model", "time_forwards"]
@@ -113,9 +113,9 @@ def forwards_per_image(plan: ModelPlan, settings: AuditSettings, depth: int) -> 
 
 
 def time_forwards(model: torch.nn.Module, input_size: tuple[int, int], channels: int, device: str,
-                  batch_size: int, amp: str | None, seconds: float = 0.5) -> float:
+                  batch_size: int | str, amp: str | None, seconds: float = 0.5) -> float:
     """Forward passes per second of ``model`` on batches like the curves' (after one warm-up batch)."""
-    batch = max(1, min(batch_size, 16))
+    batch = 16 if batch_size == AUTO_BATCH else max(1, min(batch_size, 16))
     images = torch.zeros(batch, channels, *input_size, device=device)
     done, start = 0, None
     with torch.inference_mode(), amp_context(torch.device(device), amp):

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .errors import AuditError
+from .errors import AuditError, ExecutorError
 from .maps import BASELINES
 from .outputs import check_outputs, write_outputs, write_stopped_run
 from .progress import Progress, RecordWatcher, make_records
@@ -123,7 +123,13 @@ def pytest_configure(config: pytest.Config) -> None:
             workdir, owns = tempfile.mkdtemp(prefix="vit-audit-"), True
         from .session import AuditSession
 
-        config.stash[SESSION] = AuditSession(settings, workdir, embedded=embedded)
+        session = AuditSession(settings, workdir, embedded=embedded)
+        if workerinput is None and not collect_only:
+            if settings.executor != "local" and getattr(config.option, "dist", "no") != "no":
+                raise ValueError(f"executor: {settings.executor} makes the records itself; drop pytest-xdist's -n "
+                                 "or use --executor local")
+            session.executor.start()
+        config.stash[SESSION] = session
     except (ValueError, AuditError) as err:
         if owns:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -167,7 +173,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     s = session.settings
     models = ", ".join([f"{m.name} ({m.checkpoint or 'no checkpoint'})" for m in session.models.values()]
                        + [f"{e['name']} (NOT loaded: see test_model_loads)" for e in session.model_errors.values()])
-    lines = [f"vit-audit: {models}; {len(session.images)} images; device {session.device}; seed {s.seed}",
+    lines = [f"vit-audit: {models}; {len(session.images)} images; device {session.device}; seed {s.seed}; "
+             f"executor {session.executor.describe()}",
              f"vit-audit: gates {', '.join(s.gate) or 'none'} (threshold {s.threshold:+g}, "
              f"{'strict' if s.strict else 'inconclusive = skipped'}); policy from {', '.join(s.sources) or 'defaults'}"]
     if session.baseline is not None:
@@ -275,7 +282,10 @@ class _Collector:
                 progress = Progress.for_config(session.config, len(audit.cases()), live=False)
                 self.watcher = RecordWatcher(self.state.workdir, progress)
             elif session.items:
-                make_records(audit, session.items, session.config)
+                try:
+                    make_records(audit, session.items, session.config)
+                except ExecutorError as err:  # the executor lost its cluster: what is done is kept
+                    raise pytest.UsageError(str(err)) from None
         return (yield)
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
@@ -343,7 +353,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             f"vs -{record['margin']:g}, n={record['n_pairs']}; maps: median Spearman {_num(drift['statistic'])} "
             f"[{_num(drift['ci95'][0])}, {_num(drift['ci95'][1])}] ({drift['verdict']}), same class on "
             f"{_percent(drift['top1_agreement'])} of the images")
-    for line in audit.records.cache_lines():
+    for line in audit.records.cache_lines() + audit.executor.summary_lines():
         terminalreporter.write_line(line)
     for line in state.written:
         terminalreporter.write_line(line)
@@ -378,6 +388,9 @@ def _stop_on_sigterm(state: _State) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    audit = config.stash.get(SESSION, None)
+    if audit is not None:
+        audit.executor.close()
     state = config.stash.get(STATE, None)
     if state is None:
         return

@@ -1,9 +1,9 @@
 """Progress of an audit: image i/n, seconds per image and an ETA, on pytest's terminal while the records are made.
 
-Without pytest-xdist the (model, image) records the selected checks need are computed before the checks run, one
-after the other, with a live line on a terminal (rewritten in place) and one plain line per image otherwise. With
-xdist the workers compute them; the controller prints a plain line whenever the count of finished records grows.
-Nothing is printed under ``-q``.
+Without pytest-xdist the (model, image) records the selected checks need are computed before the checks run (one
+after the other, or as Ray tasks under ``--executor ray``), with a live line on a terminal (rewritten in place) and
+one plain line per image otherwise. With xdist the workers compute them; the controller prints a plain line whenever
+the count of finished records grows. Nothing is printed under ``-q``.
 """
 
 from __future__ import annotations
@@ -28,16 +28,12 @@ def needed_cases(session, items: list[Any]) -> list:
 
 
 def make_records(session, items: list[Any], config) -> None:
-    """Compute the records the selected checks read, showing progress. A record that raises is left for its check
-    to compute again and report."""
+    """Make the records the selected checks read with the run's executor (:mod:`audit.executors`), showing
+    progress as each is done. A record that raises is left for its check to compute again and report."""
     cases = needed_cases(session, items)
     progress = Progress.for_config(config, len(cases))
     progress.start()
-    for case in cases:
-        try:
-            session.run(case)
-        except Exception:  # noqa: BLE001 - the check that reads this record reports the error
-            pass
+    for _ in session.executor.make(session, cases):
         progress.advance()
 
 

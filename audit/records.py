@@ -11,10 +11,10 @@ from .errors import AuditError
 from .images import prepare_image
 from .models import LoadedModel
 from .perturb import PerturbationConfig
-from .pipeline import audit_image
+from .pipeline import audit_image, one_thread
 from .plan import ModelPlan
 from .restore import PatchInverse
-from .results import clean, error_run_record, run_record
+from .results import error_run_record, run_record
 from .settings import AuditSettings
 
 __all__ = ["MADE_HOW", "RecordMaker"]
@@ -53,10 +53,11 @@ class RecordMaker:
                 *cache.ignored]
 
     def make(self, loaded: LoadedModel, plan: ModelPlan, inverse: PatchInverse, path: str, image_id: str,
-             sha256: str | None, label_of=None) -> dict[str, Any]:
+             sha256: str | None, label_of=None, data: bytes | None = None) -> dict[str, Any]:
         """The record of one image; an image that cannot be audited gets an error record with its one-line reason.
 
         ``label_of(path, num_classes)`` gives the image's true class (``--labels``); it may raise an AuditError.
+        ``data``: the image file's bytes, read where the file is (a Ray task's image); ``path`` then only names it.
         """
         start = time.perf_counter()
         s = self.settings
@@ -65,11 +66,13 @@ class RecordMaker:
             key = run_key(s, loaded, plan, self.device, sha256, label) if self.cache is not None else None
             record = self.cache.get(key) if key is not None else None
             if record is None:
-                prepared = prepare_image(path, loaded.data_config, name=image_id)
+                prepared = prepare_image(path if data is None else data, loaded.data_config, name=image_id,
+                                         source=path)
                 result = audit_image(loaded, prepared, methods=s.methods, stages=plan.measured, act=s.act,
                                      config=self.config, seed=s.seed, label=label, device=self.device,
                                      keep_capture=True, inverse=inverse, curves_for=plan.curves_for)
-                record = clean(run_record(loaded, result, thumbnail=max(s.report_thumbnail, 64)))
+                with one_thread():  # thumbnails and small tensors (audit.pipeline.one_thread)
+                    record = run_record(loaded, result, thumbnail=max(s.report_thumbnail, 64))
                 record.update(self._made_how(start, inverse, plan))
                 if key is not None:
                     self.cache.put(key, record)  # on disk as soon as it is done

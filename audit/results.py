@@ -21,7 +21,7 @@ import torch
 from .capture import STAGE_EMBED, STAGE_PATCH_EMBED
 from .figures import png_data_uri
 from .models import DATA_CONFIG_KEYS, LoadedModel
-from .pipeline import ImageAudit
+from .pipeline import ImageAudit, finite_stages
 
 __all__ = ["SCHEMA", "environment_record", "model_record", "run_record", "error_run_record", "stopped_results",
            "write_json", "write_text_atomically", "clean"]
@@ -123,6 +123,7 @@ def run_record(
         **({"label": result.label} if result.label is not None else {}),
         "prob": result.prob,
         "removed_prob": result.removed_prob,
+        "batch_size": result.batch_size,
         "error": None,
         "maps": maps,
         "restorations": restorations,
@@ -132,10 +133,8 @@ def run_record(
     if cap is not None:
         record["input_shape"] = [1, *result.image.pixel.shape]
         record["token_shapes"] = {stage: [1, *cap.tokens[stage].shape] for stage in cap.stages}
-        record["finite"] = {
-            stage: bool(torch.isfinite(cap.tokens[stage]).all() and torch.isfinite(cap.grads[stage]).all())
-            for stage in cap.stages
-        }
+        finite = finite_stages(cap)
+        record["finite"] = {stage: all(finite[stage]) for stage in cap.stages}
         record["stages"] = cap.stages
         record["embedding_stages"] = [STAGE_PATCH_EMBED, STAGE_EMBED]
     return clean(record)
@@ -168,8 +167,9 @@ def stopped_results(error: str, device: str | None = None) -> dict[str, Any]:
 
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
-    """Write strict JSON atomically (a temporary file in the same folder, then rename)."""
-    return write_text_atomically(path, json.dumps(clean(payload), allow_nan=False))
+    """Write strict JSON atomically (a temporary file in the same folder, then rename), without the optional spaces
+    after separators (a grid value costs a byte less)."""
+    return write_text_atomically(path, json.dumps(clean(payload), allow_nan=False, separators=(",", ":")))
 
 
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> Path:

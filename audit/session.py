@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from .compare import Baseline, baseline_stage, check_measured, check_recipe, compare_map, load_baseline, maps_for_class
+from .detail import trim_comparison, trim_run
 from .errors import AuditError, ImageError
+from .executors import executor_for
 from .gates import evaluate_gate, gate_inputs
 from .images import normalize, prepare_image
 from .inputs import collect_images, load_models, load_named, model_id_for, read_labels
@@ -88,6 +90,7 @@ class AuditSession:
         self.baseline_model: LoadedModel | None = None
         self.baseline = (self._baseline() if settings.baseline else
                          self._audited_baseline() if settings.baseline_model else None)
+        self.executor = executor_for(settings)  # where the records are made; started by the plugin's controller
 
     def _audited_baseline(self) -> Baseline:
         """The released model audited in this run, with the same recipe, images and gates as the candidates."""
@@ -167,6 +170,11 @@ class AuditSession:
         record = self.records.make(loaded, self.plans[case.model_id], self.inverses[case.model_id], case.path,
                                    case.image_id, entry.sha256 if entry else None,
                                    self.labels.class_of if self.labels else None)
+        return self.finish_run(case, record)
+
+    def finish_run(self, case: Case, record: dict[str, Any]) -> dict[str, Any]:
+        """The session's part of a record, wherever it was made: the maps of the baseline's class, and the ids."""
+        loaded = self._model(case.model_id)
         if not record.get("error"):
             try:
                 self._maps_for_baseline_class(case, loaded, record)
@@ -174,6 +182,12 @@ class AuditSession:
                 record = {**error_run_record(loaded.name, case.path, str(err)), **{k: record[k] for k in MADE_HOW}}
         record.update(model_id=case.model_id, image_id=case.image_id)
         return record
+
+    def keep_run(self, case: Case, record: dict[str, Any]) -> dict[str, Any]:
+        """Keep a record made elsewhere (a Ray task) as the run's record of ``case``, unless one is kept already."""
+        if case.key not in self._runs:
+            self._runs[case.key] = self.store.once("runs", case.key, lambda: self.finish_run(case, record))
+        return self._runs[case.key]
 
     def _maps_for_baseline_class(self, case: Case, loaded, record: dict[str, Any]) -> None:
         """Where the baseline explained another class on this image, the gated maps of that class too (drift
@@ -296,7 +310,7 @@ class AuditSession:
             "images": self.image_set.record(),
             "images_left_out": self.image_set.left_out,
             **({"labels": {"path": self.labels.path, "sha256": self.labels.sha256}} if self.labels else {}),
-            "runs": runs,
+            "runs": [trim_run(run, s.results_detail, self.gates.get(run.get("model_id"), [])) for run in runs],
             "gates": gates,
             "summaries": summaries,
             "randomisation": sanity,
@@ -315,4 +329,5 @@ class AuditSession:
                              if not entry.sha256 or entry.sha256 not in self.baseline.runs]
         return {"baseline": {**self.baseline.record(), "images_only_in_baseline": only_in_baseline,
                              "images_only_in_candidate": only_in_candidate},
-                "comparisons": self.comparison_records()}
+                "comparisons": [trim_comparison(record, self.settings.results_detail)
+                                for record in self.comparison_records()]}

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from .cache import DEFAULT_CACHE
+from .detail import DEFAULT_DETAIL, DETAILS, check_detail
 from .gates import LIMIT_NAMES, MIN_IMAGES, GateLimits
 from .maps import ACTIVATIONS, DEFAULT_METHODS, METHODS
-from .perturb import FILL_CONSTANTS, FILL_RECIPES, SCORES
+from .perturb import AUTO_BATCH, FILL_CONSTANTS, FILL_RECIPES, SCORES
 from .ranges import (
     BATCH_SIZE_MAX,
     DEFAULT_MARGIN,
@@ -60,6 +61,7 @@ __all__ = ["AuditSettings", "OPTIONS", "output_settings", "resolve_settings", "r
            "RANDOMISATION_IMAGES_MAX", "THUMBNAIL_MIN", "THUMBNAIL_MAX", "MAX_MB_LIMIT", "DEFAULT_MARGIN"]
 
 DEVICES = ("cpu", "cuda", "auto")
+EXECUTORS = ("local", "ray")  # where the (model, image) records are made (audit.executors)
 
 @dataclass
 class AuditSettings:
@@ -74,7 +76,7 @@ class AuditSettings:
     steps: int = 20
     unit: str = "pixel"
     fill: float | str = 127 / 255
-    batch_size: int = 64
+    batch_size: int | str = AUTO_BATCH
     seed: int = 0
     act: str = "gelu"
     amp: str | None = None
@@ -96,8 +98,11 @@ class AuditSettings:
     report: str | None = None
     report_thumbnail: int = 64
     report_max_mb: float = 5.0
+    results_detail: str = DEFAULT_DETAIL
     cache: str | None = DEFAULT_CACHE
     no_cache: bool = False
+    executor: str = "local"
+    ray_address: str | None = None
     limits: dict[str, GateLimits] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
 
@@ -122,7 +127,8 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
     "unit": ("removal unit: pixel or patch (default pixel)", "UNIT"),
     "fill": ("fill of removed pixels: a pixel value in [0, 1] (default 127/255) or a recipe: grey, black, mean "
              "(the model's normalisation mean), blur (RISE's), road (ROAD's noisy linear imputation; slow)", "FILL"),
-    "batch_size": (f"perturbed images per forward pass, 1..{BATCH_SIZE_MAX} (default 64)", "N"),
+    "batch_size": (f"perturbed images per forward pass, 1..{BATCH_SIZE_MAX}, or auto (default: from the memory a "
+                   "forward needs per image and what is free, at most 64 on a CPU)", "N"),
     "seed": (f"seed of the random baseline, the bootstrap and the randomisation check, 0..{SEED_MAX} (default 0)",
              "N"),
     "act": (f"activation of the gradient maps: {', '.join(ACTIVATIONS)} (default gelu)", "NAME"),
@@ -154,7 +160,14 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
     "cache": (f"folder keeping every finished (model, image) record between runs, so that a killed or repeated run "
               f"recomputes only what is missing (default {DEFAULT_CACHE})", "DIR"),
     "no_cache": ("neither read nor write the cache", None),
+    "executor": ("where the (model, image) records are made: local (this process) or ray (Ray tasks, with the "
+                 "extra vit-audit[ray]; default local)", "NAME"),
+    "ray_address": ("the Ray cluster of --executor ray: auto, HOST:PORT or ray://HOST:PORT (default: start a Ray "
+                    "instance on this machine)", "ADDR"),
     "report_max_mb": (f"size limit of the HTML report in MB, above 0 and below {MAX_MB_LIMIT} (default 5)", "MB"),
+    "results_detail": (f"how much of each (model, image) record the results file keeps: {', '.join(DETAILS)} (default "
+                       f"{DEFAULT_DETAIL}: everything the report draws; curves: the numbers and the gated maps' grids, "
+                       "no pictures; summary: the per-image AUCs and ABPC only)", "LEVEL"),
 }
 LIST_OPTIONS = {"model", "checkpoint", "images", "methods", "layers", "gate"}
 
@@ -169,6 +182,22 @@ def parse_gate(text: str) -> tuple[str, str]:
     if not sep or method not in METHODS or not stage:
         raise ValueError(f"gate: {text!r} is not method@stage with a method from {', '.join(METHODS)}")
     return method, stage
+
+
+def parse_ray_address(text: str) -> tuple[str, int] | None:
+    """The (host, port) of a ``--ray-address`` (``HOST:PORT`` or ``ray://HOST:PORT``), or None for ``auto``.
+
+    Raises:
+        ValueError: one line, when it is none of these.
+    """
+    if text == "auto":
+        return None
+    host, sep, port = str(text).removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")  # an IPv6 address in brackets
+    if (not sep or not host or any(c.isspace() for c in host) or not (port.isascii() and port.isdigit())
+            or not 0 < int(port) < 65536):
+        raise ValueError(f"ray-address: {text!r} is not auto, HOST:PORT or ray://HOST:PORT")
+    return host, int(port)
 
 
 def _read_toml(path: str | Path, option: str) -> dict[str, Any]:
@@ -280,13 +309,18 @@ def _coerce(name: str, value: Any, default: Any, where: str | None = None) -> An
         except ValueError:
             raise ValueError(f"fill: {show(value)} is neither a pixel value in [0, 1] nor a recipe "
                              f"({', '.join([*FILL_CONSTANTS, *FILL_RECIPES])}){in_file(where)}") from None
+    if name == "batch_size":
+        if isinstance(value, str) and value.strip().lower() == AUTO_BATCH:
+            return AUTO_BATCH
+        default = 0
     if name in OPTIONAL_NUMBERS:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
             return None
         default = 0.0
     kind = "bool" if isinstance(default, bool) else type(default).__name__ if isinstance(default, (int, float)) \
         else "string"
-    error = ValueError(f"{flag(name)}: {show(value)} is not a valid {kind}{in_file(where)}")
+    also = f" or {AUTO_BATCH}" if name == "batch_size" else ""
+    error = ValueError(f"{flag(name)}: {show(value)} is not a valid {kind}{also}{in_file(where)}")
     if kind == "bool":
         if isinstance(value, bool):
             return value
@@ -448,9 +482,23 @@ def _validate(s: AuditSettings, origins: dict[str, str] | None = None) -> None:
         raise fail("unit", f"unit: {s.unit!r} is not pixel or patch")
     if s.score not in SCORES:
         raise fail("score", f"score: {s.score!r} is not {' or '.join(SCORES)}")
+    try:
+        check_detail(s.results_detail)
+    except ValueError as err:
+        raise fail("results_detail", str(err)) from None
+    if s.executor not in EXECUTORS:
+        raise fail("executor", f"executor: {s.executor!r} is not one of {', '.join(EXECUTORS)}")
+    if s.ray_address is not None:
+        if s.executor != "ray":
+            raise fail("ray_address", f"ray-address: {s.ray_address!r} is given but the executor is {s.executor}; "
+                       "add --executor ray (or --ray-address none)")
+        try:
+            parse_ray_address(s.ray_address)
+        except ValueError as err:
+            raise fail("ray_address", str(err)) from None
     for name in RANGES:
-        if name == "fill" and isinstance(s.fill, str):  # a recipe, checked when read
-            continue
+        if (name == "fill" and isinstance(s.fill, str)) or (name == "batch_size" and s.batch_size == AUTO_BATCH):
+            continue  # a recipe, or auto: checked when read
         if not (name in OPTIONAL_NUMBERS and getattr(s, name) is None):
             check_range(name, getattr(s, name), origins.get(name))
     for gate in s.gate:

@@ -10,7 +10,9 @@ Runs the steps of one image's record in the order the audit does (:func:`audit.p
 :func:`audit.results.run_record` and the JSON text of the record) and times each: preparing the image, the capture
 pass, the maps of every stage, the MoRF/LeRF curves of the gated maps and ``random`` at their stages, the
 restorations of every stage, the record with its thumbnails, and its JSON. Prints the median seconds per image of
-each step and the share of the work outside the curves; start-up (imports and model load) is timed once.
+each step and the share of the work outside the curves; start-up (imports and model load) is timed once. Then the
+bare model's best batched throughput in the same process (:func:`bench_engine.best_throughput`), and the audit's
+model passes per second of a whole record against it (the capture counted as 3 forwards).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 START = time.perf_counter()
 
 import torch  # noqa: E402
+from bench_engine import best_throughput  # noqa: E402
 
 from audit import find_images, load_model  # noqa: E402
 from audit.attention import needs_attention  # noqa: E402
@@ -30,9 +33,9 @@ from audit.capture import capture  # noqa: E402
 from audit.images import normalize, prepare_image  # noqa: E402
 from audit.maps import compute_maps  # noqa: E402
 from audit.perturb import PerturbationConfig, faithfulness_curves  # noqa: E402
-from audit.pipeline import ImageAudit  # noqa: E402
+from audit.pipeline import ImageAudit, check_capture_finite, one_thread  # noqa: E402
 from audit.restore import PatchInverse, restore  # noqa: E402
-from audit.results import clean, run_record  # noqa: E402
+from audit.results import run_record  # noqa: E402
 
 STEPS = ("prepare", "capture", "maps", "curves", "restorations", "record", "json")
 
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curves", default="grad@0,chefer@encoder,random@0,random@encoder",
                         help="the maps that get curves (default: the default policy's gates and random there)")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", default="auto", type=lambda text: text if text == "auto" else int(text))
     parser.add_argument("--amp", default=None, choices=[None, "bfloat16"])
     args = parser.parse_args(argv)
     loaded = load_model(args.model, args.checkpoint)
@@ -58,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     inverse = PatchInverse(loaded.model)
     paths = find_images(args.images)[: args.count + 1]
     times: dict[str, list[float]] = {step: [] for step in STEPS}
+    forwards: list[int] = []
     for index, path in enumerate(paths):
         spent = one_image(loaded, path, methods, curves_for, config, inverse)
         if index == 0:
             continue  # warm-up
+        forwards.append(spent.pop("forwards"))
         for step in STEPS:
             times[step].append(spent[step])
     medians = {step: statistics.median(values) for step, values in times.items()}
@@ -74,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     for step in STEPS:
         print(f"| {step} | {medians[step]:.3f} | {100 * medians[step] / total:.0f}% |")
     print(f"| **outside the curves** | {outside:.3f} | **{100 * outside / total:.0f}%** |")
+    rate, batch = best_throughput(loaded.model, (loaded.data_config["input_size"][0], *loaded.input_size),
+                                  torch.device("cpu"), [16, 32, 64], 3, args.amp)
+    passes = statistics.median(forwards) + 3
+    print(f"bare model: {rate:.1f} images/s (best batch {batch}); the audit: {passes:.0f} model passes per image "
+          f"in {total:.2f} s = {passes / total:.1f} /s, {100 * passes / total / rate:.0f}% of the bare rate "
+          f"(curves alone: {100 * (passes - 3) / medians['curves'] / rate:.0f}%)")
     return 0
 
 
@@ -93,20 +104,28 @@ def one_image(loaded, path, methods, curves_for, config, inverse) -> dict[str, f
     model = loaded.model
     cap = capture(model, normalize(prepared.pixel, loaded.mean, loaded.std), attention=needs_attention(methods))
     lap("capture")
-    maps = compute_maps(model, cap, methods=methods, image=prepared.name)
+    with one_thread():  # as audit_image and the record maker do
+        check_capture_finite(cap, prepared.source)
+        maps = compute_maps(model, cap, methods=methods, image=prepared.name)
     lap("maps")
     scored = {key: m.values for key, m in maps.items() if key in curves_for and m.rankable}
+    jobs = []
     curves, shared = faithfulness_curves(model, prepared.pixel, scored, cap.target, loaded.mean, loaded.std,
-                                         patch=cap.layout.patch_size, grid=cap.layout.grid, config=config)
+                                         patch=cap.layout.patch_size, grid=cap.layout.grid, config=config,
+                                         progress=lambda done, total: jobs.append(total))
     lap("curves")
-    restorations = restore(cap, model, prepared.pixel, loaded.mean, loaded.std, inverse=inverse)
+    with one_thread():
+        restorations = restore(cap, model, prepared.pixel, loaded.mean, loaded.std, inverse=inverse)
     lap("restorations")
     result = ImageAudit(image=prepared, source=prepared.source, target=cap.target, prob=cap.prob, maps=maps,
-                        curves=curves, restorations=restorations, removed_prob=shared["removed"], capture=cap)
-    record = clean(run_record(loaded, result, thumbnail=64))
+                        curves=curves, restorations=restorations, removed_prob=shared["removed"],
+                        batch_size=shared["batch_size"], capture=cap)
+    with one_thread():
+        record = run_record(loaded, result, thumbnail=64)
     lap("record")
     json.dumps(record)
     lap("json")
+    spent["forwards"] = jobs[-1] if jobs else 0
     return spent
 
 

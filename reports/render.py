@@ -21,6 +21,7 @@ from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
 from PIL import Image
 
+from audit.detail import charted_maps
 from audit.results import write_text_atomically
 
 from . import charts, pictures
@@ -31,7 +32,6 @@ from .values import _dict, _list, _num, _records, _sorted_stages, _stage_title, 
 __all__ = ["Plan", "overall_verdict", "read_results", "render_report"]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-BASELINES = ("random", "center")
 MB = 1_000_000
 STRIP_FRAMES = 10
 
@@ -122,6 +122,9 @@ class _Builder:
             self.anchors.setdefault((run.get("model_id"), run.get("image_id")), f"img-{i}")
             self.indices.setdefault((run.get("model_id"), run.get("image_id")), i)
         self.caption = _perturbation_text(self.perturbation)
+        detail = _dict(self.results.get("settings")).get("results_detail")
+        self.detail = detail if isinstance(detail, str) else "full"  # a file without it kept everything
+        self.not_kept = f"not kept at this detail (--results-detail {self.detail})"
         self._cache: dict[tuple, Any] = {}
 
     # -- per model facts --------------------------------------------------------------------------------------
@@ -144,15 +147,7 @@ class _Builder:
                 if stage.lstrip("-").isdigit() and int(stage) < 0 and isinstance(depth, int):
                     stage = str(depth + int(stage))
                 keys.append((method, stage))
-        maps = _dict(run.get("maps"))
-        keys = [k for k in dict.fromkeys(keys) if f"{k[0]}@{k[1]}" in maps]
-        if not keys:
-            measured = _sorted_stages(m.get("stage") for m in maps.values() if isinstance(m, dict)
-                                      and m.get("morf") is not None and m.get("stage") is not None)
-            stage = measured[-1] if measured else ("encoder" if any(k.endswith("@encoder") for k in maps) else None)
-            keys = [(str(m.get("method")), stage) for m in maps.values()
-                    if isinstance(m, dict) and m.get("stage") == stage and m.get("method") not in BASELINES]
-        return keys
+        return charted_maps(_dict(run.get("maps")), keys)
 
     # -- pictures, cached across plans ------------------------------------------------------------------------
     def forget(self, index: int) -> None:
@@ -307,6 +302,8 @@ class _Builder:
             context["input"] = self.input_picture(index, run, plan)
             return context
         context["input"] = self.input_picture(index, run, plan)
+        context["input_note"] = ("not kept" if self.detail != "full" and not _dict(run.get("figures")).get("input")
+                                 else "n/a")
         base = self._base(index, run, plan.maps)
         width, height = self._shown(index, run, plan.maps)
         drawn = base.size if base is not None else (width, height)
@@ -351,6 +348,8 @@ class _Builder:
                         "psnr": ("exact" if entry.get("exact") else
                                  (f"{fmt(entry.get('psnr'), 1)} dB" if reading == "inverse" else None)),
                         "max_abs_error": fmt(entry.get("max_abs_error"), 3) if reading == "inverse" else None,
+                        "note": ("not kept" if self.detail != "full" and entry.get("shape") and not entry.get("png")
+                                 else "n/a"),
                     })
                 reasons = {c["reason"] for c in cells}
                 if all(c["picture"] is None for c in cells) and len(reasons) == 1 and None not in reasons:
@@ -382,6 +381,9 @@ class _Builder:
             return {"key": key, "label": label, "picture": None, "note": "not computed", "title": key,
                     "degenerate": False}
         reason = entry.get("reason")
+        if entry.get("grid") is None and entry.get("applicable") is not False and self.detail != "full":
+            return {"key": key, "label": label, "picture": None, "note": "not kept", "title": f"{key}: grid "
+                    f"{self.not_kept}", "degenerate": False}
         if entry.get("applicable") is False or entry.get("grid") is None:
             return {"key": key, "label": label, "picture": None, "note": "n/a", "title": reason or "not applicable",
                     "degenerate": False}
@@ -405,7 +407,8 @@ class _Builder:
         chart = (charts.curves_chart(f"MoRF/LeRF of {key}, {class_text}", lines, y_label=y_label)
                  if entry.get("morf") else None)
         strips, shown_before = [], None
-        if plan.strips:
+        no_input = self.detail != "full" and not _dict(run.get("figures")).get("input")  # strips are drawn on it
+        if plan.strips and not no_input:
             for map_key, name in ((key, method), (baseline_key, "random")):
                 if map_key not in maps or maps[map_key].get("grid") is None:
                     continue
@@ -419,7 +422,13 @@ class _Builder:
         steps = self.perturbation.get("steps")
         shown = min(STRIP_FRAMES, steps) if isinstance(steps, int) else STRIP_FRAMES
         enlarged = any(_dict(s["picture"]).get("enlarged") for s in strips)
+        lost = [what for what, gone in (
+            ("the MoRF/LeRF points", entry.get("morf_auc") is not None and not entry.get("morf")),
+            ("the map grid (no removal strips)", key in maps and entry.get("applicable") is not False
+             and entry.get("grid") is None),
+            ("the input picture (no removal strips)", no_input and entry.get("grid") is not None)) if gone]
         return {"key": key, "method": method, "stage": stage, "chart": chart, "strips": strips, "frames": shown,
+                "not_kept": f"{' and '.join(lost)} {self.not_kept}" if lost and self.detail != "full" else None,
                 "strips_enlarged": enlarged,
                 "abpc": fmt(entry.get("abpc"), 3, signed=True), "random_abpc": fmt(baseline.get("abpc"), 3, True),
                 "degenerate": bool(entry.get("degenerate")), "reason": entry.get("reason"),

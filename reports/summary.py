@@ -129,6 +129,7 @@ def header(results: dict[str, Any]) -> dict[str, Any]:
         "left_out": left_out[:LEFT_OUT_SHOWN], "left_out_count": len(left_out),
         "problems": [c for c in checks if c.get("outcome") in ("failed", "error")],
         "compared": compared(results),
+        "detail": _dict(results.get("settings")).get("results_detail"),
     }
 
 

@@ -9,6 +9,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from audit.layout import stage_order
+
 __all__ = ["fmt", "fmt_ci"]
 
 
@@ -70,14 +72,7 @@ def fill_text(fill: Any) -> str:
     return fmt(fill, 3) + (f" = {round(fill * 255)}/255" if _num(fill) is not None else "")
 
 
-def _stage_order(stage: str) -> tuple[int, int]:
-    order = {"input": -3, "patch_embed": -2, "embed": -1, "encoder": 10**6}
-    if stage in order:
-        return (0, order[stage])
-    try:
-        return (0, int(stage))
-    except ValueError:
-        return (1, 0)
+_stage_order = stage_order
 
 
 def _sorted_stages(stages: Iterable[str]) -> list[str]:

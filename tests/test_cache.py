@@ -50,7 +50,8 @@ def _numbers(path: Path) -> dict:
 
 
 def _cached(folder: Path) -> list[Path]:
-    return sorted((folder / "runs").glob("*.json"))
+    """The finished entries (not a ``.tmp-*.json`` being written, nor one a kill left half-written)."""
+    return sorted(p for p in (folder / "runs").glob("*.json") if not p.name.startswith("."))
 
 
 def test_a_second_run_reuses_every_record_and_writes_the_same_results(pytester, files):

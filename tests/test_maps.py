@@ -137,3 +137,28 @@ def test_grad_map_before_the_last_block_cancels_because_the_last_block_sees_patc
     assert float(logits[0]) == pytest.approx(float(logits[1]), rel=1e-5)
     earlier = compute_maps(model, cap, methods=["grad"], stages=["3"])["grad@3"]
     assert not earlier.degenerate
+
+
+def test_maps_on_one_thread_equal_the_maps_on_every_thread_and_the_count_is_restored():
+    from audit.pipeline import one_thread
+
+    model = make_tiny("test_vit")
+    cap = capture(model, _input(model, 4), attention=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        wide = compute_maps(model, cap, methods=METHODS)
+        with one_thread():
+            assert torch.get_num_threads() == 1
+            narrow = compute_maps(model, cap, methods=METHODS)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="inside"):
+            with one_thread():
+                raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert wide.keys() == narrow.keys()
+    for key, result in wide.items():
+        if result.values is not None:
+            torch.testing.assert_close(narrow[key].values, result.values, rtol=1e-6, atol=1e-7, msg=key)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from audit import PerturbationConfig, auc, faithfulness_curves
-from audit.perturb import pixel_ranks, removal_counts
+from audit.perturb import activation_bytes, auto_batch_size, pixel_ranks, removal_counts
 
 from conftest import make_tiny
 from reference import ref_auc, ref_curve
@@ -228,3 +228,43 @@ def test_the_top1_score_is_whether_the_top1_class_is_the_label(square):
     assert not np.array_equal(probs["m"].morf, right["m"].morf)
     with pytest.raises(ValueError, match="score: expected one of"):
         PerturbationConfig(score="accuracy")
+
+
+def test_auto_batch_size_is_resolved_recorded_and_changes_no_curve(square):
+    pixel = _pixel(5)
+    maps = {f"m{i}": torch.randn(8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)}
+    auto, shared = _curves(square, pixel, maps, target=3)  # the default: batch_size='auto'
+    fixed, fixed_shared = _curves(square, pixel, maps, target=3, batch_size=3)
+    assert PerturbationConfig().batch_size == "auto"
+    assert shared["batch_size"] == auto_batch_size(square, (32, 32), torch.device("cpu")) == 64  # the CPU cap
+    assert fixed_shared["batch_size"] == 3
+    for key in maps:
+        np.testing.assert_allclose(auto[key].morf, fixed[key].morf, rtol=1e-5, atol=1e-7)
+
+
+def test_auto_batch_size_shrinks_with_the_input_and_the_memory_not_below_one():
+    import timm
+
+    base = timm.create_model("vit_base_patch16_224", pretrained=False, depth=1)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    gib = 1 << 30
+    # ViT-B/16 at 224 px: about 13 MB per image, so a CPU's 1 GiB budget is capped at 64; at 384 px (577 tokens,
+    # 58 MB per image) it holds 18: a larger input gets a smaller batch, not an out-of-memory error.
+    assert activation_bytes(base, (384, 384)) > 4 * activation_bytes(base, (224, 224))
+    assert auto_batch_size(base, (224, 224), cpu, free=64 * gib) == 64
+    assert auto_batch_size(base, (384, 384), cpu, free=64 * gib) == gib // activation_bytes(base, (384, 384)) == 18
+    assert auto_batch_size(base, (224, 224), cpu, free=gib) == (gib // 4) // activation_bytes(base, (224, 224))
+    assert auto_batch_size(base, (384, 384), cpu, free=1000) == 1
+    # CUDA: half of the free memory, up to 1024; bfloat16 halves the activations but not the attention scores
+    per_image = activation_bytes(base, (224, 224))
+    assert auto_batch_size(base, (224, 224), cuda, free=2 * gib) == gib // per_image
+    assert auto_batch_size(base, (224, 224), cuda, free=200 * gib) == 1024
+    assert activation_bytes(base, (224, 224), "bfloat16") < per_image
+    # a forward and backward pass (Integrated Gradients) keeps every block: depth 1 here, 12 for timm's default
+    assert auto_batch_size(base, (224, 224), cuda, free=2 * gib, backward=True) == gib // per_image
+
+
+def test_a_batch_size_is_a_positive_integer_or_auto():
+    for bad in (0, -1, 2.5, True, "64", "Auto"):
+        with pytest.raises(ValueError, match="batch_size: expected a positive integer or 'auto'"):
+            PerturbationConfig(batch_size=bad)

@@ -59,10 +59,22 @@ def test_comma_lists_and_repeated_options_are_both_lists():
     ({"gate": ["cam-encoder"]}, "gate: 'cam-encoder' is not method@stage"),
     ({"methods": ["cam"], "gate": ["grad@0"]}, "gate: 'grad@0' gates a map that --methods does not compute"),
     ({"checkpoint": []}, "checkpoint: 0 checkpoints for 1 models"),
+    ({"executor": "dask"}, "executor: 'dask' is not one of local, ray"),
+    ({"executor": "ray", "ray_address": "head-node"}, "ray-address: 'head-node' is not auto, HOST:PORT or "
+     "ray://HOST:PORT"),
+    ({"executor": "ray", "ray_address": "ray://head:10001x"}, "ray-address: 'ray://head:10001x' is not auto"),
+    ({"ray_address": "auto"}, "ray-address: 'auto' is given but the executor is local; add --executor ray"),
 ])
 def test_bad_values_name_the_option(cli, message):
     with pytest.raises(ValueError, match=message):
         resolve_settings({**BASE, **cli})
+
+
+def test_the_ray_executor_takes_auto_host_port_and_ray_client_addresses():
+    for address in ("auto", "10.0.0.5:6379", "ray://head-node:10001", "[::1]:6379"):
+        settings = resolve_settings({**BASE, "executor": "ray", "ray_address": address})
+        assert (settings.executor, settings.ray_address) == ("ray", address)
+    assert resolve_settings({**BASE, "ray_address": "none"}).ray_address is None  # how a policy's address is unset
 
 
 def test_unknown_key_and_bad_toml_are_reported_with_the_file(tmp_path):
@@ -259,7 +271,7 @@ DEFAULT_OUTPUTS = {"audit_json": None, "report": None, "report_thumbnail": 64, "
 
 @pytest.mark.parametrize("text, message", [
     ("steps = true\n", "steps: True is not a valid int"),
-    ("batch-size = false\n", "batch-size: False is not a valid int"),
+    ("batch-size = false\n", "batch-size: False is not a valid int or auto"),
     ("threshold = true\n", "threshold: True is not a valid float"),
     ("fill = false\n", "fill: False is not a valid float"),
     ("report-max-mb = true\n", "report-max-mb: True is not a valid float"),
@@ -459,3 +471,18 @@ def test_any_toml_values_give_settings_or_one_line_value_error_and_output_settin
             assert path is None or str(path) in message, message
     assert set(output_settings({}, config, pyproject)) == set(DEFAULT_OUTPUTS)
     assert set(output_settings({**table}, config, pyproject)) == set(DEFAULT_OUTPUTS)
+
+
+def test_batch_size_is_auto_by_default_and_takes_auto_from_every_source(tmp_path):
+    assert resolve_settings(dict(BASE)).batch_size == "auto"
+    assert resolve_settings({**BASE, "batch_size": " AUTO "}).batch_size == "auto"
+    config = tmp_path / "policy.toml"
+    config.write_text('batch-size = "auto"\n')
+    assert resolve_settings({**BASE}, config).batch_size == "auto"
+    config.write_text("batch-size = 32\n")
+    assert resolve_settings({**BASE}, config).batch_size == 32
+    with pytest.raises(ValueError, match=r"^batch-size: 'many' is not a valid int or auto$"):
+        resolve_settings({**BASE, "batch_size": "many"})
+    config.write_text('batch-size = "many"\n')
+    with pytest.raises(ValueError, match=rf"^batch-size: 'many' is not a valid int or auto \(in {config}\)$"):
+        resolve_settings({**BASE}, config)
