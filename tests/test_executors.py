@@ -58,6 +58,10 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    # Ray's Cluster writes the head's address under $RAY_TMPDIR/ray (default /tmp/ray), a folder it does not make
+    (Path(temp) / "ray").mkdir()
+    before = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp
     started = None
     try:
         started = Cluster(initialize_head=True, shutdown_at_exit=False,
@@ -68,6 +72,10 @@ def cluster():
             ray.shutdown()
         if started is not None:
             started.shutdown()
+        if before is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = before
         shutil.rmtree(temp, ignore_errors=True)
 
 
