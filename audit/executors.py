@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .cache import run_key
 from .errors import AuditError, ExecutorError
 from .inputs import load_named
-from .records import MADE_HOW, RecordMaker
+from .records import RecordMaker, made_how
 from .restore import PatchInverse
 from .results import error_run_record
 from .settings import AuditSettings, parse_ray_address
@@ -208,8 +208,7 @@ class RayExecutor:
         sha256 = entry.sha256 if entry else None
         try:
             label = session.labels.class_of(case.path, loaded.num_classes) if session.labels else None
-            data = Path(case.path).read_bytes()
-        except (AuditError, OSError):
+        except AuditError:
             session.run(case)
             return None
         cache = session.records.cache
@@ -218,6 +217,11 @@ class RayExecutor:
         if cached is not None:
             cached.update(image=case.path, image_name=case.image_id)
             session.keep_run(case, cached)
+            return None
+        try:  # read only for a task: a cached record needs no bytes
+            data = Path(case.path).read_bytes()
+        except OSError:
+            session.run(case)
             return None
         name, checkpoint = dict(zip(session.model_ids, zip(s.model, s.checkpoint)))[case.model_id]
         task = {"settings": dataclasses.replace(s, cache=None, no_cache=True), "config": session.config,
@@ -241,7 +245,7 @@ class RayExecutor:
         if "worker_error" in record:
             plan, inverse = session.plans[case.model_id], session.inverses[case.model_id]
             record = {**error_run_record(session.models[case.model_id].name, case.path, record["worker_error"]),
-                      **dict(zip(MADE_HOW, (seconds, inverse.exact, plan.measured, plan.curves_for)))}
+                      **made_how(seconds, inverse, plan)}
         elif key is not None and not record.get("error"):
             session.records.cache.put(key, record)
         session.keep_run(case, record)

@@ -17,9 +17,14 @@ from .restore import PatchInverse
 from .results import error_run_record, run_record
 from .settings import AuditSettings
 
-__all__ = ["MADE_HOW", "RecordMaker"]
+__all__ = ["MADE_HOW", "RecordMaker", "made_how"]
 
 MADE_HOW = ("seconds", "inverse_exact", "measured_stages", "curves_for")  # what every record says of its making
+
+
+def made_how(seconds: float, inverse: PatchInverse, plan: ModelPlan) -> dict[str, Any]:
+    """The :data:`MADE_HOW` fields of a record that took ``seconds`` to make (or to fail)."""
+    return dict(zip(MADE_HOW, (seconds, inverse.exact, plan.measured, plan.curves_for)))
 
 
 class RecordMaker:
@@ -73,15 +78,11 @@ class RecordMaker:
                                      keep_capture=True, inverse=inverse, curves_for=plan.curves_for)
                 with one_thread():  # thumbnails and small tensors (audit.pipeline.one_thread)
                     record = run_record(loaded, result, thumbnail=max(s.report_thumbnail, 64))
-                record.update(self._made_how(start, inverse, plan))
+                record.update(made_how(time.perf_counter() - start, inverse, plan))
                 if key is not None:
                     self.cache.put(key, record)  # on disk as soon as it is done
             record.update(image=path, image_name=image_id)  # the same bytes may be found under another name
         except AuditError as err:
             record = error_run_record(loaded.name, path, str(err))
-            record.update(self._made_how(start, inverse, plan))
+            record.update(made_how(time.perf_counter() - start, inverse, plan))
         return record
-
-    @staticmethod
-    def _made_how(start: float, inverse: PatchInverse, plan: ModelPlan) -> dict[str, Any]:
-        return dict(zip(MADE_HOW, (time.perf_counter() - start, inverse.exact, plan.measured, plan.curves_for)))
