@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,12 +23,15 @@ from torch import nn
 
 from .attention import ATTENTION_METHODS, needs_attention
 from .capture import capture
-from .integrated_gradients import ig_result, integrated_gradients
+from .errors import ImageError
+from .images import normalize, prepare_image
+from .integrated_gradients import fill_baseline, ig_result, integrated_gradients
 from .layout import MAP_STAGE_ENCODER, MAP_STAGE_INPUT
 from .maps import compute_maps
 from .stats import spearman
 
-__all__ = ["RandomisationCurve", "cascade_steps", "randomisation_curves", "spearman", "dependency_step"]
+__all__ = ["RandomisationCurve", "cascade_steps", "randomisation_curves", "randomisation_record", "spearman",
+           "dependency_step"]
 
 
 def cascade_steps(model: nn.Module) -> list[tuple[str, list[nn.Module | nn.Parameter]]]:
@@ -165,3 +169,33 @@ def randomisation_curves(
         curves[key] = RandomisationCurve(first.method, first.stage, labels, values,
                                          dependency_step(first.stage, depth, first.method))
     return curves
+
+
+RULE = ("each parameter of a randomised part replaced by seeded Gaussian noise with the trained tensor's mean and "
+        "std, cascading from the head down; Spearman rank correlation with the trained model's map, averaged over the "
+        "images")
+
+
+def randomisation_record(loaded, model_id: str, images: Sequence[tuple[str, str]], settings, config,
+                         device: str) -> dict[str, Any]:
+    """The results file's record of the randomisation check of one model, on its first
+    ``settings.randomisation_images`` readable images of ``images`` (``(image id, path)`` pairs)."""
+    model = loaded.model.to(device)
+    inputs, baselines, names = [], [], []
+    for image_id, path in images:
+        if len(inputs) == settings.randomisation_images:
+            break
+        try:
+            prepared = prepare_image(path, loaded.data_config, name=image_id)
+        except ImageError:
+            continue
+        pixel = prepared.pixel.to(device)
+        inputs.append(normalize(pixel, loaded.mean, loaded.std))
+        if "ig" in settings.methods:  # ig's path starts from the fill image
+            baselines.append(normalize(fill_baseline(pixel, config, loaded.mean), loaded.mean, loaded.std))
+        names.append(image_id)
+    curves = randomisation_curves(model, inputs, None, settings.methods, seed=settings.seed, act=settings.act,
+                                  baselines=baselines or None)
+    return {"model": loaded.name, "model_id": model_id, "images": names, "threshold": settings.randomisation_threshold,
+            "rule": RULE,
+            "curves": {key: {**asdict(c), "after_dependencies": c.after_dependencies} for key, c in curves.items()}}

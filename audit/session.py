@@ -1,36 +1,34 @@
 """The state of one audit run, shared by every check: models, images, and results computed once.
 
 Set-up (loading the models, finding the images) is :mod:`audit.inputs`; the records computed once per
-(model, image) and per model, shared by every process of the run, are kept by :mod:`audit.store`. This class ties
-them to the gates and assembles the results file.
+(model, image) and per model, shared by every process of the run, are kept by :mod:`audit.store` and made by
+:mod:`audit.records` (the randomisation check's by :mod:`audit.sanity`). This class ties them to the gates and the
+baseline; :mod:`audit.assemble` writes them into the results file.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict
 from typing import Any
 
 import torch
 
+from .assemble import assemble_results
 from .compare import Baseline, baseline_stage, check_measured, check_recipe, compare_map, load_baseline, maps_for_class
-from .detail import trim_comparison, trim_run
-from .errors import AuditError, ImageError
+from .errors import AuditError
 from .executors import executor_for
 from .gates import evaluate_gate, gate_inputs
-from .images import normalize, prepare_image
+from .images import prepare_image
 from .inputs import collect_images, load_models, load_named, model_id_for, read_labels
-from .integrated_gradients import fill_baseline
 from .models import LoadedModel
 from .perturb import PerturbationConfig
 from .plan import ModelPlan, map_keys, plan_lines, plan_model
 from .records import MADE_HOW, RecordMaker
 from .restore import PatchInverse
-from .results import SCHEMA, clean, environment_record, error_run_record, model_record
-from .sanity import randomisation_curves
+from .results import SCHEMA, error_run_record, model_record
+from .sanity import randomisation_record
 from .settings import AuditSettings
-from .stats import summarize
 from .store import RecordStore
 
 __all__ = ["AuditSession", "Case", "model_id_for"]
@@ -211,30 +209,8 @@ class AuditSession:
         return self.store.once("sanity", (model_id,), lambda: self._compute_randomisation(model_id))
 
     def _compute_randomisation(self, model_id: str) -> dict[str, Any]:
-        loaded = self.models[model_id]
-        model = loaded.model.to(self.device)
-        inputs, baselines, names = [], [], []
-        for image_id, path in self.images:
-            if len(inputs) == self.settings.randomisation_images:
-                break
-            try:
-                prepared = prepare_image(path, loaded.data_config, name=image_id)
-            except ImageError:
-                continue
-            pixel = prepared.pixel.to(self.device)
-            inputs.append(normalize(pixel, loaded.mean, loaded.std))
-            if "ig" in self.settings.methods:  # ig's path starts from the fill image
-                baselines.append(normalize(fill_baseline(pixel, self.config, loaded.mean), loaded.mean, loaded.std))
-            names.append(image_id)
-        curves = randomisation_curves(model, inputs, None, self.settings.methods, seed=self.settings.seed,
-                                      act=self.settings.act, baselines=baselines or None)
-        return {"model": loaded.name, "model_id": model_id, "images": names,
-                "threshold": self.settings.randomisation_threshold,
-                "rule": ("each parameter of a randomised part replaced by seeded Gaussian noise with the trained "
-                         "tensor's mean and std, cascading from the head down; Spearman rank correlation with the "
-                         "trained model's map, averaged over the images"),
-                "curves": {key: {**asdict(c), "after_dependencies": c.after_dependencies}
-                           for key, c in curves.items()}}
+        return randomisation_record(self.models[model_id], model_id, self.images, self.settings, self.config,
+                                    self.device)
 
     def gate(self, model_id: str, method: str, stage: str) -> dict[str, Any]:
         """Evaluate one gate over every image and store its record for the results file."""
@@ -282,52 +258,5 @@ class AuditSession:
 
     # -- the results file ----------------------------------------------------------------------------------------
     def results(self, checks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Assemble the results file from every record the run produced (any process)."""
-        runs = [run for run in (self.store.read("runs", case.key) for case in self.cases()) if run is not None]
-        gates = self.gate_records()
-        sanity = self.store.read_all("sanity")
-        summaries = []
-        for model_id, loaded in self.models.items():
-            records = [(key.split("@")[0], key.split("@")[1], m["morf_auc"], m["lerf_auc"])
-                       for run in runs if run.get("model_id") == model_id and not run.get("error")
-                       for key, m in run["maps"].items() if m.get("morf_auc") is not None]
-            for summary in summarize(records, seed=self.settings.seed):
-                summaries.append({"model": loaded.name, "model_id": model_id, **asdict(summary)})
-        s = self.settings
-        settings = {k: v for k, v in asdict(s).items() if k != "limits"}
-        settings["limits"] = {k: asdict(v) for k, v in s.limits.items()}
-        return clean({
-            "schema": SCHEMA,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "environment": environment_record(self.device, s.seed, threads=torch.get_num_threads()),
-            "settings": settings,
-            "embedded_default": self.embedded,
-            "perturbation": self.config.describe(),
-            "policy": {"gate": s.gate, "threshold": s.threshold, "min_images": s.min_images, "strict": s.strict,
-                       "randomisation_threshold": s.randomisation_threshold, "sources": s.sources},
-            "models": [model_record(self.models[model_id], model_id) if model_id in self.models
-                       else {"id": model_id, **self.model_errors[model_id]} for model_id in self.model_ids],
-            "images": self.image_set.record(),
-            "images_left_out": self.image_set.left_out,
-            **({"labels": {"path": self.labels.path, "sha256": self.labels.sha256}} if self.labels else {}),
-            "runs": [trim_run(run, s.results_detail, self.gates.get(run.get("model_id"), [])) for run in runs],
-            "gates": gates,
-            "summaries": summaries,
-            "randomisation": sanity,
-            **self._comparison_results(),
-            "checks": checks or [],
-        })
-
-    def _comparison_results(self) -> dict[str, Any]:
-        """The results file's ``baseline`` block and ``comparisons`` (nothing without a baseline)."""
-        if self.baseline is None:
-            return {}
-        mine = {entry.sha256 for entry in self.image_set.entries if entry.sha256}
-        only_in_baseline = sorted(str(run.get("image_id")) for digest, run in self.baseline.runs.items()
-                                  if digest not in mine)
-        only_in_candidate = [entry.id for entry in self.image_set.entries
-                             if not entry.sha256 or entry.sha256 not in self.baseline.runs]
-        return {"baseline": {**self.baseline.record(), "images_only_in_baseline": only_in_baseline,
-                             "images_only_in_candidate": only_in_candidate},
-                "comparisons": [trim_comparison(record, self.settings.results_detail)
-                                for record in self.comparison_records()]}
+        """Assemble the results file from every record the run produced (any process; :mod:`audit.assemble`)."""
+        return assemble_results(self, checks)
