@@ -70,7 +70,8 @@ def run_key(settings, loaded, plan, device: str, image_sha256: str | None, label
         "image_sha256": image_sha256, "label": label,
         "methods": list(s.methods), "measured": list(plan.measured), "curves_for": plan.curves_for,
         "steps": s.steps, "unit": s.unit, "fill": s.fill, "score": s.score, "act": s.act, "seed": s.seed,
-        "amp": s.amp, "batch_size": s.batch_size, "device": device, "thumbnail": max(s.report_thumbnail, 64),
+        "amp": s.amp, "batch_size": s.batch_size, "image_batch": s.image_batch, "device": device,
+        "thumbnail": max(s.report_thumbnail, 64),
     })
 
 

@@ -65,17 +65,36 @@ class LocalExecutor:
         return []
 
     def make(self, session: AuditSession, cases: Iterable[Case]) -> Iterator[Case]:
-        """Make each case's record, yielding the case when it is done. A record that raises is left for its check
-        to compute again and report."""
-        for case in cases:
+        """Make each case's record, yielding the case when it is done. Consecutive cases of one model are made in
+        groups of ``--image-batch`` (:meth:`audit.session.AuditSession.run_group`). A record that raises is left for
+        its check to compute again and report."""
+        for group in _groups(session, cases):
             try:
-                session.run(case)
-            except Exception:  # noqa: BLE001 - the check that reads this record reports the error
+                if len(group) > 1:
+                    session.run_group(group)
+                else:
+                    session.run(group[0])
+            except Exception:  # noqa: BLE001 - the check that reads each record reports the error
                 pass
-            yield case
+            yield from group
 
     def close(self) -> None:
         """Nothing to close."""
+
+
+def _groups(session: AuditSession, cases: Iterable[Case]) -> Iterator[list[Case]]:
+    """Consecutive cases of one model, at most the model's ``--image-batch`` in each group."""
+    group: list[Case] = []
+    size = 1
+    for case in cases:
+        if group and (case.model_id != group[0].model_id or len(group) >= size):
+            yield group
+            group = []
+        if not group:
+            size = session.image_batch(case.model_id)
+        group.append(case)
+    if group:
+        yield group
 
 
 class RayExecutor:

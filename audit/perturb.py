@@ -15,6 +15,7 @@ perturbed image, its noise seeded by the run's seed and the removal mask).
 
 Perturbed images of many maps go through the model together in batches under ``torch.inference_mode``; the
 clean image (k = 0) and the fully removed image (k = steps) are the same for every map and are evaluated once.
+Several images' perturbed copies may share a batch (:func:`evaluate_curve_work`), so that a GPU's large batch is full.
 Identical maps (e.g. a Gaussian baseline at every stage) are scored once.
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
@@ -36,7 +37,8 @@ from .images import normalize
 
 __all__ = ["PerturbationConfig", "Curves", "faithfulness_curves", "auc", "removal_counts", "pixel_ranks",
            "max_steps", "road_seed", "ORDERS", "SCORE_DIRECTION", "SCORES", "FILL_CONSTANTS", "FILL_RECIPES",
-           "ROAD_NOISE", "amp_context", "AUTO_BATCH", "activation_bytes", "auto_batch_size", "batch_size_for"]
+           "ROAD_NOISE", "amp_context", "CurveWork", "curve_work", "evaluate_curve_work", "AUTO_BATCH",
+           "activation_bytes", "auto_batch_size", "batch_size_for"]
 
 ORDERS = ("morf", "lerf")
 UNITS = ("pixel", "patch")
@@ -277,6 +279,154 @@ def amp_context(device: torch.device, amp: str | None):
     return torch.autocast(device_type=device.type, dtype=getattr(torch, amp))
 
 
+class CurveWork:
+    """One image's perturbed images, waiting for the model: built on the device, evaluated in shared batches.
+
+    Made by :func:`curve_work`; :func:`evaluate_curve_work` fills in the scores of many images' works together (a
+    batch may hold several images' perturbed copies), and :meth:`curves` reads the curves off them.
+    """
+
+    def __init__(self, pixel: torch.Tensor, flat_pixel: torch.Tensor, fill: torch.Tensor, rank_table: torch.Tensor,
+                 jobs: list[tuple[int, int]], owner: dict[str, int], n_rows: int, target: int, label: int | None,
+                 seed: int, config: PerturbationConfig, mean: tuple[float, ...], std: tuple[float, ...]):
+        device = rank_table.device
+        self.pixel, self.flat_pixel, self.fill, self.rank_table = pixel, flat_pixel, fill, rank_table
+        self.owner, self.n_rows, self.target, self.label, self.seed = owner, n_rows, target, label, seed
+        self.config, self.mean, self.std = config, mean, std
+        self.job_rows = torch.tensor([row for row, _ in jobs], device=device)
+        self.job_counts = torch.tensor([count for _, count in jobs], device=device, dtype=torch.int32)
+        self.probs = np.full(len(jobs), np.nan, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+    def images(self, start: int, stop: int) -> torch.Tensor:
+        """The normalised perturbed images of jobs ``start:stop``, (stop - start, C, H, W), on the device."""
+        chans, height, width = self.pixel.shape
+        masks = self.rank_table[self.job_rows[start:stop]] < self.job_counts[start:stop, None]
+        if self.config.fill == "road":
+            return _road_batch(self.pixel, masks, self.seed, self.mean, self.std).to(self.rank_table.device)
+        return torch.where(masks[:, None, :], self.fill, self.flat_pixel).reshape(stop - start, chans, height, width)
+
+    def score(self, start: int, stop: int, logits: torch.Tensor) -> None:
+        """Keep y_k of jobs ``start:stop`` from their logits."""
+        if self.config.score == "top1":
+            correct = logits.float().argmax(-1) == (self.target if self.label is None else self.label)
+            self.probs[start:stop] = correct.double().cpu().numpy()
+        else:
+            self.probs[start:stop] = logits.float().softmax(-1)[:, self.target].double().cpu().numpy()
+
+    def curves(self) -> tuple[dict[str, Curves], dict[str, float]]:
+        """``({key: Curves}, {"clean": p, "removed": p})`` once every job was evaluated.
+
+        Raises:
+            ValueError: the clean image's probability is not finite.
+        """
+        steps = self.config.steps
+        clean, removed = self.probs[0], self.probs[1]
+        interior = self.probs[2:].reshape(self.n_rows, steps - 1) if self.n_rows else np.empty((0, steps - 1))
+        curves: dict[str, Curves] = {}
+        for key, index in self.owner.items():
+            morf = np.concatenate([[clean], interior[2 * index], [removed]])
+            lerf = np.concatenate([[clean], interior[2 * index + 1], [removed]])
+            curves[key] = Curves(morf=morf, lerf=lerf)
+        if not math.isfinite(clean):
+            raise ValueError("the model gave a non-finite probability for the clean image")
+        return curves, {"clean": float(clean), "removed": float(removed)}
+
+
+def curve_work(
+    pixel: torch.Tensor,
+    maps: Mapping[str, torch.Tensor],
+    target: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    patch: tuple[int, int],
+    grid: tuple[int, int],
+    config: PerturbationConfig | None = None,
+    seed: int = 0,
+    label: int | None = None,
+    device: str | torch.device = "cpu",
+) -> CurveWork:
+    """The perturbed images of many maps of one image, as ranks and jobs on ``device`` (arguments as for
+    :func:`faithfulness_curves`)."""
+    config = config or PerturbationConfig()
+    device = torch.device(device)
+    chans, height, width = pixel.shape
+    steps = config.steps
+    recipe = config.fill if isinstance(config.fill, str) else None
+    if recipe == "blur":
+        fill = gaussian_blur(pixel.float().cpu(), blur_sigma(height, width)).reshape(chans, -1)
+    else:
+        value = mean if recipe == "mean" else GREY if recipe == "road" else config.fill  # road: filled per image
+        fill = torch.as_tensor(value, dtype=torch.float32).expand(chans).reshape(chans, 1)
+    flat_pixel = pixel.reshape(chans, -1).float()
+    units = max_steps(config.unit, (height, width), grid)
+    if steps > units:
+        raise ValueError(f"steps: {steps} removal steps, but the input has only {units} {config.unit}s to remove")
+    counts = removal_counts(units, steps)
+
+    # One rank vector per distinct (map, order); identical maps share their curves.
+    distinct: dict[tuple, int] = {}
+    owner: dict[str, int] = {}
+    ranks: list[torch.Tensor] = []
+    for key, values in maps.items():
+        values = values.detach().cpu()
+        signature = (tuple(values.shape), values.double().numpy().tobytes())
+        if signature not in distinct:
+            distinct[signature] = len(ranks) // 2
+            for order in ORDERS:
+                ranks.append(pixel_ranks(values, order, (height, width), grid, patch, config.unit))
+        owner[key] = distinct[signature]
+    # Two shared rows first: the clean image (nothing ever removed) and the fully removed image.
+    never = torch.full((height * width,), height * width + 1, dtype=torch.int64)
+    if config.unit == "patch":
+        everything = pixel_ranks(torch.zeros(grid), "morf", (height, width), grid, patch, "patch")
+        everything = torch.where(everything < units, 0, never)
+    else:
+        everything = torch.zeros(height * width, dtype=torch.int64)
+    rank_table = torch.stack([never, everything, *ranks]).to(device=device, dtype=torch.int32)
+    # Jobs: (row in rank_table, units removed); interior steps only for the maps' own rows.
+    jobs = [(0, 0), (1, 1)] + [(2 + row, counts[k]) for row in range(len(ranks)) for k in range(1, steps)]
+    # Normalising is per element, so the fill and the clean pixels are normalised once and each perturbed image is
+    # picked from them: the same numbers as normalising every perturbed image, one pass over the batch fewer.
+    flat_pixel = normalize(flat_pixel.to(device).reshape(chans, 1, -1), mean, std).reshape(chans, -1)
+    fill = normalize(fill.to(device).reshape(chans, 1, -1), mean, std).reshape(chans, -1)
+    return CurveWork(pixel, flat_pixel, fill, rank_table, jobs, owner, len(ranks), target, label, seed, config,
+                     mean, std)
+
+
+def evaluate_curve_work(model: nn.Module, works: Sequence[CurveWork], batch_size: int,
+                        progress: Callable[[int, int], None] | None = None) -> None:
+    """Score every job of ``works`` with ``model``, ``batch_size`` perturbed images per forward.
+
+    The works' jobs are queued one image after the other, so a batch may hold the end of one image's jobs and the
+    start of the next one's; a single work is batched exactly as on its own. ``progress(done, total)`` is called
+    after each batch.
+    """
+    if not works:
+        return
+    device = next(model.parameters()).device
+    offsets = np.cumsum([0, *(len(work) for work in works)])
+    total = int(offsets[-1])
+    with torch.inference_mode(), amp_context(device, works[0].config.amp):
+        for start in range(0, total, batch_size):
+            stop = min(start + batch_size, total)
+            parts = []  # (work, its first job, its last job + 1) in this batch
+            for index, work in enumerate(works):
+                first, last = max(start, offsets[index]), min(stop, offsets[index + 1])
+                if first < last:
+                    parts.append((work, int(first - offsets[index]), int(last - offsets[index])))
+            images = [work.images(a, b) for work, a, b in parts]
+            logits = model(images[0] if len(images) == 1 else torch.cat(images))
+            at = 0
+            for work, a, b in parts:
+                work.score(a, b, logits[at:at + b - a])
+                at += b - a
+            if progress is not None:
+                progress(stop, total)
+
+
 def faithfulness_curves(
     model: nn.Module,
     pixel: torch.Tensor,
@@ -312,75 +462,8 @@ def faithfulness_curves(
     """
     config = config or PerturbationConfig()
     device = next(model.parameters()).device
-    chans, height, width = pixel.shape
-    steps = config.steps
-    recipe = config.fill if isinstance(config.fill, str) else None
-    if recipe == "blur":
-        fill = gaussian_blur(pixel.float().cpu(), blur_sigma(height, width)).reshape(chans, -1)
-    else:
-        value = mean if recipe == "mean" else GREY if recipe == "road" else config.fill  # road: filled per image
-        fill = torch.as_tensor(value, dtype=torch.float32).expand(chans).reshape(chans, 1)
-    flat_pixel = pixel.reshape(chans, -1).float()
-    units = max_steps(config.unit, (height, width), grid)
-    if steps > units:
-        raise ValueError(f"steps: {steps} removal steps, but the input has only {units} {config.unit}s to remove")
-    counts = removal_counts(units, steps)
-    batch_size = batch_size_for(config, model, (height, width))
-
-    # One rank vector per distinct (map, order); identical maps share their curves.
-    distinct: dict[tuple, int] = {}
-    owner: dict[str, int] = {}
-    ranks: list[torch.Tensor] = []
-    for key, values in maps.items():
-        values = values.detach().cpu()
-        signature = (tuple(values.shape), values.double().numpy().tobytes())
-        if signature not in distinct:
-            distinct[signature] = len(ranks) // 2
-            for order in ORDERS:
-                ranks.append(pixel_ranks(values, order, (height, width), grid, patch, config.unit))
-        owner[key] = distinct[signature]
-    # Two shared rows first: the clean image (nothing ever removed) and the fully removed image.
-    never = torch.full((height * width,), height * width + 1, dtype=torch.int64)
-    if config.unit == "patch":
-        everything = pixel_ranks(torch.zeros(grid), "morf", (height, width), grid, patch, "patch")
-        everything = torch.where(everything < units, 0, never)
-    else:
-        everything = torch.zeros(height * width, dtype=torch.int64)
-    rank_table = torch.stack([never, everything, *ranks]).to(device=device, dtype=torch.int32)
-    # Jobs: (row in rank_table, units removed); interior steps only for the maps' own rows.
-    jobs = [(0, 0), (1, 1)] + [(2 + row, counts[k]) for row in range(len(ranks)) for k in range(1, steps)]
-    job_rows = torch.tensor([row for row, _ in jobs], device=device)
-    job_counts = torch.tensor([count for _, count in jobs], device=device, dtype=torch.int32)
-    # Normalising is per element, so the fill and the clean pixels are normalised once and each perturbed image is
-    # picked from them: the same numbers as normalising every perturbed image, one pass over the batch fewer.
-    flat_pixel = normalize(flat_pixel.to(device).reshape(chans, 1, -1), mean, std).reshape(chans, -1)
-    fill = normalize(fill.to(device).reshape(chans, 1, -1), mean, std).reshape(chans, -1)
-
-    probs = np.empty(len(jobs), dtype=np.float64)
-    with torch.inference_mode(), amp_context(device, config.amp):
-        for start in range(0, len(jobs), batch_size):
-            stop = min(start + batch_size, len(jobs))
-            masks = rank_table[job_rows[start:stop]] < job_counts[start:stop, None]
-            if recipe == "road":
-                images = _road_batch(pixel, masks, seed, mean, std).to(device)
-            else:
-                images = torch.where(masks[:, None, :], fill, flat_pixel).reshape(stop - start, chans, height, width)
-            logits = model(images)
-            if config.score == "top1":
-                correct = logits.float().argmax(-1) == (target if label is None else label)
-                probs[start:stop] = correct.double().cpu().numpy()
-            else:
-                probs[start:stop] = logits.float().softmax(-1)[:, target].double().cpu().numpy()
-            if progress is not None:
-                progress(stop, len(jobs))
-
-    clean, removed = probs[0], probs[1]
-    interior = probs[2:].reshape(len(ranks), steps - 1) if ranks else np.empty((0, steps - 1))
-    curves: dict[str, Curves] = {}
-    for key, index in owner.items():
-        morf = np.concatenate([[clean], interior[2 * index], [removed]])
-        lerf = np.concatenate([[clean], interior[2 * index + 1], [removed]])
-        curves[key] = Curves(morf=morf, lerf=lerf)
-    if not math.isfinite(clean):
-        raise ValueError("the model gave a non-finite probability for the clean image")
-    return curves, {"clean": float(clean), "removed": float(removed), "batch_size": batch_size}
+    work = curve_work(pixel, maps, target, mean, std, patch, grid, config, seed, label, device)
+    batch_size = batch_size_for(config, model, tuple(pixel.shape[1:]))
+    evaluate_curve_work(model, [work], batch_size, progress)
+    curves, shared = work.curves()
+    return curves, {**shared, "batch_size": batch_size}

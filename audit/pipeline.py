@@ -21,12 +21,12 @@ from .integrated_gradients import ig_map_input, ig_result
 from .layout import normalize_stage
 from .maps import DEFAULT_METHODS, MapResult, compute_maps
 from .models import LoadedModel
-from .perturb import Curves, PerturbationConfig, faithfulness_curves
+from .perturb import Curves, CurveWork, PerturbationConfig, batch_size_for, curve_work, evaluate_curve_work
 from .restore import PatchInverse, Restoration, restore
 from .stats import N_BOOTSTRAP, Summary, summarize
 
-__all__ = ["ImageAudit", "audit_image", "audit_images", "summarize_audits", "one_thread", "finite_stages",
-           "check_capture_finite"]
+__all__ = ["ImageAudit", "audit_image", "audit_group", "audit_images", "summarize_audits", "one_thread",
+           "finite_stages", "check_capture_finite"]
 
 
 @dataclass
@@ -111,11 +111,85 @@ def audit_image(
         device: where the model runs.
         keep_capture: keep the raw tokens and gradients in the result (memory: 2 x stages x N x D floats).
         inverse: a precomputed :class:`PatchInverse` of the model (saves its pseudo-inverse per image).
-        progress: forwarded to :func:`audit.perturb.faithfulness_curves`.
+        progress: called with (perturbed images done, total) after each batch of the curves.
         curves_for: only these maps (``"<method>@<stage>"``) of the measured stages get curves; default all.
     """
-    prepared = image if isinstance(image, PreparedImage) else prepare_image(image, loaded.data_config)
+    config = config or PerturbationConfig()
     device = torch.device(device)
+    started = _start(loaded, image, methods=methods, stages=stages, act=act, config=config, seed=seed,
+                     target=target, label=label, device=device, curves_for=curves_for)
+    batch_size = batch_size_for(config, loaded.model, tuple(started.pixel.shape[1:]))
+    evaluate_curve_work(loaded.model, [started.work], batch_size, progress)
+    return _finish(loaded, started, batch_size, keep_capture=keep_capture, inverse=inverse)
+
+
+def audit_group(
+    loaded: LoadedModel,
+    images: Sequence[str | os.PathLike[str] | PreparedImage | Any],
+    labels: Sequence[int | None] | None = None,
+    *,
+    config: PerturbationConfig | None = None,
+    device: str | torch.device = "cpu",
+    keep_capture: bool = False,
+    inverse: PatchInverse | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **options: Any,
+) -> list[ImageAudit | Exception]:
+    """Audit several images whose perturbed copies share the curves' forward passes (batches across images).
+
+    Each image is captured, mapped and restored on its own, as by :func:`audit_image`; only the curves' batches
+    are shared, so a batch holds as many perturbed images as the batch size allows whatever one image needs. The
+    numbers equal :func:`audit_image`'s up to the float rounding of a different batch composition.
+
+    Args:
+        images: the images, as for :func:`audit_image`; ``labels``: each one's true class (default: none).
+        **options: as for :func:`audit_image` (``methods``, ``stages``, ``act``, ``seed``, ``curves_for``).
+
+    Returns:
+        One entry per image, in order: its :class:`ImageAudit`, or the exception that stopped it (the others go on).
+    """
+    config = config or PerturbationConfig()
+    device = torch.device(device)
+    labels = list(labels) if labels is not None else [None] * len(images)
+    started: list[_Started | Exception] = []
+    for image, label in zip(images, labels):
+        try:
+            started.append(_start(loaded, image, config=config, device=device, label=label, **options))
+        except Exception as err:  # noqa: BLE001 - this image's error; the group goes on
+            started.append(err)
+    live = [s for s in started if isinstance(s, _Started)]
+    if not live:
+        return started
+    batch_size = batch_size_for(config, loaded.model, tuple(live[0].pixel.shape[1:]))
+    evaluate_curve_work(loaded.model, [s.work for s in live], batch_size, progress)
+    done: list[ImageAudit | Exception] = []
+    for item in started:
+        try:
+            done.append(item if isinstance(item, Exception) else
+                        _finish(loaded, item, batch_size, keep_capture=keep_capture, inverse=inverse))
+        except Exception as err:  # noqa: BLE001
+            done.append(err)
+    return done
+
+
+@dataclass
+class _Started:
+    """An image captured and mapped, its curves' perturbed images waiting for the model."""
+
+    prepared: PreparedImage
+    pixel: torch.Tensor  # on the device
+    cap: Capture
+    maps: dict[str, MapResult]
+    work: CurveWork
+    label: int | None
+
+
+def _start(loaded: LoadedModel, image: Any, *, methods: Sequence[str] = DEFAULT_METHODS,
+           stages: Iterable[int | str] | None = None, act: str = "gelu", config: PerturbationConfig,
+           seed: int = 0, target: int | None = None, label: int | None = None, device: torch.device,
+           curves_for: Collection[str] | None = None) -> _Started:
+    """Capture, check, map (``ig`` included) and queue the curves' perturbed images of one image."""
+    prepared = image if isinstance(image, PreparedImage) else prepare_image(image, loaded.data_config)
     model = loaded.model.to(device)
     pixel = prepared.pixel.to(device)
     cap = capture(model, normalize(pixel, loaded.mean, loaded.std), target=target,
@@ -124,7 +198,6 @@ def audit_image(
         check_capture_finite(cap, prepared.source)
         maps = compute_maps(model, cap, methods=methods, act=act, seed=seed, image=prepared.name)
     measured = set(cap.map_stages if stages is None else (normalize_stage(s, cap.layout.depth) for s in stages))
-    config = config or PerturbationConfig()
     if "ig" in methods:  # one stage, the input: measured whenever the map is asked for
         values = ig_map_input(model, pixel, config, loaded.mean, loaded.std, cap.target, cap.layout)
         result = ig_result(values)
@@ -132,23 +205,29 @@ def audit_image(
         measured.add(result.stage)
     scored = {key: m.values for key, m in maps.items()
               if m.stage in measured and m.rankable and (curves_for is None or key in curves_for)}
-    curves, shared = faithfulness_curves(
-        model, pixel, scored, cap.target, loaded.mean, loaded.std,
-        patch=cap.layout.patch_size, grid=cap.layout.grid, config=config, progress=progress, seed=seed, label=label,
-    )
+    work = curve_work(pixel, scored, cap.target, loaded.mean, loaded.std, patch=cap.layout.patch_size,
+                      grid=cap.layout.grid, config=config, seed=seed, label=label, device=device)
+    return _Started(prepared, pixel, cap, maps, work, label)
+
+
+def _finish(loaded: LoadedModel, started: _Started, batch_size: int, keep_capture: bool = False,
+            inverse: PatchInverse | None = None) -> ImageAudit:
+    """The curves read off the evaluated work, both restorations, and the image's audit."""
+    curves, shared = started.work.curves()
+    cap, prepared = started.cap, started.prepared
     with one_thread():
-        restorations = restore(cap, model, prepared.pixel, loaded.mean, loaded.std, inverse=inverse)
+        restorations = restore(cap, loaded.model, prepared.pixel, loaded.mean, loaded.std, inverse=inverse)
     return ImageAudit(
         image=prepared,
         source=prepared.source,
         target=cap.target,
-        label=label,
+        label=started.label,
         prob=cap.prob,
-        maps=maps,
+        maps=started.maps,
         curves=curves,
         restorations=restorations,
         removed_prob=shared["removed"],
-        batch_size=shared["batch_size"],
+        batch_size=batch_size,
         capture=cap if keep_capture else None,
     )
 

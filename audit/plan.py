@@ -15,10 +15,12 @@ from .integrated_gradients import IG_STEPS
 from .layout import MAP_STAGE_INPUT, normalize_stage, stage_names
 from .maps import INPUT_METHODS
 from .models import LoadedModel
-from .perturb import AUTO_BATCH, amp_context, max_steps
+from .perturb import AUTO_BATCH, PerturbationConfig, amp_context, batch_size_for, max_steps
+from .ranges import IMAGE_BATCH_MAX
 from .settings import AuditSettings
 
-__all__ = ["AUTO", "ModelPlan", "forwards_per_image", "map_keys", "plan_lines", "plan_model", "time_forwards"]
+__all__ = ["AUTO", "ModelPlan", "auto_image_batch", "forwards_per_image", "map_keys", "plan_lines", "plan_model",
+           "time_forwards"]
 
 AUTO = "auto"  # --layers auto: with gates, curves for the gated maps and random at their stages only
 
@@ -110,6 +112,21 @@ def forwards_per_image(plan: ModelPlan, settings: AuditSettings, depth: int) -> 
     if any(m in INPUT_METHODS for m in settings.methods):
         forwards += 3 * (IG_STEPS + 1)
     return len(keys), forwards
+
+
+def auto_image_batch(plan: ModelPlan, settings: AuditSettings, loaded: LoadedModel, config: PerturbationConfig,
+                     device: str) -> int:
+    """``--image-batch auto``: as many images as it takes for their perturbed copies to fill one batch of the curves,
+    at most :data:`IMAGE_BATCH_MAX`.
+
+    One image under the default policy has ``2 + 2 x (steps - 1) x maps`` perturbed copies (154 for two gated maps
+    and ``random``'s at 20 steps), so on a CPU (a batch of at most 64) every image is batched on its own, and on a
+    GPU whose batch holds 1,024 images seven images share each batch.
+    """
+    n_curves, _ = forwards_per_image(plan, settings, loaded.layout.depth)
+    copies = 2 + 2 * (settings.steps - 1) * n_curves
+    batch = batch_size_for(config, loaded.model.to(device), loaded.input_size)
+    return max(1, min(IMAGE_BATCH_MAX, -(-batch // copies)))
 
 
 def time_forwards(model: torch.nn.Module, input_size: tuple[int, int], channels: int, device: str,

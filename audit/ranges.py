@@ -12,13 +12,14 @@ import reprlib
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BATCH_SIZE_MAX", "DEFAULT_MARGIN", "MAX_MB_LIMIT", "MIN_IMAGES_MAX", "OPTIONAL_NUMBERS",
+__all__ = ["BATCH_SIZE_MAX", "IMAGE_BATCH_MAX", "DEFAULT_MARGIN", "MAX_MB_LIMIT", "MIN_IMAGES_MAX", "OPTIONAL_NUMBERS",
            "RANDOMISATION_IMAGES_MAX", "RANGES", "Range", "SEED_MAX", "STEPS_MAX", "THUMBNAIL_MAX", "THUMBNAIL_MIN",
            "check_range", "finite", "flag", "in_file", "range_message", "show"]
 
 SEED_MAX = 2**32 - 1  # numpy's default_rng and torch's manual_seed take 0 <= seed < 2**32 on every path
 STEPS_MAX = 10_000  # the per-model bound (at most the pixels or patches of the input) is checked by the session
 BATCH_SIZE_MAX = 1_000_000
+IMAGE_BATCH_MAX = 64  # images whose perturbed copies share the curves' batches (each holds its capture meanwhile)
 MIN_IMAGES_MAX = 1_000_000
 RANDOMISATION_IMAGES_MAX = 1_000
 #: The default non-inferiority margin of a comparison with a baseline, on the mean ABPC difference (README,
@@ -62,6 +63,7 @@ class Range:
 RANGES: dict[str, Range] = {
     "steps": Range("an integer", 1, STEPS_MAX, integer=True),
     "batch_size": Range("an integer", 1, BATCH_SIZE_MAX, integer=True),
+    "image_batch": Range("an integer", 1, IMAGE_BATCH_MAX, integer=True),
     "seed": Range("an integer", 0, SEED_MAX, integer=True),
     "min_images": Range("an integer", 1, MIN_IMAGES_MAX, integer=True),
     "randomisation_images": Range("an integer", 1, RANDOMISATION_IMAGES_MAX, integer=True),

@@ -10,21 +10,22 @@ from .cache import RunCache, run_key
 from .errors import AuditError
 from .images import prepare_image
 from .models import LoadedModel
-from .perturb import PerturbationConfig
-from .pipeline import audit_image, one_thread
-from .plan import ModelPlan
+from .perturb import AUTO_BATCH, PerturbationConfig
+from .pipeline import audit_group, one_thread
+from .plan import ModelPlan, auto_image_batch
 from .restore import PatchInverse
 from .results import error_run_record, run_record
 from .settings import AuditSettings
 
 __all__ = ["MADE_HOW", "RecordMaker", "made_how"]
 
-MADE_HOW = ("seconds", "inverse_exact", "measured_stages", "curves_for")  # what every record says of its making
+# what every record says of its making; image_batch: how many images were audited together, sharing the curves' batches
+MADE_HOW = ("seconds", "inverse_exact", "measured_stages", "curves_for", "image_batch")
 
 
-def made_how(seconds: float, inverse: PatchInverse, plan: ModelPlan) -> dict[str, Any]:
-    """The :data:`MADE_HOW` fields of a record that took ``seconds`` to make (or to fail)."""
-    return dict(zip(MADE_HOW, (seconds, inverse.exact, plan.measured, plan.curves_for)))
+def made_how(seconds: float, inverse: PatchInverse, plan: ModelPlan, images: int = 1) -> dict[str, Any]:
+    """The :data:`MADE_HOW` fields of a record that took ``seconds`` to make (or to fail), in a group of ``images``."""
+    return dict(zip(MADE_HOW, (seconds, inverse.exact, plan.measured, plan.curves_for, images)))
 
 
 class RecordMaker:
@@ -57,32 +58,81 @@ class RecordMaker:
         return [f"cache: {cache.hits} record(s) reused, {cache.misses} computed ({cache.folder}){ignored}",
                 *cache.ignored]
 
+    def image_batch(self, loaded: LoadedModel, plan: ModelPlan) -> int:
+        """How many images' perturbed copies share the curves' batches (``--image-batch``; ``auto``: enough images to
+        fill one batch, :func:`audit.plan.auto_image_batch`)."""
+        if self.settings.image_batch != AUTO_BATCH:
+            return int(self.settings.image_batch)
+        return auto_image_batch(plan, self.settings, loaded, self.config, self.device)
+
     def make(self, loaded: LoadedModel, plan: ModelPlan, inverse: PatchInverse, path: str, image_id: str,
              sha256: str | None, label_of=None, data: bytes | None = None) -> dict[str, Any]:
         """The record of one image; an image that cannot be audited gets an error record with its one-line reason.
 
         ``label_of(path, num_classes)`` gives the image's true class (``--labels``); it may raise an AuditError.
         ``data``: the image file's bytes, read where the file is (a Ray task's image); ``path`` then only names it.
+        An error that is not the image's (a bug) is raised.
+        """
+        record = self.make_group(loaded, plan, inverse, [(path, image_id, sha256, data)], label_of)[0]
+        if isinstance(record, Exception):
+            raise record
+        return record
+
+    def make_group(self, loaded: LoadedModel, plan: ModelPlan, inverse: PatchInverse,
+                   items: list[tuple[str, str, str | None, bytes | None]], label_of=None
+                   ) -> list[dict[str, Any] | Exception]:
+        """The records of several images (``(path, image id, sha256, bytes or None)`` each), those not cached
+        audited together so that their perturbed copies share the curves' batches (:func:`audit.pipeline.audit_group`).
+
+        Each record is cached as soon as its group is done. An image that cannot be audited gets an error record; an
+        error that is not the image's stands in its place. A record's ``seconds`` is its share of the group's time and
+        the time of its own record; its ``image_batch`` is how many images were audited together.
         """
         start = time.perf_counter()
         s = self.settings
-        try:
-            label = label_of(path, loaded.num_classes) if label_of else None
-            key = run_key(s, loaded, plan, self.device, sha256, label) if self.cache is not None else None
-            record = self.cache.get(key) if key is not None else None
-            if record is None:
-                prepared = prepare_image(path if data is None else data, loaded.data_config, name=image_id,
-                                         source=path)
-                result = audit_image(loaded, prepared, methods=s.methods, stages=plan.measured, act=s.act,
-                                     config=self.config, seed=s.seed, label=label, device=self.device,
-                                     keep_capture=True, inverse=inverse, curves_for=plan.curves_for)
+        out: list[dict[str, Any] | Exception | None] = [None] * len(items)
+        todo: list[tuple[int, Any, int | None, str | None]] = []  # (index, prepared image, label, cache key)
+        for index, (path, image_id, sha256, data) in enumerate(items):
+            try:
+                label = label_of(path, loaded.num_classes) if label_of else None
+                key = run_key(s, loaded, plan, self.device, sha256, label) if self.cache is not None else None
+                record = self.cache.get(key) if key is not None else None
+                if record is None:
+                    prepared = prepare_image(path if data is None else data, loaded.data_config, name=image_id,
+                                             source=path)
+                    todo.append((index, prepared, label, key))
+                else:
+                    out[index] = record
+            except AuditError as err:
+                out[index] = self._error(loaded, path, err, start, inverse, plan)
+        if todo:
+            results = audit_group(loaded, [prepared for _, prepared, _, _ in todo], [label for _, _, label, _ in todo],
+                                  methods=s.methods, stages=plan.measured, act=s.act, config=self.config, seed=s.seed,
+                                  device=self.device, keep_capture=True, inverse=inverse, curves_for=plan.curves_for)
+            share = (time.perf_counter() - start) / len(todo)  # of the group's time, before each record's own
+            for (index, _, _, key), result in zip(todo, results):
+                path = items[index][0]
+                if isinstance(result, AuditError):
+                    out[index] = self._error(loaded, path, result, start, inverse, plan)
+                    continue
+                if isinstance(result, Exception):
+                    out[index] = result
+                    continue
+                own = time.perf_counter()
                 with one_thread():  # thumbnails and small tensors (audit.pipeline.one_thread)
                     record = run_record(loaded, result, thumbnail=max(s.report_thumbnail, 64))
-                record.update(made_how(time.perf_counter() - start, inverse, plan))
+                record.update(made_how(share + time.perf_counter() - own, inverse, plan, images=len(todo)))
                 if key is not None:
                     self.cache.put(key, record)  # on disk as soon as it is done
-            record.update(image=path, image_name=image_id)  # the same bytes may be found under another name
-        except AuditError as err:
-            record = error_run_record(loaded.name, path, str(err))
-            record.update(made_how(time.perf_counter() - start, inverse, plan))
+                out[index] = record
+        for (path, image_id, _, _), record in zip(items, out):
+            if isinstance(record, dict):
+                record.update(image=path, image_name=image_id)  # the same bytes may be found under another name
+        return out
+
+    @staticmethod
+    def _error(loaded: LoadedModel, path: str, err: AuditError, start: float, inverse: PatchInverse,
+               plan: ModelPlan) -> dict[str, Any]:
+        record = error_run_record(loaded.name, path, str(err))
+        record.update(made_how(time.perf_counter() - start, inverse, plan))
         return record

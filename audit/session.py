@@ -162,6 +162,31 @@ class AuditSession:
             self._runs[case.key] = self.store.once("runs", case.key, lambda: self._compute_run(case))
         return self._runs[case.key]
 
+    def run_group(self, cases: list[Case]) -> None:
+        """Make the records of several cases of one model together, their curves' batches shared across images
+        (``--image-batch``); a case whose record is stored already is left alone. Each record is then read with
+        :meth:`run`; one that failed with an error that is not its image's is left for its check to make again and
+        report."""
+        todo = [case for case in cases if case.key not in self._runs and self.store.read("runs", case.key) is None]
+        if len(todo) > 1:
+            model_id = todo[0].model_id
+            entries = [self.image_set.entry(case.image_id) for case in todo]
+            items = [(case.path, case.image_id, entry.sha256 if entry else None, None)
+                     for case, entry in zip(todo, entries)]
+            records = self.records.make_group(self._model(model_id), self.plans[model_id], self.inverses[model_id],
+                                              items, self.labels.class_of if self.labels else None)
+            failed = {case.key for case, record in zip(todo, records) if not isinstance(record, dict)}
+            for case, record in zip(todo, records):
+                if case.key not in failed:
+                    self.keep_run(case, record)
+            cases = [case for case in cases if case.key not in failed]  # left for their checks to make and report
+        for case in cases:
+            self.run(case)
+
+    def image_batch(self, model_id: str) -> int:
+        """How many of a model's images share the curves' batches (``--image-batch``, ``auto`` resolved)."""
+        return self.records.image_batch(self._model(model_id), self.plans[model_id])
+
     def _compute_run(self, case: Case) -> dict[str, Any]:
         loaded = self._model(case.model_id)
         entry = self.image_set.entry(case.image_id)
@@ -177,12 +202,13 @@ class AuditSession:
             try:
                 self._maps_for_baseline_class(case, loaded, record)
             except AuditError as err:
-                record = {**error_run_record(loaded.name, case.path, str(err)), **{k: record[k] for k in MADE_HOW}}
+                record = {**error_run_record(loaded.name, case.path, str(err)), **{k: record.get(k) for k in MADE_HOW}}
         record.update(model_id=case.model_id, image_id=case.image_id)
         return record
 
     def keep_run(self, case: Case, record: dict[str, Any]) -> dict[str, Any]:
-        """Keep a record made elsewhere (a Ray task) as the run's record of ``case``, unless one is kept already."""
+        """Keep a record made elsewhere (a Ray task, or a group) as the run's record of ``case``, unless one is kept
+        already."""
         if case.key not in self._runs:
             self._runs[case.key] = self.store.once("runs", case.key, lambda: self.finish_run(case, record))
         return self._runs[case.key]

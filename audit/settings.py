@@ -34,6 +34,7 @@ from .perturb import AUTO_BATCH, FILL_CONSTANTS, FILL_RECIPES, SCORES
 from .ranges import (
     BATCH_SIZE_MAX,
     DEFAULT_MARGIN,
+    IMAGE_BATCH_MAX,
     MAX_MB_LIMIT,
     MIN_IMAGES_MAX,
     OPTIONAL_NUMBERS,
@@ -61,6 +62,7 @@ __all__ = ["AuditSettings", "OPTIONS", "output_settings", "resolve_settings", "r
            "RANDOMISATION_IMAGES_MAX", "THUMBNAIL_MIN", "THUMBNAIL_MAX", "MAX_MB_LIMIT", "DEFAULT_MARGIN"]
 
 DEVICES = ("cpu", "cuda", "auto")
+AUTO_OPTIONS = ("batch_size", "image_batch")  # numbers that may also be "auto"
 EXECUTORS = ("local", "ray")  # where the (model, image) records are made (audit.executors)
 
 @dataclass
@@ -77,6 +79,7 @@ class AuditSettings:
     unit: str = "pixel"
     fill: float | str = 127 / 255
     batch_size: int | str = AUTO_BATCH
+    image_batch: int | str = AUTO_BATCH
     seed: int = 0
     act: str = "gelu"
     amp: str | None = None
@@ -129,6 +132,8 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
              "(the model's normalisation mean), blur (RISE's), road (ROAD's noisy linear imputation; slow)", "FILL"),
     "batch_size": (f"perturbed images per forward pass, 1..{BATCH_SIZE_MAX}, or auto (default: from the memory a "
                    "forward needs per image and what is free, at most 64 on a CPU)", "N"),
+    "image_batch": (f"images whose perturbed copies share the curves' forward passes, 1..{IMAGE_BATCH_MAX}, or auto "
+                    "(default: enough to fill one batch; 1 on a CPU)", "N"),
     "seed": (f"seed of the random baseline, the bootstrap and the randomisation check, 0..{SEED_MAX} (default 0)",
              "N"),
     "act": (f"activation of the gradient maps: {', '.join(ACTIVATIONS)} (default gelu)", "NAME"),
@@ -309,7 +314,7 @@ def _coerce(name: str, value: Any, default: Any, where: str | None = None) -> An
         except ValueError:
             raise ValueError(f"fill: {show(value)} is neither a pixel value in [0, 1] nor a recipe "
                              f"({', '.join([*FILL_CONSTANTS, *FILL_RECIPES])}){in_file(where)}") from None
-    if name == "batch_size":
+    if name in AUTO_OPTIONS:
         if isinstance(value, str) and value.strip().lower() == AUTO_BATCH:
             return AUTO_BATCH
         default = 0
@@ -319,7 +324,7 @@ def _coerce(name: str, value: Any, default: Any, where: str | None = None) -> An
         default = 0.0
     kind = "bool" if isinstance(default, bool) else type(default).__name__ if isinstance(default, (int, float)) \
         else "string"
-    also = f" or {AUTO_BATCH}" if name == "batch_size" else ""
+    also = f" or {AUTO_BATCH}" if name in AUTO_OPTIONS else ""
     error = ValueError(f"{flag(name)}: {show(value)} is not a valid {kind}{also}{in_file(where)}")
     if kind == "bool":
         if isinstance(value, bool):
@@ -497,7 +502,7 @@ def _validate(s: AuditSettings, origins: dict[str, str] | None = None) -> None:
         except ValueError as err:
             raise fail("ray_address", str(err)) from None
     for name in RANGES:
-        if (name == "fill" and isinstance(s.fill, str)) or (name == "batch_size" and s.batch_size == AUTO_BATCH):
+        if (name == "fill" and isinstance(s.fill, str)) or (name in AUTO_OPTIONS and getattr(s, name) == AUTO_BATCH):
             continue  # a recipe, or auto: checked when read
         if not (name in OPTIONAL_NUMBERS and getattr(s, name) is None):
             check_range(name, getattr(s, name), origins.get(name))

@@ -84,7 +84,7 @@ def test_a_record_made_with_another_recipe_is_never_served(pytester, files):
 
 @pytest.mark.parametrize("change", [dict(steps=9), dict(fill="black"), dict(fill=0.5), dict(seed=1),
                                     dict(methods=["cam"]), dict(amp="bfloat16"), dict(act="relu"),
-                                    dict(score="top1"), dict(unit="patch"), dict(batch_size=7),
+                                    dict(score="top1"), dict(unit="patch"), dict(batch_size=7), dict(image_batch=3),
                                     dict(report_thumbnail=96), "label", "image", "checkpoint", "plan", "device"])
 def test_every_setting_that_changes_a_record_changes_its_key(change):
     from dataclasses import replace

@@ -136,6 +136,8 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
     ({"layers": [""]}, r"^layers: expected at least one block index, 'encoder', 'all' or 'auto', got an empty list$"),
     ({"methods": [" , "]}, r"^methods: expected at least one of cam,.*, got an empty list$"),
     ({"batch_size": "0"}, r"^batch-size: expected a positive integer, got 0$"),  # the first versions' words
+    ({"image_batch": "0"}, r"^image-batch: expected a positive integer, got 0$"),
+    ({"image_batch": "65"}, r"^image-batch: expected an integer in \[1, 64\], got 65$"),
 ])
 def test_out_of_range_values_are_refused_before_the_run_with_the_option_and_range(cli, message):
     with pytest.raises(ValueError) as err:
@@ -485,4 +487,18 @@ def test_batch_size_is_auto_by_default_and_takes_auto_from_every_source(tmp_path
         resolve_settings({**BASE, "batch_size": "many"})
     config.write_text('batch-size = "many"\n')
     with pytest.raises(ValueError, match=rf"^batch-size: 'many' is not a valid int or auto \(in {config}\)$"):
+        resolve_settings({**BASE}, config)
+
+
+def test_image_batch_is_auto_by_default_and_takes_a_number_or_auto_from_every_source(tmp_path):
+    assert resolve_settings(dict(BASE)).image_batch == "auto"
+    assert resolve_settings({**BASE, "image_batch": " Auto "}).image_batch == "auto"
+    assert resolve_settings({**BASE, "image_batch": "8"}).image_batch == 8
+    config = tmp_path / "policy.toml"
+    config.write_text("image-batch = 4\n")
+    assert resolve_settings({**BASE}, config).image_batch == 4
+    with pytest.raises(ValueError, match=r"^image-batch: 'all' is not a valid int or auto$"):
+        resolve_settings({**BASE, "image_batch": "all"})
+    config.write_text("image-batch = 2.5\n")
+    with pytest.raises(ValueError, match=r"^image-batch: 2.5 is not a valid int or auto"):
         resolve_settings({**BASE}, config)
