@@ -5,7 +5,8 @@ request to the network or to any other file. It renders whatever the run produce
 with ``error`` set, missing gates, null fields). To stay under ``max_mb`` it draws the per-image figures smaller,
 with fewer colours, and then leaves whole figure families out, image by image, and says so in the report.
 
-This module draws the per-image sections and fits them to the size limit; the run-level sections are
+This module fits the per-image sections to the size limit and writes the page. The sections are drawn by
+:mod:`reports.sections` under the size plans of :mod:`reports.plans`; the run-level sections are
 :mod:`reports.summary`'s, the lenient readers and number formats :mod:`reports.values`'.
 """
 from __future__ import annotations
@@ -13,433 +14,24 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
-from PIL import Image
 
-from audit.detail import charted_maps
 from audit.results import write_text_atomically
 
-from . import charts, pictures
+from . import pictures
 from .comparison import comparison_section
-from .summary import _perturbation_text, aggregates, gate_rows, header, overall_verdict
-from .values import _dict, _list, _num, _records, _sorted_stages, _stage_title, fmt, fmt_ci
+from .plans import Plan, describe_cuts, plans_for
+from .sections import SectionBuilder
+from .summary import aggregates, gate_rows, header, overall_verdict
+from .values import fmt, fmt_ci
 
 __all__ = ["Plan", "overall_verdict", "read_results", "render_report"]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-MB = 1_000_000
-STRIP_FRAMES = 10
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How one image's figures are drawn; the report steps down these plans until it fits its size limit.
-
-    Attributes:
-        maps: longer side in pixels of the per-block map cells.
-        strips: longer side of the removal-strip frames and of the encoder-output maps (0: left out).
-        restorations: longer side of the restoration pictures (0: left out).
-        colours: palette size of those pictures (None: true colour).
-        input_size: longer side of the input picture (0: left out).
-        grid: per-block map grid for ``'all'`` methods, the ``'featured'`` ones (gated and random), or ``'none'``.
-    """
-
-    maps: int
-    strips: int
-    restorations: int
-    colours: int | None
-    input_size: int
-    grid: str = "all"
-
-
-def plans_for(thumbnail: int) -> list[Plan]:
-    """Plans from the fullest to the smallest, for a requested thumbnail size."""
-    big = min(max(2 * thumbnail, 96), 160)
-    t, three_quarters, half = thumbnail, max(8, round(0.75 * thumbnail)), max(8, thumbnail // 2)
-    full = Plan(t, t, t, None, big)
-    small = Plan(half, half, half, 16, max(half, 96))
-    return [
-        full,
-        replace(full, colours=128),
-        replace(full, colours=48),
-        Plan(three_quarters, t, three_quarters, 32, big),
-        Plan(half, three_quarters, half, 32, max(half, 96)),
-        Plan(half, half, half, 32, max(half, 96)),
-        small,
-        replace(small, grid="featured"),
-        replace(small, grid="none"),
-        replace(small, grid="none", restorations=0),
-        replace(small, grid="none", restorations=0, strips=0, input_size=max(half, 64)),
-        replace(small, grid="none", restorations=0, strips=0, input_size=0),
-    ]
-
-
-def _describe_cuts(plan: Plan, full: Plan) -> list[str]:
-    """What a plan leaves out compared with the full one, in words."""
-    cuts = []
-    for name, size, asked in (("map cells", plan.maps, full.maps), ("removal strips and encoder maps", plan.strips,
-                              full.strips), ("restorations", plan.restorations, full.restorations)):
-        if 0 < size < asked:
-            cuts.append(f"{name} at {size} px instead of {asked} px")
-    if plan.colours is not None:
-        cuts.append(f"pictures reduced to {plan.colours} colours")
-    if plan.input_size == 0:
-        cuts.append("input picture left out")
-    elif plan.input_size < full.input_size:
-        cuts.append(f"input picture at {plan.input_size} px instead of {full.input_size} px")
-    if plan.grid == "featured":
-        cuts.append("per-block map grid only for the gated methods and the random baseline")
-    elif plan.grid == "none":
-        cuts.append("per-block map grid left out")
-    if plan.restorations == 0:
-        cuts.append("restoration rows left out")
-    if plan.strips == 0:
-        cuts.append("MoRF/LeRF removal strips and encoder-output maps left out")
-    return cuts
-
-
-class _Builder:
-    """Turns each run of a results dict into its image section's context, drawing its figures under a plan."""
-
-    def __init__(self, results: dict[str, Any], thumbnail: int, max_mb: float):
-        self.results = results if isinstance(results, dict) else {}
-        self.thumbnail = thumbnail
-        self.max_bytes = int(max_mb * MB)
-        self.max_mb = max_mb
-        self.perturbation = _dict(self.results.get("perturbation"))
-        self.policy = _dict(self.results.get("policy"))
-        self.models = _records(self.results, "models")
-        self.runs = _records(self.results, "runs")
-        self.gates = _records(self.results, "gates")
-        self.anchors: dict[tuple[Any, Any], str] = {}  # (model id, image id) -> the first section of that pair
-        self.indices: dict[tuple[Any, Any], int] = {}  # (model id, image id) -> the index of that run
-        for i, run in enumerate(self.runs):
-            self.anchors.setdefault((run.get("model_id"), run.get("image_id")), f"img-{i}")
-            self.indices.setdefault((run.get("model_id"), run.get("image_id")), i)
-        self.caption = _perturbation_text(self.perturbation)
-        detail = _dict(self.results.get("settings")).get("results_detail")
-        self.detail = detail if isinstance(detail, str) else "full"  # a file without it kept everything
-        self.not_kept = f"not kept at this detail (--results-detail {self.detail})"
-        self._cache: dict[tuple, Any] = {}
-
-    # -- per model facts --------------------------------------------------------------------------------------
-    def model_of(self, run: dict[str, Any]) -> dict[str, Any]:
-        for model in self.models:
-            if model.get("id") == run.get("model_id") or (run.get("model_id") is None
-                                                            and model.get("name") == run.get("model")):
-                return model
-        return {}
-
-    def featured(self, run: dict[str, Any]) -> list[tuple[str, str]]:
-        """The maps shown with curves and strips: the model's gated maps, else the non-baseline maps measured last."""
-        model_id = run.get("model_id")
-        keys = [(str(g.get("method")), str(g.get("stage"))) for g in self.gates
-                if g.get("model_id") == model_id and g.get("method") and g.get("stage") is not None]
-        if not keys:
-            depth = self.model_of(run).get("depth")
-            for text in _list(self.policy.get("gate")):
-                method, _, stage = str(text).partition("@")
-                if stage.lstrip("-").isdigit() and int(stage) < 0 and isinstance(depth, int):
-                    stage = str(depth + int(stage))
-                keys.append((method, stage))
-        return charted_maps(_dict(run.get("maps")), keys)
-
-    # -- pictures, cached across plans ------------------------------------------------------------------------
-    def forget(self, index: int) -> None:
-        """Drop what was cached for one image once its section is final (the cache holds full-size arrays)."""
-        self._cache = {k: v for k, v in self._cache.items() if len(k) < 2 or k[1] != index}
-
-    def _picture(self, key: tuple, draw) -> dict[str, Any] | None:
-        if key not in self._cache:
-            try:
-                self._cache[key] = draw()
-            except Exception:  # noqa: BLE001 - a picture that cannot be drawn is shown as missing, never fatal
-                self._cache[key] = None
-        return self._cache[key]
-
-    def _input(self, index: int, run: dict[str, Any]) -> Image.Image | None:
-        key = ("input-picture", index)
-        if key not in self._cache:
-            self._cache[key] = pictures.decode_data_uri(_dict(run.get("figures")).get("input"))
-        return self._cache[key]
-
-    def _base(self, index: int, run: dict[str, Any], size: int) -> Image.Image | None:
-        """The input picture scaled down to at most ``size`` px (the overlays are drawn at its resolution)."""
-        key = ("base", index, size)
-        if key not in self._cache:
-            picture = self._input(index, run)
-            self._cache[key] = pictures.fit(picture, size) if picture is not None else None
-        return self._cache[key]
-
-    def _shown(self, index: int, run: dict[str, Any], size: int) -> tuple[int, int]:
-        """How large a picture of the input is shown when its longer side is ``size`` px."""
-        picture = self._input(index, run)
-        return pictures.scaled_size(picture.size, size) if picture is not None else (size, size)
-
-    def overlay(self, index: int, run: dict[str, Any], map_key: str, size: int, colours: int | None,
-                ) -> dict[str, Any] | None:
-        def draw() -> dict[str, Any] | None:
-            base = self._base(index, run, size)
-            grid = _dict(_dict(run.get("maps")).get(map_key)).get("grid")
-            if base is None:  # no input picture: the map alone
-                base = Image.new("RGB", (size, size), (128, 128, 128))
-            picture = pictures.map_overlay(base, grid)
-            return _encoded(picture, colours, self._shown(index, run, size)) if picture is not None else None
-
-        return self._picture(("overlay", index, map_key, size, colours), draw)
-
-    def grid_picture(self, model_id: Any, image: Any, grid: Any, tag: tuple,
-                     ) -> tuple[dict[str, Any] | None, tuple[int, int]]:
-        """A raw map (any h x w, e.g. the baseline's) over the input picture of the model's run of ``image``, at the
-        thumbnail size and in true colour (the map alone on grey when that run has no input picture).
-
-        Returns:
-            The picture (None when the grid is missing or malformed) and the size it is shown at.
-        """
-        index = self.indices.get((model_id, image))
-        run = self.runs[index] if index is not None else {}
-        size = self.thumbnail
-        shown = self._shown(index, run, size) if index is not None else (size, size)
-
-        def draw() -> dict[str, Any] | None:
-            base = self._base(index, run, size) if index is not None else None
-            if base is None:
-                base = Image.new("RGB", shown, (128, 128, 128))
-            picture = pictures.map_overlay(base, grid)
-            return _encoded(picture, None, shown) if picture is not None else None
-
-        return self._picture((*tag[:1], -1 if index is None else index, *tag[1:], size), draw), shown
-
-    def _full(self, index: int, run: dict[str, Any], size: tuple[int, int]) -> Image.Image | None:
-        """The input picture brought to the model input's resolution (H, W), where the curves were measured."""
-        key = ("full", index, size)
-        if key not in self._cache:
-            picture = self._input(index, run)
-            height, width = size
-            self._cache[key] = (None if picture is None else picture if picture.size == (width, height)
-                                else picture.resize((width, height), Image.Resampling.BILINEAR))
-        return self._cache[key]
-
-    def strip(self, index: int, run: dict[str, Any], map_key: str, order: str, plan: Plan) -> dict[str, Any] | None:
-        def draw() -> dict[str, Any] | None:
-            model = self.model_of(run)
-            shape = _list(run.get("input_shape")) or [None, *_list(model.get("input_size"))]
-            grid_shape = _list(model.get("grid"))
-            patch = _list(model.get("patch_size"))
-            if len(shape) < 3 or len(grid_shape) != 2 or len(patch) != 2:
-                return None
-            size = (int(shape[-2]), int(shape[-1]))
-            full = self._full(index, run, size)
-            entry = _dict(_dict(run.get("maps")).get(map_key))
-            steps = self.perturbation.get("steps")
-            if not isinstance(steps, int):
-                steps = len(_list(entry.get("morf"))) - 1
-            if full is None or steps < 1:
-                return None
-            unit = self.perturbation.get("unit", "pixel")
-            key = ("removal", index, map_key, order)
-            if key not in self._cache:  # the ranking does not depend on the plan: made once per map and order
-                values = entry.get("grid")
-                if unit == "pixel":  # upsampled once for both orders
-                    upsampled = ("upsampled", index, map_key)
-                    if upsampled not in self._cache:
-                        self._cache[upsampled] = pictures.upsample_map(values, size)
-                    values = self._cache[upsampled]
-                self._cache[key] = pictures.removal_plan(values, order, size, tuple(grid_shape), tuple(patch), steps,
-                                                         unit, frames=STRIP_FRAMES)
-            if self._cache[key] is None:
-                return None
-            fill = self.perturbation.get("fill", 127 / 255)
-            if fill == "mean":  # the model's normalisation mean
-                fill = _dict(model.get("data_config")).get("mean") or 127 / 255
-            picture = pictures.draw_strip(full, *self._cache[key], fill=fill, size=plan.strips)
-            frame = pictures.scaled_size(full.size, plan.strips)  # a frame as shown; the strip is enlarged alike
-            scale = frame[1] / picture.size[1]
-            return _encoded(picture, plan.colours, (round(picture.size[0] * scale), frame[1]))
-
-        return self._picture(("strip", index, map_key, order, plan.strips, plan.colours), draw)
-
-    def restoration(self, index: int, uri: Any, reading: str, stage: str, plan: Plan) -> dict[str, Any] | None:
-        def draw() -> dict[str, Any] | None:
-            picture = pictures.decode_data_uri(uri)
-            if picture is None:
-                return None
-            shown = pictures.scaled_size(picture.size, plan.restorations)
-            if plan.colours is None and max(picture.size) <= plan.restorations:  # as the run stored it
-                return {"src": uri, "width": shown[0], "height": shown[1], "enlarged": shown[0] > picture.size[0]}
-            return _encoded(pictures.fit(picture, plan.restorations), plan.colours, shown)
-
-        return self._picture(("restoration", index, reading, stage, plan.restorations, plan.colours), draw)
-
-    def input_picture(self, index: int, run: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
-        def draw() -> dict[str, Any] | None:
-            picture = self._input(index, run)
-            if picture is None or plan.input_size == 0:
-                return None
-            colours = None if plan.colours is None else max(plan.colours, 64)
-            shown = pictures.scaled_size(picture.size, plan.input_size)
-            return _encoded(pictures.fit(picture, plan.input_size), colours, shown)
-
-        return self._picture(("input", index, plan.input_size, plan.colours), draw)
-
-    # -- context -------------------------------------------------------------------------------------------------
-    def image_context(self, index: int, run: dict[str, Any], plan: Plan, full: Plan) -> dict[str, Any]:
-        """Everything the image section shows, drawn under ``plan``."""
-        maps = {k: _dict(v) for k, v in _dict(run.get("maps")).items()}
-        model = self.model_of(run)
-        context: dict[str, Any] = {
-            "anchor": f"img-{index}",
-            "run": run, "model": model, "error": run.get("error"), "cuts": _describe_cuts(plan, full),
-            "plan": plan, "prob": fmt(run.get("prob")), "removed_prob": fmt(run.get("removed_prob")),
-            "title": str(run.get("image_id") or run.get("image_name") or run.get("image") or f"image {index}"),
-        }
-        if run.get("error") or not maps and not run.get("restorations"):
-            context["input"] = self.input_picture(index, run, plan)
-            return context
-        context["input"] = self.input_picture(index, run, plan)
-        context["input_note"] = ("not kept" if self.detail != "full" and not _dict(run.get("figures")).get("input")
-                                 else "n/a")
-        base = self._base(index, run, plan.maps)
-        width, height = self._shown(index, run, plan.maps)
-        drawn = base.size if base is not None else (width, height)
-        context["cell"] = {"width": width, "height": height, "drawn": drawn, "enlarged": drawn[0] < width}
-        width, height = self._shown(index, run, max(plan.strips, 8))
-        context["big_cell"] = {"width": width, "height": height}
-        methods = list(dict.fromkeys(str(m.get("method")) for m in maps.values() if m.get("method")))
-        stages = _sorted_stages(m.get("stage") for m in maps.values() if m.get("stage") is not None)
-        featured = self.featured(run)
-        done: set[str] = set()  # a baseline's strips are drawn once per image, with the first map of their stage
-        context["featured"] = [self.featured_context(index, run, maps, method, stage, plan, done)
-                               for method, stage in featured]
-        # Per-block grid.
-        shown_methods = methods
-        if plan.grid == "featured":
-            wanted = {m for m, _ in featured} | {"random"}
-            shown_methods = [m for m in methods if m in wanted]
-        elif plan.grid == "none":
-            shown_methods = []
-        context["grid"] = {"stages": stages, "rows": [
-            {"method": method, "cells": [self.map_cell(index, run, maps, f"{method}@{stage}", plan.maps, plan.colours)
-                                         for stage in stages]}
-            for method in shown_methods]}
-        context["hidden_note"] = "cam_hidden" in methods
-        context["encoder"] = ([self.map_cell(index, run, maps, f"{method}@encoder", plan.strips, plan.colours, method)
-                               for method in methods if f"{method}@encoder" in maps] if plan.strips else [])
-        # Restorations.
-        restorations = _dict(run.get("restorations"))
-        rows = []
-        if plan.restorations:
-            for reading in ("paper", "inverse"):
-                entries = _dict(restorations.get(reading))
-                if not entries:
-                    continue
-                cells = []
-                for stage in _sorted_stages(entries):
-                    entry = _dict(entries.get(stage))
-                    cells.append({
-                        "stage": stage, "title": _stage_title(stage),
-                        "picture": self.restoration(index, entry.get("png"), reading, stage, plan),
-                        "reason": entry.get("reason"), "shape": entry.get("shape"), "finite": entry.get("finite"),
-                        "psnr": ("exact" if entry.get("exact") else
-                                 (f"{fmt(entry.get('psnr'), 1)} dB" if reading == "inverse" else None)),
-                        "max_abs_error": fmt(entry.get("max_abs_error"), 3) if reading == "inverse" else None,
-                        "note": ("not kept" if self.detail != "full" and entry.get("shape") and not entry.get("png")
-                                 else "n/a"),
-                    })
-                reasons = {c["reason"] for c in cells}
-                if all(c["picture"] is None for c in cells) and len(reasons) == 1 and None not in reasons:
-                    rows.append({"reading": reading, "cells": [], "note": reasons.pop(), "span": len(cells)})
-                else:
-                    rows.append({"reading": reading, "cells": cells, "note": None, "span": len(cells)})
-        context["restorations"] = rows
-        context["restoration_count"] = sum(len(_dict(v)) for v in restorations.values())
-        # Every measured map's scores.
-        measured_stages = _sorted_stages(m.get("stage") for m in maps.values() if m.get("morf_auc") is not None)
-        context["scores"] = {"stages": measured_stages, "rows": [
-            {"method": method, "cells": [self.score_cell(maps.get(f"{method}@{stage}")) for stage in measured_stages]}
-            for method in methods]}
-        return context
-
-    @staticmethod
-    def score_cell(entry: dict[str, Any] | None) -> dict[str, Any]:
-        entry = entry or {}
-        title = (f"MoRF AUC {fmt(entry.get('morf_auc'))}, LeRF AUC {fmt(entry.get('lerf_auc'))}"
-                 if entry.get("morf_auc") is not None else (entry.get("reason") or "not measured"))
-        return {"text": fmt(entry.get("abpc"), 3, signed=True) if entry.get("abpc") is not None else "—",
-                "title": title, "degenerate": bool(entry.get("degenerate")),
-                "negative": (_num(entry.get("abpc")) or 0.0) < 0}
-
-    def map_cell(self, index: int, run: dict[str, Any], maps: dict[str, dict[str, Any]], key: str, size: int,
-                 colours: int | None, label: str | None = None) -> dict[str, Any]:
-        entry = maps.get(key)
-        if entry is None:
-            return {"key": key, "label": label, "picture": None, "note": "not computed", "title": key,
-                    "degenerate": False}
-        reason = entry.get("reason")
-        if entry.get("grid") is None and entry.get("applicable") is not False and self.detail != "full":
-            return {"key": key, "label": label, "picture": None, "note": "not kept", "title": f"{key}: grid "
-                    f"{self.not_kept}", "degenerate": False}
-        if entry.get("applicable") is False or entry.get("grid") is None:
-            return {"key": key, "label": label, "picture": None, "note": "n/a", "title": reason or "not applicable",
-                    "degenerate": False}
-        title = key + (f": degenerate: {reason}" if entry.get("degenerate") else "")
-        return {"key": key, "label": label, "picture": self.overlay(index, run, key, size, colours), "note": None,
-                "title": title, "degenerate": bool(entry.get("degenerate"))}
-
-    def featured_context(self, index: int, run: dict[str, Any], maps: dict[str, dict[str, Any]], method: str,
-                         stage: str, plan: Plan, drawn: set[str]) -> dict[str, Any]:
-        key, baseline_key = f"{method}@{stage}", f"random@{stage}"
-        entry, baseline = maps.get(key, {}), maps.get(baseline_key, {})
-        lines = [
-            (f"{method} MoRF, AUC {fmt(entry.get('morf_auc'))}", entry.get("morf"), charts.MORF, None),
-            (f"{method} LeRF, AUC {fmt(entry.get('lerf_auc'))}", entry.get("lerf"), charts.LERF, None),
-        ]
-        if method != "random":
-            lines += [(f"random MoRF, AUC {fmt(baseline.get('morf_auc'))}", baseline.get("morf"), charts.MORF, "4 3"),
-                      (f"random LeRF, AUC {fmt(baseline.get('lerf_auc'))}", baseline.get("lerf"), charts.LERF, "4 3")]
-        class_text = f"class {run.get('class')} ({run.get('class_name')})"
-        y_label = "top-1 is the label (1/0)" if self.perturbation.get("score") == "top1" else "probability of the class"
-        chart = (charts.curves_chart(f"MoRF/LeRF of {key}, {class_text}", lines, y_label=y_label)
-                 if entry.get("morf") else None)
-        strips, shown_before = [], None
-        no_input = self.detail != "full" and not _dict(run.get("figures")).get("input")  # strips are drawn on it
-        if plan.strips and not no_input:
-            for map_key, name in ((key, method), (baseline_key, "random")):
-                if map_key not in maps or maps[map_key].get("grid") is None:
-                    continue
-                if map_key in drawn:
-                    shown_before = map_key
-                    continue
-                drawn.add(map_key)
-                for order in ("morf", "lerf"):
-                    strips.append({"label": f"{name}@{stage} {order.upper()}", "order": order,
-                                   "picture": self.strip(index, run, map_key, order, plan)})
-        steps = self.perturbation.get("steps")
-        shown = min(STRIP_FRAMES, steps) if isinstance(steps, int) else STRIP_FRAMES
-        enlarged = any(_dict(s["picture"]).get("enlarged") for s in strips)
-        lost = [what for what, gone in (
-            ("the MoRF/LeRF points", entry.get("morf_auc") is not None and not entry.get("morf")),
-            ("the map grid (no removal strips)", key in maps and entry.get("applicable") is not False
-             and entry.get("grid") is None),
-            ("the input picture (no removal strips)", no_input and entry.get("grid") is not None)) if gone]
-        return {"key": key, "method": method, "stage": stage, "chart": chart, "strips": strips, "frames": shown,
-                "not_kept": f"{' and '.join(lost)} {self.not_kept}" if lost and self.detail != "full" else None,
-                "strips_enlarged": enlarged,
-                "abpc": fmt(entry.get("abpc"), 3, signed=True), "random_abpc": fmt(baseline.get("abpc"), 3, True),
-                "degenerate": bool(entry.get("degenerate")), "reason": entry.get("reason"),
-                "missing": key not in maps, "class_text": class_text, "shown_before": shown_before}
-
-
-def _encoded(picture: Image.Image, colours: int | None, shown: tuple[int, int] | None = None) -> dict[str, Any]:
-    """A picture for the template: its data URI and the size it is shown at (enlarged: without smoothing)."""
-    width, height = shown or picture.size
-    return {"src": pictures.encode_png(picture, colours), "width": width, "height": height,
-            "enlarged": width > picture.size[0]}
 
 
 def _environment() -> Environment:
@@ -451,7 +43,7 @@ def _environment() -> Environment:
     return env
 
 
-def _fit_images(builder: _Builder, template, budget: int) -> tuple[list[str], list[dict[str, Any]]]:
+def _fit_images(builder: SectionBuilder, template, budget: int) -> tuple[list[str], list[dict[str, Any]]]:
     """Render every image section, stepping down the plans so that their total stays under ``budget`` bytes.
 
     An image takes the fullest plan, no fuller than the previous image's, at which the sections so far plus this
@@ -486,7 +78,7 @@ def _fit_images(builder: _Builder, template, budget: int) -> tuple[list[str], li
         used += len(html.encode())
         chosen.append({"anchor": f"img-{index}",
                        "title": str(run.get("image_id") or index), "level": level,
-                       "cuts": _describe_cuts(plans[level], full) if not run.get("error") else []})
+                       "cuts": describe_cuts(plans[level], full) if not run.get("error") else []})
     return sections, chosen
 
 
@@ -541,7 +133,7 @@ def render_report(
         raise ValueError(f"max_mb: expected a positive size in MB, got {max_mb!r}; accepted: {size}")
     start = time.perf_counter()
     env = _environment()
-    builder = _Builder(results, thumbnail, float(max_mb))
+    builder = SectionBuilder(results, thumbnail, float(max_mb))
     page = env.get_template("report.html.j2")
     context = {"header": header(results), "gates": gate_rows(results, builder.anchors),
                "comparison": comparison_section(results, builder),
@@ -549,7 +141,7 @@ def render_report(
                "thumbnail": thumbnail, "runs": builder.runs, "anchors": builder.anchors}
     # The page without its image sections, with the longest size notice for every image, sets their budget.
     plans = plans_for(thumbnail)
-    longest = max((_describe_cuts(plan, plans[0]) for plan in plans), key=lambda cuts: len("; ".join(cuts)))
+    longest = max((describe_cuts(plan, plans[0]) for plan in plans), key=lambda cuts: len("; ".join(cuts)))
     placeholder_notes = [{"anchor": f"img-{i}", "title": str(r.get("image_id") or i), "level": len(plans) - 1,
                           "cuts": longest} for i, r in enumerate(builder.runs)]
     skeleton = page.render(**context, sections=[], fitted=placeholder_notes, render_seconds=None)
