@@ -354,5 +354,5 @@ def _make_record(task: dict[str, Any]) -> dict[str, Any]:
     loaded, inverse = model
     label = task["label"]
     maker = RecordMaker(task["settings"], task["config"], task["device"])
-    return maker.make(loaded, task["plan"], inverse, task["path"], task["image_id"], task["sha256"],
-                      label_of=None if label is None else lambda _path, _classes: label, data=task["data"])
+    return maker.make(loaded, task["plan"], inverse, (task["path"], task["image_id"], task["sha256"], task["data"]),
+                      label_of=None if label is None else lambda _path, _classes: label)

@@ -38,7 +38,7 @@ from .images import normalize
 __all__ = ["PerturbationConfig", "Curves", "faithfulness_curves", "auc", "removal_counts", "pixel_ranks",
            "max_steps", "road_seed", "ORDERS", "SCORE_DIRECTION", "SCORES", "FILL_CONSTANTS", "FILL_RECIPES",
            "ROAD_NOISE", "amp_context", "CurveWork", "curve_work", "evaluate_curve_work", "AUTO_BATCH",
-           "activation_bytes", "auto_batch_size", "batch_size_for"]
+           "activation_bytes", "auto_batch_size", "batch_size_for", "perturbed_copies"]
 
 ORDERS = ("morf", "lerf")
 UNITS = ("pixel", "patch")
@@ -152,6 +152,12 @@ def auc(curve: np.ndarray) -> float:
 def removal_counts(total: int, steps: int) -> list[int]:
     """How many units image k removes: round(k * total / steps), halves rounded up, exact in integers."""
     return [(2 * k * total + steps) // (2 * steps) for k in range(steps + 1)]
+
+
+def perturbed_copies(curves: int, steps: int) -> int:
+    """Perturbed images one image's curves evaluate: the clean and the fully removed image, shared by every curve,
+    and ``steps - 1`` interior images per curve of each of ``curves`` distinct maps, in both orders."""
+    return 2 + 2 * (steps - 1) * curves
 
 
 def _stable_ranks(values: torch.Tensor, descending: bool) -> torch.Tensor:

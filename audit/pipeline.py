@@ -114,13 +114,12 @@ def audit_image(
         progress: called with (perturbed images done, total) after each batch of the curves.
         curves_for: only these maps (``"<method>@<stage>"``) of the measured stages get curves; default all.
     """
-    config = config or PerturbationConfig()
-    device = torch.device(device)
-    started = _start(loaded, image, methods=methods, stages=stages, act=act, config=config, seed=seed,
-                     target=target, label=label, device=device, curves_for=curves_for)
-    batch_size = batch_size_for(config, loaded.model, tuple(started.pixel.shape[1:]))
-    evaluate_curve_work(loaded.model, [started.work], batch_size, progress)
-    return _finish(loaded, started, batch_size, keep_capture=keep_capture, inverse=inverse)
+    result = audit_group(loaded, [image], [label], config=config, device=device, keep_capture=keep_capture,
+                         inverse=inverse, progress=progress, methods=methods, stages=stages, act=act, seed=seed,
+                         target=target, curves_for=curves_for)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def audit_group(
@@ -137,8 +136,8 @@ def audit_group(
 ) -> list[ImageAudit | Exception]:
     """Audit several images whose perturbed copies share the curves' forward passes (batches across images).
 
-    Each image is captured, mapped and restored on its own, as by :func:`audit_image`; only the curves' batches
-    are shared, so a batch holds as many perturbed images as the batch size allows whatever one image needs. The
+    Each image is captured, mapped and restored on its own (:func:`audit_image` is a group of one); only the curves'
+    batches are shared, so a batch holds as many perturbed images as the batch size allows whatever one image needs. The
     numbers equal :func:`audit_image`'s up to the float rounding of a different batch composition.
 
     Args:

@@ -15,7 +15,7 @@ from .integrated_gradients import IG_STEPS
 from .layout import MAP_STAGE_INPUT, normalize_stage, stage_names
 from .maps import INPUT_METHODS
 from .models import LoadedModel
-from .perturb import AUTO_BATCH, PerturbationConfig, amp_context, batch_size_for, max_steps
+from .perturb import AUTO_BATCH, PerturbationConfig, amp_context, batch_size_for, max_steps, perturbed_copies
 from .ranges import IMAGE_BATCH_MAX
 from .settings import AuditSettings
 
@@ -108,7 +108,7 @@ def forwards_per_image(plan: ModelPlan, settings: AuditSettings, depth: int) -> 
     """
     keys = [f"{m}@{s}" for m, s in map_keys(settings.methods, depth)
             if s in plan.measured and (plan.curves_for is None or f"{m}@{s}" in plan.curves_for)]
-    forwards = 3 + 2 + 2 * (settings.steps - 1) * len(keys)
+    forwards = 3 + perturbed_copies(len(keys), settings.steps)
     if any(m in INPUT_METHODS for m in settings.methods):
         forwards += 3 * (IG_STEPS + 1)
     return len(keys), forwards
@@ -124,9 +124,8 @@ def auto_image_batch(plan: ModelPlan, settings: AuditSettings, loaded: LoadedMod
     GPU whose batch holds 1,024 images seven images share each batch.
     """
     n_curves, _ = forwards_per_image(plan, settings, loaded.layout.depth)
-    copies = 2 + 2 * (settings.steps - 1) * n_curves
     batch = batch_size_for(config, loaded.model.to(device), loaded.input_size)
-    return max(1, min(IMAGE_BATCH_MAX, -(-batch // copies)))
+    return max(1, min(IMAGE_BATCH_MAX, -(-batch // perturbed_copies(n_curves, settings.steps))))
 
 
 def time_forwards(model: torch.nn.Module, input_size: tuple[int, int], channels: int, device: str,

@@ -17,10 +17,13 @@ from .restore import PatchInverse
 from .results import error_run_record, run_record
 from .settings import AuditSettings
 
-__all__ = ["MADE_HOW", "RecordMaker", "made_how"]
+__all__ = ["MADE_HOW", "Item", "RecordMaker", "made_how"]
 
 # what every record says of its making; image_batch: how many images were audited together, sharing the curves' batches
 MADE_HOW = ("seconds", "inverse_exact", "measured_stages", "curves_for", "image_batch")
+# an image to make a record of: (path, image id, its file's sha256 or None, its bytes or None). With bytes (a Ray
+# task's image, read where the file is) the path only names it.
+Item = tuple[str, str, str | None, bytes | None]
 
 
 def made_how(seconds: float, inverse: PatchInverse, plan: ModelPlan, images: int = 1) -> dict[str, Any]:
@@ -65,24 +68,22 @@ class RecordMaker:
             return int(self.settings.image_batch)
         return auto_image_batch(plan, self.settings, loaded, self.config, self.device)
 
-    def make(self, loaded: LoadedModel, plan: ModelPlan, inverse: PatchInverse, path: str, image_id: str,
-             sha256: str | None, label_of=None, data: bytes | None = None) -> dict[str, Any]:
-        """The record of one image; an image that cannot be audited gets an error record with its one-line reason.
+    def make(self, loaded: LoadedModel, plan: ModelPlan, inverse: PatchInverse, item: Item,
+             label_of=None) -> dict[str, Any]:
+        """The record of one image ``item``; an image that cannot be audited gets an error record with its one-line
+        reason, and an error that is not the image's (a bug) is raised.
 
         ``label_of(path, num_classes)`` gives the image's true class (``--labels``); it may raise an AuditError.
-        ``data``: the image file's bytes, read where the file is (a Ray task's image); ``path`` then only names it.
-        An error that is not the image's (a bug) is raised.
         """
-        record = self.make_group(loaded, plan, inverse, [(path, image_id, sha256, data)], label_of)[0]
+        record = self.make_group(loaded, plan, inverse, [item], label_of)[0]
         if isinstance(record, Exception):
             raise record
         return record
 
-    def make_group(self, loaded: LoadedModel, plan: ModelPlan, inverse: PatchInverse,
-                   items: list[tuple[str, str, str | None, bytes | None]], label_of=None
-                   ) -> list[dict[str, Any] | Exception]:
-        """The records of several images (``(path, image id, sha256, bytes or None)`` each), those not cached
-        audited together so that their perturbed copies share the curves' batches (:func:`audit.pipeline.audit_group`).
+    def make_group(self, loaded: LoadedModel, plan: ModelPlan, inverse: PatchInverse, items: list[Item],
+                   label_of=None) -> list[dict[str, Any] | Exception]:
+        """The records of several images (:data:`Item` each), those not cached audited together so that their
+        perturbed copies share the curves' batches (:func:`audit.pipeline.audit_group`).
 
         Each record is cached as soon as its group is done. An image that cannot be audited gets an error record; an
         error that is not the image's stands in its place. A record's ``seconds`` is its share of the group's time and

@@ -22,9 +22,8 @@ from .gates import evaluate_gate, gate_inputs
 from .images import prepare_image
 from .inputs import collect_images, load_models, load_named, model_id_for, read_labels
 from .models import LoadedModel
-from .perturb import PerturbationConfig
 from .plan import ModelPlan, map_keys, plan_lines, plan_model
-from .records import MADE_HOW, RecordMaker
+from .records import MADE_HOW, Item, RecordMaker
 from .restore import PatchInverse
 from .results import SCHEMA, error_run_record, model_record
 from .sanity import randomisation_record
@@ -81,8 +80,7 @@ class AuditSession:
         for model_id, model in self.models.items():
             self._plan(model_id, model)
         self.inverses = {model_id: PatchInverse(loaded.model) for model_id, loaded in self.models.items()}
-        self.config = PerturbationConfig(steps=settings.steps, fill=settings.fill, unit=settings.unit,
-                                         batch_size=settings.batch_size, amp=settings.amp, score=settings.score)
+        self.config = settings.perturbation()
         self._runs: dict[tuple[str, str], dict[str, Any]] = {}
         self.records = RecordMaker(settings, self.config, self.device)
         self.baseline_model: LoadedModel | None = None
@@ -170,11 +168,8 @@ class AuditSession:
         todo = [case for case in cases if case.key not in self._runs and self.store.read("runs", case.key) is None]
         if len(todo) > 1:
             model_id = todo[0].model_id
-            entries = [self.image_set.entry(case.image_id) for case in todo]
-            items = [(case.path, case.image_id, entry.sha256 if entry else None, None)
-                     for case, entry in zip(todo, entries)]
             records = self.records.make_group(self._model(model_id), self.plans[model_id], self.inverses[model_id],
-                                              items, self.labels.class_of if self.labels else None)
+                                              [self._item(case) for case in todo], self._label_of)
             failed = {case.key for case, record in zip(todo, records) if not isinstance(record, dict)}
             for case, record in zip(todo, records):
                 if case.key not in failed:
@@ -187,12 +182,20 @@ class AuditSession:
         """How many of a model's images share the curves' batches (``--image-batch``, ``auto`` resolved)."""
         return self.records.image_batch(self._model(model_id), self.plans[model_id])
 
-    def _compute_run(self, case: Case) -> dict[str, Any]:
-        loaded = self._model(case.model_id)
+    def _item(self, case: Case) -> Item:
+        """What the record maker needs of a case's image: (path, image id, sha256, no bytes: read from the path)."""
         entry = self.image_set.entry(case.image_id)
-        record = self.records.make(loaded, self.plans[case.model_id], self.inverses[case.model_id], case.path,
-                                   case.image_id, entry.sha256 if entry else None,
-                                   self.labels.class_of if self.labels else None)
+        return case.path, case.image_id, entry.sha256 if entry else None, None
+
+    @property
+    def _label_of(self):
+        """``--labels``' reader of an image's true class, or None."""
+        return self.labels.class_of if self.labels else None
+
+    def _compute_run(self, case: Case) -> dict[str, Any]:
+        model_id = case.model_id
+        record = self.records.make(self._model(model_id), self.plans[model_id], self.inverses[model_id],
+                                   self._item(case), self._label_of)
         return self.finish_run(case, record)
 
     def finish_run(self, case: Case, record: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from .cache import DEFAULT_CACHE
 from .detail import DEFAULT_DETAIL, DETAILS, check_detail
 from .gates import LIMIT_NAMES, MIN_IMAGES, GateLimits
 from .maps import ACTIVATIONS, DEFAULT_METHODS, METHODS
-from .perturb import AUTO_BATCH, FILL_CONSTANTS, FILL_RECIPES, SCORES
+from .perturb import AUTO_BATCH, FILL_CONSTANTS, FILL_RECIPES, SCORES, PerturbationConfig
 from .ranges import (
     BATCH_SIZE_MAX,
     DEFAULT_MARGIN,
@@ -111,6 +111,11 @@ class AuditSettings:
 
     def gated(self) -> list[tuple[str, str]]:
         return [parse_gate(g) for g in self.gate]
+
+    def perturbation(self) -> PerturbationConfig:
+        """The MoRF/LeRF recipe these settings ask for."""
+        return PerturbationConfig(steps=self.steps, fill=self.fill, unit=self.unit, batch_size=self.batch_size,
+                                  amp=self.amp, score=self.score)
 
 
 # name -> (help, metavar); list-valued options are repeatable and accept comma lists.

@@ -29,6 +29,7 @@ from bench_engine import _sync, best_throughput
 
 import audit.pipeline as pipeline
 from audit import find_images, load_model
+from audit.perturb import perturbed_copies
 from audit.plan import plan_model
 from audit.records import RecordMaker
 from audit.restore import PatchInverse
@@ -85,7 +86,7 @@ def measure(name: str, amp: str | None, device: torch.device, photos: list[str],
     cli = {"model": [name], "checkpoint": [str(checkpoint)], "images": photos, "device": device.type,
            "no_cache": True, "image_batch": image_batch, "amp": amp}
     settings = resolve_settings(cli, pyproject=ROOT / "pyproject.toml")
-    maker = RecordMaker(settings, _config(settings), device.type)
+    maker = RecordMaker(settings, settings.perturbation(), device.type)
     plan = plan_model(settings, loaded)
     inverse = PatchInverse(loaded.model)
     group = maker.image_batch(loaded, plan)
@@ -118,16 +119,9 @@ def measure(name: str, amp: str | None, device: torch.device, photos: list[str],
 
 
 def _copies(record: dict, steps: int) -> int:
-    """Perturbed images of one record: clean and all removed, and the interior steps of each distinct curve."""
+    """Perturbed images of one record (:func:`audit.perturb.perturbed_copies` of its distinct curves)."""
     curves = {(tuple(m["morf"]), tuple(m["lerf"])) for m in record["maps"].values() if m.get("morf") is not None}
-    return 2 + 2 * (steps - 1) * len(curves)
-
-
-def _config(settings):
-    from audit.perturb import PerturbationConfig
-
-    return PerturbationConfig(steps=settings.steps, fill=settings.fill, unit=settings.unit,
-                              batch_size=settings.batch_size, amp=settings.amp, score=settings.score)
+    return perturbed_copies(len(curves), steps)
 
 
 def main(argv: list[str] | None = None) -> int:
