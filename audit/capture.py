@@ -8,6 +8,7 @@ Hooks are removed in ``finally``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -16,7 +17,8 @@ from torch import nn
 
 from .layout import MAP_STAGE_ENCODER, TokenLayout, layout_of, stage_names
 
-__all__ = ["Capture", "capture", "attention_modules", "explicit_attention", "STAGE_PATCH_EMBED", "STAGE_EMBED"]
+__all__ = ["Capture", "capture", "capture_batch", "attention_modules", "explicit_attention", "STAGE_PATCH_EMBED",
+           "STAGE_EMBED"]
 
 STAGE_PATCH_EMBED = "patch_embed"
 STAGE_EMBED = "embed"
@@ -124,6 +126,32 @@ def capture(model: nn.Module, x: torch.Tensor, target: int | None = None, attent
         x = x.unsqueeze(0)
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"x: expected one image (C, H, W) or (1, C, H, W), got shape {tuple(x.shape)}")
+    return capture_batch(model, x, [target], attention=attention)[0]
+
+
+def capture_batch(model: nn.Module, x: torch.Tensor, targets: Sequence[int | None] | None = None,
+                  attention: bool = False) -> list[Capture]:
+    """:func:`capture` of several images in one forward and one backward pass.
+
+    The images of a batch do not interact in an eval-mode ViT, so the gradient of the sum of each image's
+    explained logit is each image's own gradient; the results equal :func:`capture`'s one image at a time up to
+    float rounding.
+
+    Args:
+        model: a timm VisionTransformer.
+        x: normalised model inputs, (B, C, H, W).
+        targets: the class each image explains (None: its top-1); default every image's top-1.
+        attention: as in :func:`capture`.
+
+    Returns:
+        One :class:`Capture` per image.
+    """
+    if x.ndim != 4 or x.shape[0] < 1:
+        raise ValueError(f"x: expected images (B, C, H, W), got shape {tuple(x.shape)}")
+    count = int(x.shape[0])
+    wanted_targets = [None] * count if targets is None else list(targets)
+    if len(wanted_targets) != count:
+        raise ValueError(f"targets: expected one per image ({count}), got {len(wanted_targets)}")
     layout = layout_of(model, (int(x.shape[-2]), int(x.shape[-1])))
     outputs: dict[str, torch.Tensor] = {}
     handles = []
@@ -147,38 +175,48 @@ def capture(model: nn.Module, x: torch.Tensor, target: int | None = None, attent
             if isinstance(logits, (tuple, list)):
                 raise ValueError("model returned a tuple of predictions; put it in eval mode")
             num_classes = logits.shape[-1]
-            if target is None:
-                target = int(logits[0].argmax())
-            elif not 0 <= int(target) < num_classes:
-                raise ValueError(f"target: class {target} is out of range for a model with {num_classes} classes")
+            chosen = []
+            for index, target in enumerate(wanted_targets):
+                if target is None:
+                    target = int(logits[index].argmax())
+                elif not 0 <= int(target) < num_classes:
+                    raise ValueError(f"target: class {target} is out of range for a model with {num_classes} "
+                                     "classes")
+                chosen.append(int(target))
             stages = list(outputs)
             wanted = [outputs[s] for s in stages] + attn_outputs
-            grads = torch.autograd.grad(logits[0, int(target)], wanted, allow_unused=True)
+            explained = logits[torch.arange(count, device=logits.device), chosen]
+            grads = torch.autograd.grad(explained.sum() if count > 1 else explained[0], wanted, allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
 
-    tokens: dict[str, torch.Tensor] = {}
-    gradients: dict[str, torch.Tensor] = {}
-    for stage, grad in zip(stages, grads):
-        value = outputs[stage].detach()[0]
-        value = value.reshape(-1, value.shape[-1])  # dynamic_img_size patch embeddings are (gh, gw, D)
-        tokens[stage] = value
-        gradients[stage] = torch.zeros_like(value) if grad is None else grad.detach()[0].reshape(value.shape)
-    attentions = attention_grads = None
-    if attention:
-        attn_grads = grads[len(stages):]
-        attentions = [output.detach()[0] for output in attn_outputs]
-        attention_grads = [torch.zeros_like(a) if g is None else g.detach()[0] for a, g in zip(attentions, attn_grads)]
-    logits = logits.detach()[0]
-    return Capture(
-        layout=layout,
-        target=int(target),
-        logits=logits,
-        prob=float(logits.float().softmax(-1)[int(target)]),
-        tokens=tokens,
-        grads=gradients,
-        attentions=attentions,
-        attention_grads=attention_grads,
-        attention_reason=reason,
-    )
+    logits = logits.detach()
+    captures = []
+    for index in range(count):
+        tokens: dict[str, torch.Tensor] = {}
+        gradients: dict[str, torch.Tensor] = {}
+        for stage, grad in zip(stages, grads):
+            value = outputs[stage].detach()[index]
+            value = value.reshape(-1, value.shape[-1])  # dynamic_img_size patch embeddings are (gh, gw, D)
+            tokens[stage] = value
+            gradients[stage] = torch.zeros_like(value) if grad is None else grad.detach()[index].reshape(value.shape)
+        attentions = attention_grads = None
+        if attention:
+            attn_grads = grads[len(stages):]
+            attentions = [output.detach()[index] for output in attn_outputs]
+            attention_grads = [torch.zeros_like(a) if g is None else g.detach()[index]
+                               for a, g in zip(attentions, attn_grads)]
+        row = logits[index]
+        captures.append(Capture(
+            layout=layout,
+            target=chosen[index],
+            logits=row,
+            prob=float(row.float().softmax(-1)[chosen[index]]),
+            tokens=tokens,
+            grads=gradients,
+            attentions=attentions,
+            attention_grads=attention_grads,
+            attention_reason=reason,
+        ))
+    return captures

@@ -190,19 +190,19 @@ def randomisation_chart(
     lines: Sequence[tuple[str, Sequence[float | None], str, str | None]],
     threshold: float | None,
 ) -> Chart:
-    """Cascading randomisation (Adebayo et al. 2018): Spearman correlation with the trained map, head first.
+    """Cascading randomisation (Adebayo et al. 2018): mean |Spearman| with the trained map, head first.
 
     Args:
         title: what the chart shows.
         labels: what is randomised at each step ("trained", "head", "block L-1", ..., "embedding").
-        lines: (legend label, Spearman values, colour, dash) per map.
-        threshold: the Spearman value a gated map must fall below, drawn as a dashed line.
+        lines: (legend label, mean |Spearman| values, colour, dash) per map.
+        threshold: the value a gated map's CI must fall below, drawn as a dashed line.
     """
-    chart = _layout(title, "randomised, cascading from the head", "Spearman vs trained",
+    chart = _layout(title, "randomised, cascading from the head", "|Spearman| vs trained",
                     width=max(380, 28 * len(labels) + 60), plot_height=160, rotate_x=True)
-    frame = _Frame(chart, (-0.5, len(labels) - 0.5), (-1.05, 1.05))
+    frame = _Frame(chart, (-0.5, len(labels) - 0.5), (-0.05, 1.05))
     chart.x_ticks = [(frame.x(i), str(label)) for i, label in enumerate(labels)]
-    chart.y_ticks = [(frame.y(v), _label(v)) for v in (-1, -0.5, 0, 0.5, 1)]
+    chart.y_ticks = [(frame.y(v), _label(v)) for v in (0, 0.25, 0.5, 0.75, 1)]
     chart.hlines.append((frame.y(0.0), "0", "#999999"))
     if _finite(threshold):
         chart.hlines.append((frame.y(threshold), f"threshold {threshold:g}", "#b00020"))
