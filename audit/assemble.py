@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .detail import trim_comparison, trim_run
+from .policy import policy_record
 from .results import SCHEMA, clean, environment_record, model_record
 from .stats import summarize
 
@@ -33,8 +34,8 @@ def assemble_results(session: AuditSession, checks: list[dict[str, Any]] | None 
         "settings": settings,
         "embedded_default": session.embedded,
         "perturbation": session.config.describe(),
-        "policy": {"gate": s.gate, "threshold": s.threshold, "min_images": s.min_images, "strict": s.strict,
-                   "randomisation_threshold": s.randomisation_threshold, "sources": s.sources},
+        "precision": session.precision.record(),
+        "policy": policy_record(s),
         "models": [model_record(session.models[model_id], model_id) if model_id in session.models
                    else {"id": model_id, **session.model_errors[model_id]} for model_id in session.model_ids],
         "images": session.image_set.record(),

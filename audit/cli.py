@@ -2,10 +2,19 @@
 
     vit-audit --model NAME --checkpoint FILE --images DIR [--audit-json results.json] [--report report.html]
 
-The exit status is pytest's: 0 when every gate passes, 1 when any fails, 2 when interrupted (Ctrl-C, SIGTERM), 4 on
-a usage error or when the results file or the report could not be written. The command writes nothing but the
-paths it is given: no bytecode and no pytest cache beside the installed checks (pytest's cache, when an option
-needs it, goes in the current folder).
+The exit status is pytest's:
+
+- 0 when no check failed or errored: every gate passed, or was inconclusive and skipped (without --strict); every
+  comparison with a baseline passed (showed that the candidate is no worse); or the run gated nothing (--gate none:
+  its report's verdict is "no gate", not a pass);
+- 1 when any check failed: a gate failed (or was inconclusive under --strict), a comparison with a baseline failed
+  or was inconclusive, a gated map failed the randomisation check, an image could not be read, a model did not load;
+- 2 when interrupted (Ctrl-C, SIGTERM);
+- 4 on a usage error (reported in one line before any model work), or when the results file or the report could
+  not be written.
+
+The command writes nothing but the paths it is given, and never over a file the run reads: no bytecode and no
+pytest cache beside the installed checks (pytest's cache, when an option needs it, goes in the current folder).
 """
 
 from __future__ import annotations

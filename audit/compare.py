@@ -6,7 +6,10 @@ matched by the sha256 of their bytes, never by path. For every gated ``method@st
 - **non-inferiority of faithfulness**: per image d_i = ABPC_candidate,i - ABPC_baseline,i; the statistic is the
   mean d with a seeded paired bootstrap 95% CI (the same resamples for MoRF, LeRF and ABPC). Pass when the CI's
   lower bound is above -margin, fail when its upper bound is below -margin, otherwise (or with fewer than
-  ``min_images`` pairs) inconclusive;
+  ``min_images`` pairs) inconclusive, which the check fails too: a candidate must *show* that it is no worse. The
+  margin is absolute or relative to the baseline's mean ABPC over the pairs (:mod:`audit.policy`). Pairs where
+  both models' curves are flat (the class probability never moved: ABPC 0 whatever the map) and pairs without a
+  finite ABPC are left out of the statistics and counted;
 - **explanation drift**: per image, the Spearman rank correlation between the baseline's map and the candidate's
   map *of the same class* (the baseline's explained class; the candidate is captured again with that target when
   its own top-1 differs), on the patch grid, or after bilinear upsampling to the candidate's input size when the
@@ -33,14 +36,16 @@ import torch.nn.functional as F
 
 from .attention import needs_attention
 from .capture import capture
+from .gates import FLAT_TOLERANCE, POWER
 from .images import PreparedImage, normalize
 from .layout import normalize_stage
 from .maps import compute_maps
 from .models import DATA_CONFIG_KEYS, LoadedModel, sha256_of
-from .stats import bootstrap_ci, paired_difference, spearman
+from .policy import Margin, parse_margin
+from .stats import CI_RULE, bootstrap_ci, detectable_difference, images_needed, one_sided_p, paired_difference, spearman
 
-__all__ = ["Baseline", "baseline_stage", "check_measured", "check_recipe", "compare_map", "load_baseline",
-           "map_agreement", "maps_for_class"]
+__all__ = ["Baseline", "baseline_stage", "check_measured", "check_paired", "check_recipe", "compare_map",
+           "load_baseline", "map_agreement", "maps_for_class", "planning_power"]
 
 SCHEMAS = ("vit-audit/1",)
 LARGEST_LISTED = 3
@@ -209,6 +214,71 @@ def check_measured(baseline: Baseline, gates: list[tuple[str, str]]) -> None:
                          "or curves")
 
 
+def _finite_abpc(entry: dict[str, Any] | None) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    morf, lerf = entry.get("morf_auc"), entry.get("lerf_auc")
+    return (isinstance(morf, (int, float)) and isinstance(lerf, (int, float)) and math.isfinite(morf)
+            and math.isfinite(lerf))
+
+
+def check_paired(baseline: Baseline, digests: list[str | None], gates: list[tuple[str, str]]) -> None:
+    """Refuse a baseline that shares no image with the run (matched by the sha256 of the bytes), or whose gated maps
+    have no finite ABPC on any shared image: nothing could be compared.
+
+    Raises:
+        ValueError: one line naming the file and what to do.
+    """
+    if not baseline.runs:
+        return
+    shared = [baseline.runs[d] for d in dict.fromkeys(digests) if d and d in baseline.runs]
+    if not shared:
+        raise ValueError(f"baseline: {baseline.source!r} shares no image with this run (images are matched by the "
+                         "sha256 of their bytes); audit the candidate on the baseline's images")
+    for method, stage in gates:
+        key = f"{method}@{baseline_stage(baseline, stage)}"
+        if not any(_finite_abpc((run.get("maps") or {}).get(key)) for run in shared if not run.get("error")):
+            raise ValueError(f"baseline: {baseline.source!r} has no finite ABPC of {key} on any of the "
+                             f"{len(shared)} image(s) it shares with this run; audit the baseline again")
+
+
+def planning_power(baseline: Baseline, digests: list[str | None], method: str, base_stage: str,
+                   margin: Margin) -> str:
+    """Before the run, in words: how many paired images the comparison of ``method@base_stage`` will have, what
+    difference it can resolve with 80% power, and how many pairs its margin needs.
+
+    The sd of the per-image differences is not known before the candidate is audited: it is planned as sqrt(2) x
+    the baseline's per-image ABPC sd on the shared images (a candidate whose ABPC is as spread as the baseline's and
+    independent of it; a fine-tuned candidate agrees more and needs fewer). A baseline audited in this run is not
+    measured yet: its power is stated at the end, with each comparison.
+    """
+    if baseline.sha256 is None:
+        return "power measured at the end (the baseline is audited in this run)"
+    key = f"{method}@{base_stage}"
+    shared = [baseline.runs[d] for d in dict.fromkeys(digests) if d and d in baseline.runs]
+    values = [m["lerf_auc"] - m["morf_auc"] for run in shared if not run.get("error")
+              for m in [(run.get("maps") or {}).get(key)] if _finite_abpc(m)]
+    n = len(values)
+    if n < 2:
+        return f"{n} paired image(s) at most: power unknown"
+    mean, sd = float(np.mean(values)), float(np.std(values, ddof=1)) * math.sqrt(2.0)
+    bound = margin.resolve(mean)
+    text = (f"at most {n} pairs; planned sd of d {sd:.3f} (sqrt 2 x the baseline's per-image ABPC sd): the CI "
+            f"resolves {detectable_difference(sd, n, power=POWER):.3f} with 80% power")
+    if bound > 0 and sd > 0:
+        text += f"; the margin {bound:.3f} needs about {images_needed(sd, bound, power=POWER)} pairs"
+    return text
+
+
+def _flat(entry: dict[str, Any]) -> bool:
+    """Both curves of a map constant: the class probability did not move under any removal."""
+    def constant(curve: Any) -> bool:
+        values = [v for v in curve or [] if isinstance(v, (int, float))]
+        return bool(values) and max(values) - min(values) <= FLAT_TOLERANCE
+
+    return constant(entry.get("morf")) and constant(entry.get("lerf"))
+
+
 def maps_for_class(loaded: LoadedModel, prepared: PreparedImage, target: int, keys: list[tuple[str, str]],
                    act: str, seed: int, device: torch.device | str) -> dict[str, Any]:
     """The model's maps of class ``target`` (not its own top-1) at ``keys`` ((method, stage)), as raw grids."""
@@ -247,8 +317,8 @@ def _verdict(low: float, high: float, bound: float, n: int, min_images: int) -> 
 def compare_map(
     candidate_runs: list[dict[str, Any]], image_digests: dict[str, str | None], baseline: Baseline, method: str,
     stage: str, base_stage: str, *, model_id: str, model_name: str, input_size: tuple[int, int],
-    margin: float, min_images: int = 5, min_map_agreement: float | None = None, seed: int = 0,
-    n_boot: int = 10_000,
+    margin: float | str | Margin, min_images: int = 20, min_map_agreement: float | None = None, seed: int = 0,
+    n_boot: int = 10_000, margin_source: str = "margin",
 ) -> dict[str, Any]:
     """Compare one gated map of a candidate with the baseline, image by image.
 
@@ -260,17 +330,20 @@ def compare_map(
         base_stage: the same gate's stage normalised for the baseline (:func:`baseline_stage` of the gate as
             written: ``-1`` is each model's own last block).
         model_id, model_name, input_size: the candidate.
-        margin: the non-inferiority margin on the mean ABPC difference.
+        margin: the non-inferiority margin on the mean ABPC difference: absolute (a number) or relative to the
+            baseline's mean ABPC over the pairs (``"25%"``, or a :class:`audit.policy.Margin`).
         min_images: fewer pairs make every verdict inconclusive.
         min_map_agreement: gate the median Spearman's CI lower bound against this (None: measured, not gated).
         seed, n_boot: the bootstrap.
+        margin_source: where the margin came from, for the record.
 
     Returns:
         A comparison record (``docs/results-schema.md``).
     """
     key = f"{method}@{stage}"
     base_key = f"{method}@{base_stage}"
-    pairs, unpaired, grids = [], {}, {}
+    rule = parse_margin(margin)
+    pairs, unpaired, grids, flat = [], {}, {}, []
     for run in candidate_runs:
         image = run.get("image_id")
         digest = image_digests.get(image)
@@ -285,6 +358,12 @@ def compare_map(
         if mine.get("morf_auc") is None or theirs.get("morf_auc") is None:
             unpaired[image] = "map not ranked (degenerate) in " + ("the candidate" if mine.get("morf_auc") is None
                                                                    else "the baseline")
+            continue
+        if not (_finite_abpc(mine) and _finite_abpc(theirs)):
+            unpaired[image] = "ABPC not finite in " + ("the candidate" if not _finite_abpc(mine) else "the baseline")
+            continue
+        if _flat(mine) and _flat(theirs):
+            flat.append(image)
             continue
         same_class = run.get("class") == other.get("class")
         candidate_grid = mine.get("grid") if same_class else (run.get("baseline_class_maps") or {}).get(key)
@@ -309,37 +388,57 @@ def compare_map(
                              seed=seed, n_boot=n_boot)
     candidate_mean = float(np.mean([p["candidate_abpc"] for p in pairs])) if n else float("nan")
     baseline_mean = float(np.mean([p["baseline_abpc"] for p in pairs])) if n else float("nan")
+    bound = rule.resolve(baseline_mean)
     largest = sorted(pairs, key=lambda p: p["d"])[:LARGEST_LISTED]
-    verdict = _verdict(diff.abpc_ci[0], diff.abpc_ci[1], -margin, n, min_images)
+    d_values = [p["d"] for p in pairs]
+    sd = float(np.std(d_values, ddof=1)) if n > 1 else float("nan")
+    detectable = detectable_difference(sd, n, power=POWER) if n > 1 else float("nan")
+    needed = max(min_images, images_needed(sd, bound, power=POWER)) if n > 1 and sd > 0 and bound > 0 else None
+    power = {"sd": sd, "n": n, "power": POWER, "detectable": detectable, "distance": bound,
+             "images_needed": needed}
+    verdict = _verdict(diff.abpc_ci[0], diff.abpc_ci[1], -bound, n, min_images) if math.isfinite(bound) \
+        else "inconclusive"
+    shown_margin = f"margin {bound:.3f}" + (f" ({rule.text()})" if rule.relative else "")
     what = (f"{method}@{stage} of {model_id} vs the baseline {baseline.model.get('name')}: mean ABPC difference "
             f"{diff.abpc:+.3f} [95% CI {diff.abpc_ci[0]:+.3f}, {diff.abpc_ci[1]:+.3f}] over {n} paired images "
-            f"(candidate {candidate_mean:+.3f}, baseline {baseline_mean:+.3f}), margin {margin:.3f}")
+            f"(candidate {candidate_mean:+.3f}, baseline {baseline_mean:+.3f}), {shown_margin}")
     dropped = ", ".join(f"{p['image']} ({p['baseline_abpc']:+.3f} -> {p['candidate_abpc']:+.3f})" for p in largest)
+    decide = (f"{needed} paired images would decide it at 80% power if the candidate were as faithful as the "
+              f"baseline (sd of d {sd:.3f})" if needed is not None else "the number of images that would decide it "
+              "is unknown (fewer than 2 pairs, or no spread)")
     if n < min_images:
-        reason = f"{what}; only {n} paired images, at least {min_images} are needed"
+        reason = f"{what}; only {n} paired images, at least {min_images} are needed; {decide}"
     elif verdict == "pass":
-        reason = f"{what}: not less faithful than the baseline (the CI is above -{margin:.3f})"
+        reason = f"{what}: not less faithful than the baseline (the CI is above -{bound:.3f})"
     elif verdict == "fail":
-        reason = (f"{what}: less faithful than the baseline (the CI is below -{margin:.3f}); ABPC dropped most on "
+        reason = (f"{what}: less faithful than the baseline (the CI is below -{bound:.3f}); ABPC dropped most on "
                   f"{dropped}")
     else:
-        reason = f"{what}: the CI straddles -{margin:.3f}; more images are needed to decide; dropped most: {dropped}"
+        reason = (f"{what}: the CI straddles -{bound:.3f}, so the candidate has not shown it is no less faithful; "
+                  f"{decide}; dropped most: {dropped}")
+    if flat:
+        reason += f"; {len(flat)} flat pair(s) left out (both models' class probability never moved)"
     if unpaired:
         reason += f"; {len(unpaired)} image(s) not paired"
     return {
         "model": model_name, "model_id": model_id, "baseline_model": baseline.model.get("name"),
         "method": method, "stage": stage, "baseline_stage": base_stage, "n_pairs": n,
-        "margin": margin, "statistic": diff.abpc, "ci95": list(diff.abpc_ci),
+        "margin": bound, "margin_rule": str(rule), "margin_source": margin_source,
+        "statistic": diff.abpc, "ci95": list(diff.abpc_ci),
         "morf_auc_difference": diff.morf_auc, "morf_auc_difference_ci95": list(diff.morf_auc_ci),
         "lerf_auc_difference": diff.lerf_auc, "lerf_auc_difference_ci95": list(diff.lerf_auc_ci),
         "candidate_abpc": candidate_mean, "baseline_abpc": baseline_mean, "verdict": verdict, "reason": reason,
+        "power": power, "p_fail": (one_sided_p(d_values, -bound, "below", seed=seed, n_boot=n_boot)
+                                   if n > 1 and math.isfinite(bound) else float("nan")),
         "rule": (f"d = ABPC(candidate) - ABPC(baseline) per paired image; pass if the 95% CI of the mean d is above "
-                 f"-{margin}, fail if below, else inconclusive; at least {min_images} pairs"),
+                 f"-margin ({rule.text()}), fail if below, else inconclusive, which fails the check too (the "
+                 f"candidate has not shown it is no worse); at least {min_images} pairs; pairs flat in both models "
+                 f"left out; {CI_RULE}"),
         "largest_drops": [{"image": p["image"], "d": p["d"], "candidate_abpc": p["candidate_abpc"],
                            "baseline_abpc": p["baseline_abpc"], "baseline_grid": grids[p["image"]][0],
                            "candidate_grid": grids[p["image"]][1]} for p in largest],
         "drift": _drift(pairs, min_map_agreement, min_images, seed, n_boot, f"{method}@{stage}"),
-        "unpaired_images": unpaired, "pairs": pairs, "seed": seed, "n_boot": n_boot,
+        "unpaired_images": unpaired, "flat_pairs": flat, "pairs": pairs, "seed": seed, "n_boot": n_boot,
     }
 
 

@@ -1,14 +1,16 @@
 """Release gates: a faithfulness statistic over an image set, with its CI, against a threshold.
 
 The statistic of a gated (method, stage) is the mean ABPC (LeRF AUC - MoRF AUC) over the images, with a seeded
-95% percentile-bootstrap CI resampling images. A random map's expected ABPC is exactly 0, so the default
-threshold 0 means "better than a random map":
+95% bootstrap CI resampling images (:data:`audit.stats.CI_RULE` says which interval). A random map's expected ABPC
+is exactly 0, so the default threshold 0 means "better than a random map":
 
-- pass: the CI's lower bound is above the threshold (and every optional absolute limit holds);
-- fail: the CI's upper bound is below the threshold, or an absolute limit is broken;
+- pass: the CI's lower bound is above the threshold, and every optional absolute limit is met by its own CI;
+- fail: the CI's upper bound is below the threshold, or an absolute limit is broken by its whole CI;
 - inconclusive: otherwise, or with fewer than ``min_images`` images. Never a pass.
-"""
 
+Every gate also states its power: the per-image sd, the smallest distance from the threshold its CI resolves with
+80% power at its n, and the images an inconclusive gate would need.
+"""
 from __future__ import annotations
 
 import reprlib
@@ -18,12 +20,21 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from .ranges import finite
-from .stats import N_BOOTSTRAP, bootstrap_ci
+from .stats import (
+    CI_METHOD,
+    CI_RULE,
+    N_BOOTSTRAP,
+    bootstrap_ci,
+    detectable_difference,
+    holm,
+    images_needed,
+    one_sided_p,
+)
 
-__all__ = ["FLAT_TOLERANCE", "GateInput", "GateLimits", "LIMIT_NAMES", "evaluate_gate", "gate_inputs", "MIN_IMAGES",
-           "VERDICTS"]
+__all__ = ["FLAT_TOLERANCE", "GateInput", "GateLimits", "LIMIT_NAMES", "apply_holm", "evaluate_gate", "gate_inputs",
+           "MIN_IMAGES", "POWER", "VERDICTS", "power_record", "power_text"]
 
-MIN_IMAGES = 5
+MIN_IMAGES = 20  # README, "Honest intervals": below it the 95% intervals under-cover
 VERDICTS = ("pass", "fail", "inconclusive")
 WORST_LISTED = 3
 
@@ -120,6 +131,37 @@ def _fmt(stat: _Stat) -> str:
     return f"{stat.mean:+.3f} [95% CI {stat.ci[0]:+.3f}, {stat.ci[1]:+.3f}]"
 
 
+def power_record(values: Sequence[float], distance: float | None = None, min_images: int = 2) -> dict:
+    """What a statistic over these per-image values can resolve: the per-image sd, the smallest distance from a bound
+    that the 95% CI separates from it with 80% power at this n, and (with ``distance``) the images needed to resolve
+    that distance (:func:`audit.stats.detectable_difference`, :func:`audit.stats.images_needed`; never fewer than
+    ``min_images``)."""
+    data = np.asarray(values, dtype=np.float64)
+    sd = float(data.std(ddof=1)) if data.size > 1 else float("nan")
+    record = {"sd": sd, "n": int(data.size), "power": POWER,
+              "detectable": detectable_difference(sd, int(data.size), power=POWER) if data.size > 1 else float("nan")}
+    if distance is not None:
+        record["distance"] = distance
+        record["images_needed"] = (max(min_images, images_needed(sd, distance, power=POWER))
+                                   if np.isfinite(sd) and sd > 0 and distance > 0 else None)
+    return record
+
+
+def power_text(power: dict, what: str = "the threshold") -> str:
+    """The power record in words (one clause)."""
+    if not np.isfinite(power.get("detectable", float("nan"))):
+        return "power unknown (fewer than 2 images)"
+    text = (f"per-image sd {power['sd']:.3f}: at n={power['n']} the CI resolves a distance of "
+            f"{power['detectable']:.3f} from {what} with {power['power']:.0%} power")
+    needed = power.get("images_needed")
+    if needed is not None:
+        text += f"; a distance of {power['distance']:.3f} needs n={needed}"
+    return text
+
+
+POWER = 0.8  # the power the gates plan with
+
+
 def evaluate_gate(
     model: str,
     method: str,
@@ -140,25 +182,33 @@ def evaluate_gate(
         threshold: the mean-ABPC threshold.
         seed, n_boot: the bootstrap.
         min_images: fewer images make the gate inconclusive.
-        limits: optional absolute limits on the mean MoRF AUC, LeRF AUC and ABPC.
+        limits: optional absolute limits on the mean MoRF AUC, LeRF AUC and ABPC, each decided on its CI: broken
+            when the CI lies wholly on the wrong side, met when wholly on the right side, else undecided.
         baseline: the ``random`` map's AUCs at the same stage, shown beside the gated map.
 
     Returns:
-        A gate record (``docs/results-schema.md``) with ``verdict`` and a one-paragraph ``reason``.
+        A gate record (``docs/results-schema.md``) with ``verdict``, a one-paragraph ``reason``, the ``power`` of the
+        gate at its n, and ``p_fail``: the bootstrap p-value of "the mean ABPC is not below the threshold" (for
+        ``--fail-correction holm``).
     """
     abpc = [lerf - morf for morf, lerf in zip(data.morf_auc, data.lerf_auc)]
     stat = _stat(abpc, seed, n_boot)
     morf, lerf = _stat(data.morf_auc, seed, n_boot), _stat(data.lerf_auc, seed, n_boot)
     n = len(abpc)
     worst = sorted(zip(data.images, abpc), key=lambda pair: pair[1])[:WORST_LISTED]
+    flat = sorted(set(data.flat) & set(data.images))
+    distance = abs(stat.mean - threshold) if np.isfinite(stat.mean) else None
+    power = power_record(abpc, distance, min_images)
     record = {
         "model": model, "method": method, "stage": stage, "statistic": stat.mean, "ci95": list(stat.ci),
         "threshold": threshold, "n_images": n,
         "morf_auc": morf.mean, "morf_auc_ci95": list(morf.ci), "lerf_auc": lerf.mean, "lerf_auc_ci95": list(lerf.ci),
         "worst_images": [{"image": image, "abpc": value} for image, value in worst],
         "degenerate_images": dict(data.degenerate), "flat_images": list(data.flat), "seed": seed, "n_boot": n_boot,
+        "ci_method": CI_METHOD, "power": power,
+        "p_fail": one_sided_p(abpc, threshold, "below", seed=seed, n_boot=n_boot) if n > 1 else float("nan"),
         "rule": (f"pass if the 95% CI of the mean ABPC is above {threshold}, fail if below, else inconclusive; "
-                 f"at least {min_images} images"),
+                 f"at least {min_images} images; limits decided on their CIs; {CI_RULE}"),
     }
     if baseline is not None:
         base = _stat([lerf - morf for morf, lerf in zip(baseline.morf_auc, baseline.lerf_auc)], seed, n_boot)
@@ -166,11 +216,11 @@ def evaluate_gate(
 
     pulled = ", ".join(f"{image} ({value:+.3f})" for image, value in worst)
     what = f"mean ABPC of {method}@{stage} over {n} images is {_fmt(stat)}"
-    broken = _broken_limits(limits, morf.mean, lerf.mean, stat.mean) if n else []
+    broken, undecided = _limits(limits, morf, lerf, stat) if n else ([], [])
     if n == 0:
         reasons = "; ".join(sorted(set(data.degenerate.values()))) or "no image was measured"
         verdict, reason = "fail", f"{method}@{stage} could not be scored on any image: {reasons}"
-    elif len(set(data.flat) & set(data.images)) == n:
+    elif len(flat) == n:
         verdict = "inconclusive"
         reason = (f"{what}, but the probability of the explained class is constant under every removal on all {n} "
                   "images (for example a 1-class head, whose softmax is always 1): ABPC is 0 whatever the map, so "
@@ -181,16 +231,23 @@ def evaluate_gate(
     elif broken:
         verdict = "fail"
         reason = f"{what}; limit broken: {'; '.join(broken)}; images that pulled it down most: {pulled}"
-    elif stat.ci[0] > threshold:
-        verdict, reason = "pass", f"{what}, above the threshold {threshold:+.3f}"
     elif stat.ci[1] < threshold:
         verdict = "fail"
         reason = (f"{what}, below the threshold {threshold:+.3f}: the map ranks pixels worse than a random map "
                   f"would; images that pulled it down most: {pulled}")
+    elif stat.ci[0] > threshold and not undecided:
+        verdict, reason = "pass", f"{what}, above the threshold {threshold:+.3f}"
+    elif stat.ci[0] > threshold:
+        verdict = "inconclusive"
+        reason = f"{what}, above the threshold {threshold:+.3f}, but a limit is undecided: {'; '.join(undecided)}"
     else:
         verdict = "inconclusive"
         reason = (f"{what}, which straddles the threshold {threshold:+.3f}: more images are needed to decide; "
                   f"lowest: {pulled}")
+    if n >= 2 and verdict != "fail":
+        reason += f"; {power_text(power)}"
+    if flat and len(flat) < n:
+        reason += f"; {len(flat)} image(s) flat (the class probability never moved: ABPC 0 whatever the map)"
     if data.degenerate:
         reason += f"; not ranked on {len(data.degenerate)} degenerate image(s)"
     if baseline is not None:
@@ -201,14 +258,42 @@ def evaluate_gate(
     return record
 
 
-def _broken_limits(limits: GateLimits | None, morf: float, lerf: float, abpc: float) -> list[str]:
+def _limits(limits: GateLimits | None, morf: _Stat, lerf: _Stat, abpc: _Stat) -> tuple[list[str], list[str]]:
+    """The limits broken (their CI wholly on the wrong side) and undecided (the CI across the limit)."""
     if limits is None:
-        return []
-    broken = []
-    if limits.max_morf_auc is not None and morf > limits.max_morf_auc:
-        broken.append(f"mean MoRF AUC {morf:.3f} > max_morf_auc {limits.max_morf_auc:.3f}")
-    if limits.min_lerf_auc is not None and lerf < limits.min_lerf_auc:
-        broken.append(f"mean LeRF AUC {lerf:.3f} < min_lerf_auc {limits.min_lerf_auc:.3f}")
-    if limits.min_abpc is not None and abpc < limits.min_abpc:
-        broken.append(f"mean ABPC {abpc:.3f} < min_abpc {limits.min_abpc:.3f}")
-    return broken
+        return [], []
+    broken, undecided = [], []
+    checks = (("MoRF AUC", morf, limits.max_morf_auc, "max_morf_auc", True),
+              ("LeRF AUC", lerf, limits.min_lerf_auc, "min_lerf_auc", False),
+              ("ABPC", abpc, limits.min_abpc, "min_abpc", False))
+    for label, stat, limit, name, is_max in checks:
+        if limit is None:
+            continue
+        low, high = stat.ci
+        text = f"mean {label} {stat.mean:.3f} [95% CI {low:.3f}, {high:.3f}]"
+        if (low > limit) if is_max else (high < limit):
+            broken.append(f"{text} {'>' if is_max else '<'} {name} {limit:.3f}")
+        elif (high > limit) if is_max else (low < limit):
+            undecided.append(f"{text} across {name} {limit:.3f}")
+    return broken, undecided
+
+
+def apply_holm(records: list[dict], level: float = 0.05) -> None:
+    """Holm's step-down correction of the fail verdicts of several gates (``--fail-correction holm``), in place.
+
+    A gate failed on its threshold stays failed only when its Holm-adjusted p-value (over every gate in
+    ``records`` with a p-value) is below the one-sided level (1 - 0.95) / 2; otherwise it becomes inconclusive and
+    says why. Passes and limits are never corrected: a false pass of any one gate is already bounded by one gate's
+    rate under strict gating (intersection-union).
+    """
+    tested = [r for r in records if np.isfinite(r.get("p_fail", float("nan")))]
+    if not tested:
+        return
+    adjusted = holm([r["p_fail"] for r in tested])
+    for record, p in zip(tested, adjusted):
+        record["p_fail_holm"] = p
+        if record["verdict"] == "fail" and record.get("ci95") and record["ci95"][1] < record["threshold"] \
+                and "limit broken" not in record["reason"] and p >= level / 2:
+            record["verdict"] = "inconclusive"
+            record["reason"] += (f"; not failed after Holm's correction over {len(tested)} gates (adjusted p "
+                                 f"{p:.3f} >= {level / 2:g})")

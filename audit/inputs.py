@@ -228,7 +228,7 @@ def read_labels(path: str | os.PathLike[str]) -> Labels:
     if not file.is_file():
         raise ValueError(f"labels: {label!r} is not a file; pass a CSV with columns file and class_index")
     try:
-        with open(file, encoding="utf-8", newline="") as handle:
+        with open(file, encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
             rows = list(reader)
             header = reader.fieldnames or []  # the header even when no row follows it

@@ -14,20 +14,28 @@ from pathlib import Path
 from typing import Any
 
 from .cache import check_cache_dir
-from .settings import output_settings
+from .settings import input_paths, output_settings
 
 __all__ = ["check_outputs", "write_outputs", "write_stopped_run"]
 
 
-def check_outputs(settings, create: bool = True) -> None:
-    """Fail before any model work when the results file or the report could not be written at the end.
+def check_outputs(settings, create: bool = True, inputs: list[tuple[str, str]] | None = None) -> None:
+    """Fail before any model work when the results file or the report could not be written at the end, or would be
+    written over a file the run reads.
 
     A target that exists must be a regular file (the writer replaces it: a device such as ``/dev/null`` or a pipe
-    would be replaced by a file), and the two outputs must be different files. With ``create=False``
-    (``--collect-only``, which writes nothing) a missing folder is not created.
+    would be replaced by a file), the two outputs must be different files, and neither may be one of ``inputs``
+    ((option, path): the baseline, the labels, a checkpoint, an image, the policy files), whatever path spelling
+    reaches it (a link, ``..``, a relative path). With ``create=False`` (``--collect-only``, which writes nothing) a
+    missing folder is not created.
     """
     outputs = [(option, path) for option, path in (("audit-json", settings.audit_json), ("report", settings.report))
                if path]
+    for option, path in outputs:
+        source = input_at(path, inputs or [])
+        if source is not None:
+            raise ValueError(f"{option}: {path!r} is the {source[0]} file {source[1]!r} this run reads; writing it "
+                             f"would lose it: give --{option} another path")
     for option, path in outputs:
         folder = Path(path).parent
         if create:
@@ -67,7 +75,18 @@ def _not_regular(path: str | os.PathLike[str]) -> str | None:
 
 
 def _same_file(one: str, other: str) -> bool:
-    return Path(one).resolve() == Path(other).resolve()
+    """Whether two paths reach one file: the same inode when both exist, else the same resolved path."""
+    try:
+        if os.path.exists(one) and os.path.exists(other):
+            return os.path.samefile(one, other)
+        return Path(one).resolve() == Path(other).resolve()
+    except (OSError, ValueError):
+        return False
+
+
+def input_at(path: str, inputs: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """The (option, path) of ``inputs`` that ``path`` would write over, or None."""
+    return next(((option, other) for option, other in inputs if _same_file(path, other)), None)
 
 
 def _refuse_not_regular(path: str) -> None:
@@ -86,15 +105,17 @@ def write_stopped_run(message: str, cli: dict[str, Any], config_file: str | None
 
     device = cli.get("device") if isinstance(cli.get("device"), str) else None
     outcomes = write_outputs(stopped_results(message, device=device), paths["audit_json"], paths["report"],
-                              paths["report_thumbnail"], paths["report_max_mb"])
+                              paths["report_thumbnail"], paths["report_max_mb"],
+                              protected=input_paths(cli, config_file, pyproject))
     names = {"results": "results file", "report": "report"}
     return " (" + "; ".join(f"{names[name]}: {path if path is not None else 'not written either'}"
                             for name, _, path, _ in outcomes) + ")"
 
 
 def write_outputs(results: dict[str, Any], audit_json: str | None, report: str | None, thumbnail: int,
-                   max_mb: float) -> list[tuple[str, str, Path | None, str]]:
-    """Write the results file and the report where asked.
+                   max_mb: float, protected: list[tuple[str, str]] | None = None
+                   ) -> list[tuple[str, str, Path | None, str]]:
+    """Write the results file and the report where asked, never over a file of ``protected`` (the run's inputs).
 
     Returns:
         Per output asked for, ``(name, target, path written or None, detail)``: ``name`` is ``'results'`` or
@@ -102,6 +123,13 @@ def write_outputs(results: dict[str, Any], audit_json: str | None, report: str |
         results file).
     """
     outcomes: list[tuple[str, str, Path | None, str]] = []
+    for name, target in (("results", audit_json), ("report", report)):
+        source = input_at(target, protected or []) if target else None
+        if source is not None:
+            outcomes.append((name, target, None, f"{target!r} is the {source[0]} file this run reads: not written"))
+    done = {target for _, target, _, _ in outcomes}
+    audit_json = None if audit_json in done else audit_json
+    report = None if report in done else report
     if audit_json:
         from .results import write_json
 

@@ -144,17 +144,20 @@ def time_forwards(model: torch.nn.Module, input_size: tuple[int, int], channels:
     return done / max(time.perf_counter() - start, 1e-9)
 
 
-def plan_lines(plan: ModelPlan, settings: AuditSettings, loaded: LoadedModel, n_images: int, device: str) -> list[str]:
+def plan_lines(plan: ModelPlan, settings: AuditSettings, loaded: LoadedModel, n_images: int, device: str,
+               note: str | None = None) -> list[str]:
     """What a run will measure on a model: which maps get curves, and images x maps x forwards with an ETA from a
-    short timing of the model (the run's header prints them before any model work)."""
+    short timing of the model under ``settings.amp`` (the run's header prints them before any model work); ``note``
+    ends the ETA's line (:meth:`audit.precision.Precision.plan_note`: bfloat16 emulated on this device)."""
     n_curves, forwards = forwards_per_image(plan, settings, loaded.layout.depth)
     rate = time_forwards(loaded.model.to(device), loaded.input_size, loaded.data_config["input_size"][0], device,
                          settings.batch_size, settings.amp)
     total = forwards * n_images
+    timed = f"{device} in {settings.amp}" if settings.amp else device
     return [plan.rule(),
             f"plan: {n_images} images x {n_curves} maps with curves x {2 * (settings.steps - 1)} removal forwards "
             f"(+ capture and shared ones) = {total:,} forwards at most; ETA ~{_duration(total / rate)} at "
-            f"{rate:.0f} forwards/s timed on {device}"]
+            f"{rate:.0f} forwards/s timed on {timed}" + (f"; {note}" if note else "")]
 
 
 def _duration(seconds: float) -> str:

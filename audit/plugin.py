@@ -21,8 +21,9 @@ import pytest
 from .errors import AuditError, ExecutorError
 from .maps import BASELINES
 from .outputs import check_outputs, write_outputs, write_stopped_run
+from .policy import policy_lines
 from .progress import Progress, RecordWatcher, make_records
-from .settings import LIST_OPTIONS, OPTIONS, resolve_settings
+from .settings import LIST_OPTIONS, OPTIONS, resolve_settings, run_inputs
 
 SESSION = pytest.StashKey["AuditSession"]()
 STATE = pytest.StashKey["_State"]()
@@ -112,7 +113,8 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         settings = resolve_settings(cli, config.getoption(_dest("config")), pyproject)
         if workerinput is None:
-            check_outputs(settings, create=not collect_only)
+            check_outputs(settings, create=not collect_only,
+                          inputs=run_inputs(settings, config.getoption(_dest("config")), pyproject))
         embedded = _embedded_default(settings)
         if workerinput is not None:
             import torch
@@ -174,12 +176,14 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     models = ", ".join([f"{m.name} ({m.checkpoint or 'no checkpoint'})" for m in session.models.values()]
                        + [f"{e['name']} (NOT loaded: see test_model_loads)" for e in session.model_errors.values()])
     lines = [f"vit-audit: {models}; {len(session.images)} images; device {session.device}; seed {s.seed}; "
-             f"executor {session.executor.describe()}",
-             f"vit-audit: gates {', '.join(s.gate) or 'none'} (threshold {s.threshold:+g}, "
-             f"{'strict' if s.strict else 'inconclusive = skipped'}); policy from {', '.join(s.sources) or 'defaults'}"]
+             f"executor {session.executor.describe()}"]
+    lines.extend(session.precision.header_lines())  # --amp auto's choice, or bfloat16 emulated on this device
+    lines.extend(f"vit-audit: {line}" for line in policy_lines(s))
     if session.baseline is not None:
         agreement = "not gated" if s.min_map_agreement is None else f"gated at {s.min_map_agreement:g}"
-        lines.append(f"vit-audit: baseline {session.baseline.source} (margin {s.margin:g}; map agreement {agreement})")
+        lines.append(f"vit-audit: baseline {session.baseline.source} (map agreement {agreement}); an inconclusive "
+                     "comparison fails: the candidate must show it is no worse")
+        lines.extend(f"vit-audit: {line}" for line in session.comparison_plan_lines())
     for model_id, loaded in session.models.items():
         lines.extend(f"vit-audit: {model_id}: {note}" for note in loaded.notes)
         lines.extend(f"vit-audit: {model_id}: {line}" for line in session.plan_lines(model_id))
@@ -340,6 +344,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.section("vit-audit")
     if state.interrupted:
         terminalreporter.write_line(f"interrupted by {state.interrupted}: the outputs hold the checks done before it")
+    if not audit.settings.gate:
+        terminalreporter.write_line("NO GATE       the run gated nothing (--gate none): nothing vouches for the model")
     for gate in audit.gate_records():
         terminalreporter.write_line(
             f"{gate['verdict'].upper():<13} {gate['model_id']} {gate['method']}@{gate['stage']}: mean ABPC "
@@ -352,7 +358,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             f"mean ABPC difference {_num(record['statistic'])} [{_num(record['ci95'][0])}, {_num(record['ci95'][1])}] "
             f"vs -{record['margin']:g}, n={record['n_pairs']}; maps: median Spearman {_num(drift['statistic'])} "
             f"[{_num(drift['ci95'][0])}, {_num(drift['ci95'][1])}] ({drift['verdict']}), same class on "
-            f"{_percent(drift['top1_agreement'])} of the images")
+            f"{_percent(drift['top1_agreement'])} of the images"
+            + ("; fails: the candidate has not shown it is no worse" if record["verdict"] == "inconclusive" else ""))
     for line in audit.records.cache_lines() + audit.executor.summary_lines():
         terminalreporter.write_line(line)
     for line in state.written:

@@ -12,7 +12,7 @@ import reprlib
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BATCH_SIZE_MAX", "IMAGE_BATCH_MAX", "DEFAULT_MARGIN", "MAX_MB_LIMIT", "MIN_IMAGES_MAX", "OPTIONAL_NUMBERS",
+__all__ = ["BATCH_SIZE_MAX", "IMAGE_BATCH_MAX", "MAX_MB_LIMIT", "MIN_IMAGES_MAX", "OPTIONAL_NUMBERS",
            "RANDOMISATION_IMAGES_MAX", "RANGES", "Range", "SEED_MAX", "STEPS_MAX", "THUMBNAIL_MAX", "THUMBNAIL_MIN",
            "check_range", "finite", "flag", "in_file", "range_message", "show"]
 
@@ -22,9 +22,7 @@ BATCH_SIZE_MAX = 1_000_000
 IMAGE_BATCH_MAX = 64  # images whose perturbed copies share the curves' batches (each holds its capture meanwhile)
 MIN_IMAGES_MAX = 1_000_000
 RANDOMISATION_IMAGES_MAX = 1_000
-#: The default non-inferiority margin of a comparison with a baseline, on the mean ABPC difference (README,
-#: "Gating a release", gives the measurement it rests on).
-DEFAULT_MARGIN = 0.05
+RANDOMISATION_SEEDS_MAX = 100
 THUMBNAIL_MIN, THUMBNAIL_MAX = 8, 512  # report thumbnails: THUMBNAIL_MIN <= px <= THUMBNAIL_MAX
 MAX_MB_LIMIT = 10_000  # report size limit: 0 < MB < MAX_MB_LIMIT
 
@@ -67,12 +65,12 @@ RANGES: dict[str, Range] = {
     "seed": Range("an integer", 0, SEED_MAX, integer=True),
     "min_images": Range("an integer", 1, MIN_IMAGES_MAX, integer=True),
     "randomisation_images": Range("an integer", 1, RANDOMISATION_IMAGES_MAX, integer=True),
+    "randomisation_seeds": Range("an integer", 1, RANDOMISATION_SEEDS_MAX, integer=True),
     "report_thumbnail": Range("an integer number of pixels", THUMBNAIL_MIN, THUMBNAIL_MAX, integer=True),
     "report_max_mb": Range("a size in MB", 0, MAX_MB_LIMIT, open_low=True, open_high=True),
     "fill": Range("a pixel value", 0.0, 1.0),
     "threshold": Range("a finite number", -math.inf, math.inf),
-    "randomisation_threshold": Range("a Spearman correlation", -1.0, 1.0),
-    "margin": Range("an ABPC difference", 0.0, 1.0),
+    "randomisation_threshold": Range("an absolute Spearman correlation", 0.0, 1.0),
     "min_map_agreement": Range("a Spearman correlation", -1.0, 1.0),
 }
 #: Numeric options that may be left unset (None: not used).

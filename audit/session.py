@@ -9,20 +9,32 @@ baseline; :mod:`audit.assemble` writes them into the results file.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
 
 from .assemble import assemble_results
-from .compare import Baseline, baseline_stage, check_measured, check_recipe, compare_map, load_baseline, maps_for_class
+from .compare import (
+    Baseline,
+    baseline_stage,
+    check_measured,
+    check_paired,
+    check_recipe,
+    compare_map,
+    load_baseline,
+    maps_for_class,
+    planning_power,
+)
 from .errors import AuditError
 from .executors import executor_for
-from .gates import evaluate_gate, gate_inputs
+from .gates import apply_holm, evaluate_gate, gate_inputs
 from .images import prepare_image
 from .inputs import collect_images, load_models, load_named, model_id_for, read_labels
 from .models import LoadedModel
 from .plan import ModelPlan, map_keys, plan_lines, plan_model
+from .policy import margin_for
+from .precision import resolve_amp
 from .records import MADE_HOW, Item, RecordMaker
 from .restore import PatchInverse
 from .results import SCHEMA, error_run_record, model_record
@@ -69,6 +81,9 @@ class AuditSession:
         self.embedded = embedded
         self.store = RecordStore(workdir)
         self.device = self._device(settings.device)
+        # --amp auto is resolved here, once, before the plans, the recipe and the cache key read it (audit.precision)
+        self.precision = resolve_amp(settings.amp, self.device)
+        self.settings = settings = replace(settings, amp=self.precision.amp)
         # A model that cannot be loaded does not stop the others: its error is kept for its check to report. With
         # no model loaded there is nothing to audit, and the first error stops the run.
         loaded = load_models(settings.model, settings.checkpoint)
@@ -113,6 +128,7 @@ class AuditSession:
         for loaded in self.models.values():
             check_recipe(baseline, self.config.describe(), asdict(self.settings), loaded)
         check_measured(baseline, self.settings.gated())
+        check_paired(baseline, [entry.sha256 for entry in self.image_set.entries], self.settings.gated())
         return baseline
 
     def _plan(self, model_id: str, loaded: LoadedModel) -> None:
@@ -126,7 +142,8 @@ class AuditSession:
 
     def plan_lines(self, model_id: str) -> list[str]:
         """What the run will measure on a model, with an ETA (:func:`audit.plan.plan_lines`)."""
-        return plan_lines(self.plans[model_id], self.settings, self.models[model_id], len(self.images), self.device)
+        return plan_lines(self.plans[model_id], self.settings, self.models[model_id], len(self.images), self.device,
+                          note=self.precision.plan_note(self.device))
 
     @staticmethod
     def _device(device: str) -> str:
@@ -234,15 +251,29 @@ class AuditSession:
         return [self.run(Case(model_id, image_id, path)) for image_id, path in self.images]
 
     def randomisation(self, model_id: str) -> dict[str, Any]:
-        """The cascading randomisation check of a model, on its first ``randomisation_images`` readable images."""
+        """The cascading randomisation check of a model, on ``randomisation_images`` readable images chosen
+        round-robin over classes (``--labels``' true classes, else the model's top-1), ``randomisation_seeds`` times."""
         return self.store.once("sanity", (model_id,), lambda: self._compute_randomisation(model_id))
 
     def _compute_randomisation(self, model_id: str) -> dict[str, Any]:
         return randomisation_record(self.models[model_id], model_id, self.images, self.settings, self.config,
-                                    self.device)
+                                    self.device, labels=self._label_of)
 
     def gate(self, model_id: str, method: str, stage: str) -> dict[str, Any]:
-        """Evaluate one gate over every image and store its record for the results file."""
+        """Evaluate one gate over every image and store its record for the results file.
+
+        With ``--fail-correction holm`` every gate of the model is evaluated together, so that Holm's correction of
+        the fail verdicts sees all of them.
+        """
+        if self.settings.fail_correction != "holm":
+            return self._store_gate(model_id, self._evaluate_gate(model_id, method, stage))
+        records = [self._evaluate_gate(model_id, m, st) for m, st in self.gates[model_id]]
+        apply_holm(records)
+        for record in records:
+            self._store_gate(model_id, record)
+        return next(r for r in records if (r["method"], r["stage"]) == (method, stage))
+
+    def _evaluate_gate(self, model_id: str, method: str, stage: str) -> dict[str, Any]:
         data, baseline, skipped = gate_inputs(self.runs_of(model_id), method, stage)
         s = self.settings
         record = evaluate_gate(self.models[model_id].name, method, stage, data, threshold=s.threshold, seed=s.seed,
@@ -252,7 +283,10 @@ class AuditSession:
         if skipped:
             record["unreadable_images"] = skipped
             record["reason"] += f"; {len(skipped)} image(s) could not be read: {', '.join(skipped)}"
-        self.store.write("gates", (model_id, method, stage), record)
+        return record
+
+    def _store_gate(self, model_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        self.store.write("gates", (model_id, record["method"], record["stage"]), record)
         return record
 
     def comparison_keys(self) -> list[tuple[str, str, str]]:
@@ -260,19 +294,57 @@ class AuditSession:
         return self.gate_keys() if self.baseline is not None else []
 
     def comparison(self, model_id: str, method: str, stage: str) -> dict[str, Any]:
-        """Compare one gated map with the baseline, image by image (computed once for the run)."""
-        return self.store.once("comparisons", (model_id, method, stage),
-                               lambda: self._compute_comparison(model_id, method, stage))
+        """Compare one gated map with the baseline, image by image (computed once for the run).
+
+        With ``--fail-correction holm`` every compared map of the model is compared together, and Holm's correction
+        applies to their fail verdicts.
+        """
+        if self.settings.fail_correction != "holm":
+            return self.store.once("comparisons", (model_id, method, stage),
+                                   lambda: self._compute_comparison(model_id, method, stage))
+
+        def family() -> list[dict[str, Any]]:
+            records = [self._compute_comparison(model_id, m, st) for m, st in self.gates[model_id]]
+            for record in records:
+                record["threshold"] = -record["margin"]
+            apply_holm(records)
+            return records
+
+        records = self.store.once("comparison-families", (model_id,), family)
+        record = next(r for r in records if (r["method"], r["stage"]) == (method, stage))
+        return self.store.once("comparisons", (model_id, method, stage), lambda: record)
+
+    def margin(self, gate: str) -> tuple[Any, str]:
+        """The margin of a compared map as the policy writes it (``grad@0``), and where it came from."""
+        s = self.settings
+        margin, source = margin_for(gate, s.margins, s.margin)
+        if source == "margin":
+            source = f"margin, from {s.origin('margin')}"
+        elif source.startswith("margins."):
+            source = f"{source}, from {s.origin('margins')}"
+        return margin, source
+
+    def comparison_plan_lines(self) -> list[str]:
+        """Before the run: each compared map's margin and where it came from, and, from a baseline results file, the
+        power to plan with (:func:`audit.compare.planning_power`)."""
+        digests = [entry.sha256 for entry in self.image_set.entries]
+        lines = []
+        for method, stage in self.settings.gated():
+            gate = f"{method}@{stage}"
+            margin, source = self.margin(gate)
+            plan = planning_power(self.baseline, digests, method, baseline_stage(self.baseline, stage), margin)
+            lines.append(f"compare {gate}: margin {margin.text()} ({source}); {plan}")
+        return lines
 
     def _compute_comparison(self, model_id: str, method: str, stage: str) -> dict[str, Any]:
-        written = dict(zip(self.gates[model_id], self.settings.gated()))[(method, stage)][1]
+        written = dict(zip(self.gates[model_id], self.settings.gated()))[(method, stage)]
         loaded, s = self.models[model_id], self.settings
         digests = {entry.id: entry.sha256 for entry in self.image_set.entries}
-        record = compare_map(self.runs_of(model_id), digests, self.baseline, method, stage,
-                             baseline_stage(self.baseline, written), model_id=model_id, model_name=loaded.name,
-                             input_size=loaded.input_size, margin=s.margin, min_images=s.min_images,
-                             min_map_agreement=s.min_map_agreement, seed=s.seed)
-        return record
+        margin, source = self.margin(f"{written[0]}@{written[1]}")
+        return compare_map(self.runs_of(model_id), digests, self.baseline, method, stage,
+                           baseline_stage(self.baseline, written[1]), model_id=model_id, model_name=loaded.name,
+                           input_size=loaded.input_size, margin=margin, margin_source=source,
+                           min_images=s.min_images, min_map_agreement=s.min_map_agreement, seed=s.seed)
 
     def comparison_records(self) -> list[dict[str, Any]]:
         order = {key: i for i, key in enumerate(self.comparison_keys())}

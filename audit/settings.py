@@ -29,16 +29,18 @@ from typing import Any
 from .cache import DEFAULT_CACHE
 from .detail import DEFAULT_DETAIL, DETAILS, check_detail
 from .gates import LIMIT_NAMES, MIN_IMAGES, GateLimits
-from .maps import ACTIVATIONS, DEFAULT_METHODS, METHODS
+from .maps import ACTIVATIONS, METHODS
 from .perturb import AUTO_BATCH, FILL_CONSTANTS, FILL_RECIPES, SCORES, PerturbationConfig
+from .policy import DEFAULT_GATES, GATE_NONE, POLICY_METHODS, parse_margin
+from .precision import AMPS
 from .ranges import (
     BATCH_SIZE_MAX,
-    DEFAULT_MARGIN,
     IMAGE_BATCH_MAX,
     MAX_MB_LIMIT,
     MIN_IMAGES_MAX,
     OPTIONAL_NUMBERS,
     RANDOMISATION_IMAGES_MAX,
+    RANDOMISATION_SEEDS_MAX,
     RANGES,
     SEED_MAX,
     STEPS_MAX,
@@ -59,11 +61,16 @@ else:  # pragma: no cover - Python 3.10
 # The ranges are re-exported: they are part of what a settings user reads.
 __all__ = ["AuditSettings", "OPTIONS", "output_settings", "resolve_settings", "read_toml_table", "parse_gate",
            "Range", "RANGES", "check_range", "SEED_MAX", "STEPS_MAX", "BATCH_SIZE_MAX", "MIN_IMAGES_MAX",
-           "RANDOMISATION_IMAGES_MAX", "THUMBNAIL_MIN", "THUMBNAIL_MAX", "MAX_MB_LIMIT", "DEFAULT_MARGIN"]
+           "RANDOMISATION_IMAGES_MAX", "THUMBNAIL_MIN", "THUMBNAIL_MAX", "MAX_MB_LIMIT"]
 
 DEVICES = ("cpu", "cuda", "auto")
 AUTO_OPTIONS = ("batch_size", "image_batch")  # numbers that may also be "auto"
 EXECUTORS = ("local", "ray")  # where the (model, image) records are made (audit.executors)
+FAIL_CORRECTIONS = ("none", "holm")  # --fail-correction: how fail verdicts of several gates are corrected
+BUILT_IN = "built-in default"  # where a value that no source set comes from
+#: The options that make the release policy: the header says where each of them came from.
+POLICY_OPTIONS = ("methods", "gate", "threshold", "min_images", "strict", "margin", "margins", "limits",
+                  "min_map_agreement", "fail_correction", "randomisation_threshold")
 
 @dataclass
 class AuditSettings:
@@ -73,7 +80,7 @@ class AuditSettings:
     checkpoint: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
     device: str = "cpu"
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    methods: list[str] = field(default_factory=lambda: list(POLICY_METHODS))
     layers: list[str] = field(default_factory=lambda: ["auto"])
     steps: int = 20
     unit: str = "pixel"
@@ -85,17 +92,20 @@ class AuditSettings:
     amp: str | None = None
     score: str = "prob"
     labels: str | None = None
-    gate: list[str] = field(default_factory=list)
+    gate: list[str] = field(default_factory=lambda: list(DEFAULT_GATES))
     threshold: float = 0.0
     min_images: int = MIN_IMAGES
     randomisation_threshold: float = 0.5
-    randomisation_images: int = 2
+    randomisation_images: int = 10
+    randomisation_seeds: int = 3
     strict: bool = False
     keep_duplicate_images: bool = False
     baseline: str | None = None
     baseline_model: str | None = None
     baseline_checkpoint: str | None = None
-    margin: float = DEFAULT_MARGIN
+    margin: float | str | None = None  # None: each map's built-in default (audit.policy.margin_for)
+    margins: dict[str, float | str] = field(default_factory=dict)
+    fail_correction: str = "none"
     min_map_agreement: float | None = None
     audit_json: str | None = None
     report: str | None = None
@@ -108,6 +118,11 @@ class AuditSettings:
     ray_address: str | None = None
     limits: dict[str, GateLimits] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)  # option -> where its value came from
+
+    def origin(self, name: str) -> str:
+        """Where the value of option ``name`` came from: a file, the command line, or the built-in default."""
+        return self.origins.get(name, BUILT_IN)
 
     def gated(self) -> list[tuple[str, str]]:
         return [parse_gate(g) for g in self.gate]
@@ -127,8 +142,8 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
                    "PATH"),
     "images": ("image file or folder, searched recursively (repeatable)", "PATH"),
     "device": ("cpu, cuda or auto (default cpu)", "DEVICE"),
-    "methods": (f"comma list of maps: {','.join(METHODS)} (default: the paper's {','.join(DEFAULT_METHODS)})",
-                "LIST"),
+    "methods": (f"comma list of maps: {','.join(METHODS)} (default: the built-in policy's "
+                f"{','.join(POLICY_METHODS)})", "LIST"),
     "layers": ("stages whose maps get MoRF/LeRF curves: block indices and/or encoder, all, or auto (default: with "
                "gates, only the gated maps and random at their stages; with none, every stage)", "LIST"),
     "steps": (f"MoRF/LeRF removal steps, 1..{STEPS_MAX} (default 20)", "N"),
@@ -142,25 +157,36 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
     "seed": (f"seed of the random baseline, the bootstrap and the randomisation check, 0..{SEED_MAX} (default 0)",
              "N"),
     "act": (f"activation of the gradient maps: {', '.join(ACTIVATIONS)} (default gelu)", "NAME"),
-    "amp": ("autocast dtype for perturbation forwards: bfloat16 or float16 (default off: float32)", "DTYPE"),
+    "amp": ("autocast dtype for perturbation forwards: bfloat16, float16, or auto (bfloat16 where the device has it "
+            "natively, else float32; recommended on a CPU) (default off: float32)", "DTYPE"),
     "score": ("y of the MoRF/LeRF curves: prob (the explained class's softmax probability) or top1 (1 when the "
               "top-1 class is the image's label from --labels, else the explained class; Chefer et al.'s test)",
               "SCORE"),
     "labels": ("CSV of the images' true classes: columns file (the image's file name) and class_index", "PATH"),
-    "gate": ("gated map as method@stage, e.g. cam@encoder or grad@-2 (repeatable); default: the policy", "MAP"),
+    "gate": (f"gated map as method@stage, e.g. cam@encoder or grad@-2 (repeatable), or {GATE_NONE} to gate nothing; "
+             f"default: the policy file's, else the built-in policy's {', '.join(DEFAULT_GATES)}", "MAP"),
     "threshold": ("mean-ABPC threshold of the gates (default 0: better than a random map)", "VALUE"),
-    "min_images": (f"fewer images make a gate inconclusive (default {MIN_IMAGES})", "N"),
-    "randomisation_threshold": ("Spearman correlation a gated map must fall below once randomised, in [-1, 1] "
-                                "(default 0.5)", "VALUE"),
-    "randomisation_images": (f"images used by the randomisation check, 1..{RANDOMISATION_IMAGES_MAX} (default 2)", "N"),
-    "strict": ("treat inconclusive gates as failures (for release gating)", None),
+    "min_images": (f"fewer images (or paired images) make a gate or a comparison inconclusive (default "
+                   f"{MIN_IMAGES})", "N"),
+    "randomisation_threshold": ("mean |Spearman| with the trained model's map that a gated map's 95% CI must fall "
+                                "below once randomised, in [0, 1] (default 0.5)", "VALUE"),
+    "randomisation_images": (f"images of the randomisation check, chosen round-robin over classes, "
+                             f"1..{RANDOMISATION_IMAGES_MAX} (default 10)", "N"),
+    "randomisation_seeds": (f"randomisations per image (seeds --seed, --seed + 1, ...), 1..{RANDOMISATION_SEEDS_MAX} "
+                            "(default 3)", "N"),
+    "strict": ("treat inconclusive gates against the threshold as failures too (an inconclusive comparison with "
+               "a baseline fails without it)", None),
     "keep_duplicate_images": ("audit files with identical bytes under different names each (default: once)", None),
     "baseline": ("results file of the released model's audit: gate this run against it, image by image", "PATH"),
     "baseline_model": ("or audit the released model in this run: its timm model name, or 'hf'", "NAME"),
     "baseline_checkpoint": ("checkpoint of --baseline-model ('pretrained' for timm's weights, a folder for 'hf')",
                             "PATH"),
-    "margin": (f"non-inferiority margin on the mean ABPC difference from the baseline (default {DEFAULT_MARGIN})",
-               "VALUE"),
+    "margin": ("non-inferiority margin on the mean ABPC difference from the baseline, for every compared map: an "
+               "ABPC difference (0.05) or a percentage of the baseline's mean ABPC (25%); default: each map's own "
+               "(the policy's margins table, else the built-in one)", "VALUE"),
+    "fail_correction": (f"correction of the fail verdicts of several gates: {', '.join(FAIL_CORRECTIONS)} (holm: "
+                        "Holm's step-down on bootstrap p-values, per model; passes are never corrected; default none)",
+                        "NAME"),
     "min_map_agreement": ("gate the median Spearman of the maps with the baseline's against this (default: not "
                           "gated)", "VALUE"),
     "audit_json": ("write the results file (schema vit-audit/1) here", "PATH"),
@@ -310,6 +336,14 @@ def _coerce(name: str, value: Any, default: Any, where: str | None = None) -> An
     """
     if name in LIST_OPTIONS:
         return _as_list(name, value, where)
+    if name == "margin":  # a number or "N%": read by audit.policy.parse_margin
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        try:
+            parse_margin(value)
+        except ValueError as err:
+            raise ValueError(f"{err}{in_file(where)}") from None
+        return value
     if name == "fill" and isinstance(value, str):
         word = value.strip().lower()
         if word in FILL_CONSTANTS or word in FILL_RECIPES:
@@ -357,12 +391,13 @@ def _coerce(name: str, value: Any, default: Any, where: str | None = None) -> An
 
 
 def _normalise_keys(table: dict[str, Any], where: str) -> dict[str, Any]:
-    known = {f.name for f in fields(AuditSettings)} - {"sources"}
+    known = {f.name for f in fields(AuditSettings)} - {"sources", "origins"}
     out = {}
     for key, value in table.items():
         name = str(key).replace("-", "_")
         if name not in known:
-            raise ValueError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(OPTIONS))}, limits")
+            raise ValueError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(OPTIONS))}, limits, "
+                             "margins")
         out[name] = value
     return out
 
@@ -386,6 +421,22 @@ def _read_limits(value: Any, where: str) -> dict[str, GateLimits]:
         except ValueError as err:
             raise ValueError(f"{err}{in_file(where)}") from None
     return out
+
+
+def _read_margins(value: Any, where: str) -> dict[str, float | str]:
+    """The ``margins`` table: ``method@stage = 0.05`` (absolute) or ``method@stage = "25%"`` (relative)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"margins: expected a table of method@stage = margin, got {show(value)}{in_file(where)}")
+    for key, margin in value.items():
+        method, sep, stage = str(key).partition("@")
+        if not sep or method not in METHODS or not stage:
+            raise ValueError(f"margins: {key!r} is not method@stage with a method from {', '.join(METHODS)}"
+                             f"{in_file(where)}")
+        try:
+            parse_margin(margin, f"margins.{_text(key)}")
+        except ValueError as err:
+            raise ValueError(f"{err}{in_file(where)}") from None
+    return dict(value)
 
 
 def resolve_settings(
@@ -420,10 +471,15 @@ def resolve_settings(
         limits = table.pop("limits", None)
         if limits is not None:
             settings.limits.update(_read_limits(limits, where))
+            origins["limits"] = where
+        margins = table.pop("margins", None)
+        if margins is not None:
+            settings.margins.update(_read_margins(margins, where))
+            origins["margins"] = where
         for name, value in table.items():
             setattr(settings, name, _coerce(name, value, defaults[name], where))
             origins[name] = where
-        if table or limits:
+        if table or limits or margins:
             settings.sources.append(where)
     if not settings.model and settings.checkpoint:
         from .hf import HF_MODEL, is_hf_folder
@@ -431,6 +487,19 @@ def resolve_settings(
         if all(is_hf_folder(path) for path in settings.checkpoint):  # such a folder names its own architecture
             settings.model = [HF_MODEL] * len(settings.checkpoint)
             origins["model"] = origins["checkpoint"]
+    if GATE_NONE in settings.gate:
+        if settings.gate != [GATE_NONE]:
+            raise ValueError(f"gate: {GATE_NONE} gates nothing and cannot be listed with other gates "
+                             f"({', '.join(settings.gate)}){in_file(origins.get('gate'))}")
+        settings.gate = []
+    if "gate" not in origins:  # the built-in gates: those of maps the run computes
+        kept = [gate for gate in settings.gate if parse_gate(gate)[0] in settings.methods]
+        if kept != settings.gate:
+            dropped = [gate for gate in settings.gate if gate not in kept]
+            origins["gate"] = (f"{BUILT_IN} ({', '.join(dropped)} left out: --methods does not compute "
+                               f"{', '.join(parse_gate(g)[0] for g in dropped)})")
+            settings.gate = kept
+    settings.origins = origins
     _validate(settings, origins)
     return settings
 
@@ -470,6 +539,43 @@ def output_settings(
     return out
 
 
+def input_paths(cli: dict[str, Any], config_file: str | Path | None = None,
+                pyproject: str | Path | None = None) -> list[tuple[str, str]]:
+    """(option, path) of every file a run would read, read leniently from the sources of :func:`resolve_settings`
+    (for a run stopped by a usage error: its outputs must not be written over them either). Never raises."""
+    inputs: dict[str, list[str]] = {}
+    for path, table, option in ((pyproject, "tool.vit-audit", "pyproject"), (config_file, None, "audit-config"),
+                                (None, None, "command line")):
+        try:
+            values = cli if option == "command line" else read_toml_table(path, table, option) if path else {}
+        except ValueError:
+            continue
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            paths = [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str) and v]
+            if name in INPUT_OPTIONS and paths:
+                inputs[name] = paths
+    out = [(flag(name), path) for name, paths in inputs.items() for path in paths]
+    return out + [(option, str(path)) for path, option in ((config_file, "audit-config"), (pyproject, "pyproject"))
+                  if path is not None]
+
+
+#: The options that name files a run reads: its outputs must never be one of them.
+INPUT_OPTIONS = ("baseline", "labels", "checkpoint", "baseline_checkpoint", "images")
+
+
+def run_inputs(settings: AuditSettings, config_file: str | Path | None = None,
+               pyproject: str | Path | None = None) -> list[tuple[str, str]]:
+    """(option, path) of every file a run reads (the policy files included), for the outputs' check."""
+    out = []
+    for name in INPUT_OPTIONS:
+        value = getattr(settings, name)
+        out.extend((flag(name), path) for path in (value if isinstance(value, list) else [value]) if path)
+    out += [(option, str(path)) for path, option in ((config_file, "audit-config"), (pyproject, "pyproject"))
+            if path is not None]
+    return out
+
+
 def _validate(s: AuditSettings, origins: dict[str, str] | None = None) -> None:
     """Check the merged settings; ``origins`` says where each option's value came from (for the message)."""
     origins = origins or {}
@@ -486,8 +592,8 @@ def _validate(s: AuditSettings, origins: dict[str, str] | None = None) -> None:
         raise fail("methods", f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")
     if s.act not in ACTIVATIONS:
         raise fail("act", f"act: {s.act!r} is not one of {', '.join(ACTIVATIONS)}")
-    if s.amp not in (None, "bfloat16", "float16"):
-        raise fail("amp", f"amp: {s.amp!r} is not bfloat16 or float16")
+    if s.amp is not None and s.amp not in AMPS:
+        raise fail("amp", f"amp: {s.amp!r} is not {', '.join(AMPS[:-1])} or {AMPS[-1]} (leave it off for float32)")
     if s.unit not in ("pixel", "patch"):
         raise fail("unit", f"unit: {s.unit!r} is not pixel or patch")
     if s.score not in SCORES:
@@ -496,6 +602,9 @@ def _validate(s: AuditSettings, origins: dict[str, str] | None = None) -> None:
         check_detail(s.results_detail)
     except ValueError as err:
         raise fail("results_detail", str(err)) from None
+    if s.fail_correction not in FAIL_CORRECTIONS:
+        raise fail("fail_correction", f"fail-correction: {s.fail_correction!r} is not one of "
+                   f"{', '.join(FAIL_CORRECTIONS)}")
     if s.executor not in EXECUTORS:
         raise fail("executor", f"executor: {s.executor!r} is not one of {', '.join(EXECUTORS)}")
     if s.ray_address is not None:

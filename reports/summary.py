@@ -27,7 +27,8 @@ def _interruption(results: dict[str, Any]) -> str | None:
 
 def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
     """``fail`` if the run stopped or was interrupted, a gate or a comparison with the baseline (or its map-agreement
-    gate) failed or a check failed or errored; ``inconclusive`` if a gate or a comparison is; else ``pass``.
+    gate) failed, a comparison did not show the candidate is no worse (inconclusive), or a check failed or errored;
+    ``inconclusive`` if a gate or a map-agreement gate is; ``no gate`` when the run gated nothing; else ``pass``.
 
     Returns:
         The verdict and the reasons for it, in words.
@@ -52,6 +53,10 @@ def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
         reasons.append(f"{len(failed_gates)} gate(s) failed")
     if failed_comparisons:
         reasons.append(f"{len(failed_comparisons)} comparison(s) with the baseline failed")
+    unsure = [c for c in comparisons if c.get("verdict") == "inconclusive"]
+    if unsure:
+        reasons.append(f"{len(unsure)} comparison(s) with the baseline did not show the candidate is no worse "
+                       "(inconclusive)")
     if failed_drifts:
         reasons.append(f"{len(failed_drifts)} map-agreement gate(s) failed")
     if failed:
@@ -63,16 +68,14 @@ def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
     undecided = []
     if inconclusive:
         undecided.append(f"{len(inconclusive)} gate(s) inconclusive")
-    unsure = [c for c in comparisons if c.get("verdict") == "inconclusive"]
-    if unsure:
-        undecided.append(f"{len(unsure)} comparison(s) with the baseline inconclusive")
     unsure_drifts = [d for d in drifts if d.get("verdict") == "inconclusive"]
     if unsure_drifts:
         undecided.append(f"{len(unsure_drifts)} map-agreement gate(s) inconclusive")
     if undecided:
         return "inconclusive", undecided
-    if not gates and not checks and not comparisons:
-        return "pass", ["no gate and no check recorded"]
+    if not gates and not comparisons:
+        return "no gate", ["the run gated nothing (--gate none): no gate passed, so nothing is vouched for",
+                           f"{len(checks)} check(s) without failure"]
     passed = [f"{len(gates)} gate(s) passed"]
     if comparisons:
         passed.append(f"{len(comparisons)} comparison(s) with the baseline passed")
@@ -166,6 +169,14 @@ def _profile_line(label: str, rows: list[dict[str, Any]], name: str, colour: str
     return label, [_num(r.get(name)) for r in rows], [_pair(r.get(f"{name}_ci")) for r in rows], colour, dash
 
 
+def _images_with_classes(record: dict[str, Any]) -> str:
+    """The randomisation check's images, each with the class it was chosen by where the record has them."""
+    images, classes = _list(record.get("images")), _list(record.get("classes"))
+    if len(classes) != len(images):
+        return ", ".join(str(x) for x in images) or "none"
+    return ", ".join(f"{x} (class {y})" for x, y in zip(images, classes)) or "none"
+
+
 def aggregates(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per model: the layer-wise profile of every method and the randomisation curves."""
     out = []
@@ -216,8 +227,12 @@ def aggregates(results: dict[str, Any]) -> list[dict[str, Any]]:
                         f"randomisation of {method} maps ({model_id})", [str(x) for x in labels], lines,
                         _num(record.get("threshold"))),
                     "after": [{"stage": str(c.get("stage") or k), "step": c.get("dependency_step"),
-                               "value": fmt(c.get("after_dependencies"), 3, True)} for k, c in items],
-                    "images": ", ".join(str(x) for x in _list(record.get("images"))) or "none",
+                               "value": fmt(c.get("abs_spearman"), 3), "ci": fmt_ci(c.get("ci95"), 3),
+                               "signed": fmt(c.get("signed_spearman"), 3, True),
+                               "negative": f"{c.get('negative_images', 'n/a')}/{c.get('n_images', 'n/a')}",
+                               "verdict": str(c.get("verdict") or "n/a")} for k, c in items],
+                    "images": _images_with_classes(record),
+                    "seeds": ", ".join(str(x) for x in _list(record.get("seeds"))) or "n/a",
                     "threshold": fmt(record.get("threshold"), 2), "rule": record.get("rule")})
         out.append({"model_id": model_id, "profiles": profiles, "randomisation": randomisation})
     return out

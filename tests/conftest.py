@@ -84,10 +84,18 @@ def audit_files(root: Path, photos: tuple[str, ...], size: tuple[int, int] = (12
 
 
 def nested_audit() -> list[str]:
-    """The start of a nested audit run: the packaged checks with the plugin, no cache, rooted in the current folder."""
+    """The start of a nested audit run: the packaged checks with the plugin, no cache, rooted in the current folder.
+
+    The randomisation check runs on 2 images and 1 seed here: its default (10 images x 3 seeds) is about 15 times
+    the work, which the nested runs of tests not about it do not need; a test about it passes its own values after
+    these (the last value of an option wins), and tests/test_sanity.py tests it. The gates decide from 5 images: the
+    nested runs audit a handful of images to test the gates' logic, not a release's n (the default minimum, 20, is
+    tested in tests/test_gates.py and tests/test_settings.py).
+    """
     from audit.plugin import _checks_dir
 
-    return [str(_checks_dir()), "-p", "audit.plugin", "-p", "no:cacheprovider", "--rootdir", "."]
+    return [str(_checks_dir()), "-p", "audit.plugin", "-p", "no:cacheprovider", "--rootdir", ".",
+            "--randomisation-images", "2", "--randomisation-seeds", "1", "--min-images", "5"]
 
 
 def input_size_of(model: torch.nn.Module) -> tuple[int, int]:

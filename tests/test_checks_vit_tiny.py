@@ -40,6 +40,9 @@ def _policy_run(pytester, monkeypatch, images, expected):
         "--model", VIT_TINY_NAME, "--checkpoint", str(require_shared(VIT_TINY_FILE)),
         "--images", str(require_shared(images)), "--methods", "grad,chefer,random", "--no-cache",
         "--audit-json", str(results_path), "--report", "", "--batch-size", "80",
+        # these tests are about the gates: the randomisation check's default (10 images x 3 seeds, ~50 s on the
+        # ViT-Ti) is left to tests/test_sanity.py and to the audit itself
+        "--randomisation-images", "2", "--randomisation-seeds", "1",
     )
     results = json.loads(results_path.read_text())
     gates = {f"{g['method']}@{g['stage']}": g for g in results["gates"]}

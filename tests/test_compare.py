@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from audit.compare import load_baseline, map_agreement
+from audit.compare import Baseline, compare_map, load_baseline, map_agreement
 from audit.plugin import _checks_dir
-from audit.settings import DEFAULT_MARGIN
+from audit.policy import FALLBACK_MARGIN, Margin
 from audit.stats import paired_difference
 from audit.zoo import EMBEDDED_MODEL, embedded_checkpoint, embedded_images
 
@@ -30,7 +30,7 @@ from conftest import nested_audit
 pytest_plugins = ["pytester"]
 
 RECIPE = ["--methods", "cam,grad_cls,random", "--layers", "encoder", "--steps", "10", "--gate", "cam@encoder",
-          "--gate", "grad_cls@encoder"]
+          "--gate", "grad_cls@encoder", "--min-images", "5"]  # 10 photos: the logic, not a release's n
 AUCS = st.lists(st.tuples(*[st.floats(0, 1, allow_subnormal=False)] * 4), min_size=1, max_size=30)
 
 
@@ -154,11 +154,17 @@ def test_a_degraded_candidate_fails_with_the_statistic_margin_both_means_and_the
     # A wide enough margin lets the same candidate through: the verdict follows the margin, not the model alone.
     assert _run(pytester, data, "--baseline", str(data["baseline"]), "-k", "compare", "--margin", "1",
                 checkpoint=data["degraded"]).ret == 0
-    # The default margin (README, "Gating a release") is in the record and the reason.
+    # The default margin of maps the built-in policy does not gate (README, "Gating a release") is in the record.
     _run(pytester, data, "--baseline", str(data["baseline"]), "-k", "compare", "--audit-json", "default.json",
          checkpoint=data["degraded"])
     default = json.loads((pytester.path / "default.json").read_text())
-    assert {c["margin"] for c in default["comparisons"]} == {DEFAULT_MARGIN}
+    margins = {(c["margin"], c["margin_source"]) for c in default["comparisons"]}
+    assert margins == {(FALLBACK_MARGIN, "built-in default")}
+    # A relative margin: a share of the baseline's mean ABPC over the pairs.
+    _run(pytester, data, "--baseline", str(data["baseline"]), "-k", "compare", "--audit-json", "relative.json",
+         "--margin", "50%", checkpoint=data["degraded"])
+    for c in json.loads((pytester.path / "relative.json").read_text())["comparisons"]:
+        assert c["margin"] == pytest.approx(0.5 * max(0.0, c["baseline_abpc"])) and c["margin_rule"] == "50%"
 
 
 def test_map_drift_gated_by_min_map_agreement(pytester, data):
@@ -199,8 +205,9 @@ def test_images_only_in_one_run_are_listed_and_too_few_pairs_are_inconclusive(py
     shutil.copyfile(other, few / f"new-{other.name}")
     result = _run(pytester, data, "--baseline", str(data["baseline"]), "--audit-json", "r.json", "-k", "compare",
                   "-rs", images=few)
-    assert result.ret == 0
-    assert "only 3 paired images, at least 5 are needed" in result.stdout.str()
+    assert result.ret == 1  # the candidate has not shown that it is no worse: undecided does not ship
+    out = result.stdout.str()
+    assert "inconclusive (not shown to be no worse)" in out and "only 3 paired images, at least 5 are needed" in out
     results = json.loads((pytester.path / "r.json").read_text())
     assert results["baseline"]["images_only_in_candidate"] == [f"new-{other.stem}"]
     assert sorted(results["baseline"]["images_only_in_baseline"]) == sorted(Path(n).stem for n in names[3:])
@@ -299,8 +306,12 @@ def test_a_baseline_of_the_same_architecture_with_another_data_config_is_a_usage
 
 
 @pytest.mark.parametrize("cli, message", [
-    ({"margin": "-0.1"}, "margin: expected an ABPC difference in [0, 1], got -0.1"),
-    ({"margin": "nan"}, "margin: expected an ABPC difference in [0, 1], got nan"),
+    ({"margin": "-0.1"}, "margin: '-0.1' is not a margin: give an ABPC difference in [0, 1] (e.g. 0.05) or a "
+                         "percentage of the baseline's mean ABPC in [0%, 1000%] (e.g. \"25%\")"),
+    ({"margin": "nan"}, "margin: 'nan' is not a margin: give an ABPC difference in [0, 1] (e.g. 0.05) or a "
+                        "percentage of the baseline's mean ABPC in [0%, 1000%] (e.g. \"25%\")"),
+    ({"margin": "-5%"}, "margin: '-5%' is not a margin: give an ABPC difference in [0, 1] (e.g. 0.05) or a "
+                        "percentage of the baseline's mean ABPC in [0%, 1000%] (e.g. \"25%\")"),
     ({"min_map_agreement": "1.5"}, "min-map-agreement: expected a Spearman correlation in [-1, 1], got 1.5"),
     ({"min_map_agreement": "high"}, "min-map-agreement: 'high' is not a valid float"),
 ])
@@ -322,3 +333,105 @@ def test_a_baseline_path_that_is_missing_a_folder_or_several_models_is_one_line(
     (tmp_path / "two.json").write_text(json.dumps(two))
     with pytest.raises(ValueError, match=r"holds 2 audited models; a baseline is the audit of one model$"):
         load_baseline(tmp_path / "two.json")
+
+
+# -- the non-inferiority rule on synthetic pairs ------------------------------------------------------------------
+def _entry(abpc, flat=False):
+    curve = [0.5] * 3 if flat else [0.9, 0.5, 0.1]
+    return {"morf_auc": 0.3, "lerf_auc": 0.3 + abpc, "morf": curve, "lerf": curve, "grid": [[1.0, 0.0], [0.0, 1.0]]}
+
+
+def _pairs(candidate, baseline, flat=()):
+    """Candidate runs, digests and a baseline holding one map ``cam@encoder`` per image."""
+    runs, base, digests = [], {}, {}
+    for i, (c, b) in enumerate(zip(candidate, baseline)):
+        digests[f"i{i}"] = f"d{i}"
+        runs.append({"image_id": f"i{i}", "class": 1, "maps": {"cam@encoder": _entry(c, i in flat)}})
+        base[f"d{i}"] = {"image_id": f"i{i}", "class": 1, "maps": {"cam@encoder": _entry(b, i in flat)}}
+    return runs, digests, Baseline("b.json", "x", {}, {"name": "m"}, runs=base)
+
+
+def _compare(runs, digests, baseline, margin, min_images=5):
+    return compare_map(runs, digests, baseline, "cam", "encoder", "encoder", model_id="m", model_name="m",
+                       input_size=(2, 2), margin=margin, min_images=min_images, n_boot=2000)
+
+
+def test_flat_pairs_are_left_out_of_the_statistics_and_counted():
+    rng = np.random.default_rng(0)
+    base = list(rng.normal(0.3, 0.1, 30))
+    cand = [b - 0.1 + 0.02 * rng.standard_normal() for b in base]
+    flat = set(range(10))  # both models' curves flat: d would be 0 whatever happened
+    for i in flat:
+        base[i] = cand[i] = 0.0
+    record = _compare(*_pairs(cand, base, flat), margin=0.05)
+    assert record["n_pairs"] == 20 and sorted(record["flat_pairs"]) == sorted(f"i{i}" for i in flat)
+    assert record["statistic"] == pytest.approx(np.mean([c - b for c, b in zip(cand, base)][10:]))
+    assert record["verdict"] == "fail" and "10 flat pair(s) left out" in record["reason"]
+
+
+def test_a_pair_without_a_finite_abpc_is_not_paired():
+    runs, digests, baseline = _pairs([0.3] * 6, [0.3] * 6)
+    baseline.runs["d0"]["maps"]["cam@encoder"]["lerf_auc"] = float("nan")
+    record = _compare(runs, digests, baseline, margin=0.05)
+    assert record["n_pairs"] == 5 and record["unpaired_images"] == {"i0": "ABPC not finite in the baseline"}
+
+
+def test_a_relative_margin_is_a_share_of_the_baseline_mean_abpc_over_the_pairs():
+    rng = np.random.default_rng(1)
+    base = list(rng.normal(0.4, 0.05, 25))
+    cand = [b - 0.06 + 0.01 * rng.standard_normal() for b in base]
+    relative = _compare(*_pairs(cand, base), margin="25%")
+    assert relative["margin"] == pytest.approx(0.25 * np.mean(base)) and relative["verdict"] == "pass"
+    assert "25% of the baseline's mean ABPC" in relative["reason"]
+    assert _compare(*_pairs(cand, base), margin=Margin(0.05))["verdict"] == "fail"  # absolute 0.05: a drop of 0.06
+    assert Margin(0.5, relative=True).resolve(-0.1) == 0.0  # a baseline no better than random: no room at all
+
+
+def test_an_undecided_comparison_says_how_many_pairs_would_decide_it():
+    rng = np.random.default_rng(2)
+    base = list(rng.normal(0.3, 0.1, 20))
+    cand = [b + 0.25 * rng.standard_normal() for b in base]
+    record = _compare(*_pairs(cand, base), margin=0.05, min_images=20)
+    assert record["verdict"] == "inconclusive"
+    power = record["power"]
+    assert power["images_needed"] > 20 and f"{power['images_needed']} paired images would decide it" in record["reason"]
+    assert 0 < record["p_fail"] <= 1 and record["power"]["sd"] == pytest.approx(
+        np.std([c - b for c, b in zip(cand, base)], ddof=1))
+
+
+def test_the_results_file_of_the_baseline_is_never_written_over(pytester, data):
+    """``--audit-json`` naming the baseline (directly, through a link or another spelling) is a usage error, and the
+    stopped run writes nothing over it."""
+    before = data["baseline"].read_bytes()
+    link = pytester.path / "link.json"
+    link.symlink_to(data["baseline"])
+    spelled = data["baseline"].parent / ".." / data["baseline"].parent.name / data["baseline"].name
+    for target in (data["baseline"], link, spelled):
+        result = _run(pytester, data, "--baseline", str(data["baseline"]), "--audit-json", str(target))
+        errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
+        assert result.ret == 4 and len(errors) == 1, result.stderr.str()
+        assert "is the baseline file" in errors[0] and "give --audit-json another path" in errors[0]
+        assert data["baseline"].read_bytes() == before
+    labels = pytester.path / "labels.csv"
+    labels.write_text("file,class_index\n")
+    result = _run(pytester, data, "--labels", str(labels), "--report", str(labels))
+    assert result.ret == 4 and "is the labels file" in result.stderr.str()
+    assert labels.read_text() == "file,class_index\n"
+
+
+def test_a_baseline_that_shares_no_image_or_has_no_finite_abpc_is_a_usage_error(pytester, data):
+    other = pytester.path / "other"
+    other.mkdir()
+    for path in sorted(embedded_images().glob("*.png"))[1::2][:5]:  # the photos the baseline was not audited on
+        shutil.copyfile(path, other / path.name)
+    result = _run(pytester, data, "--baseline", str(data["baseline"]), images=other)
+    assert result.ret == 4 and "shares no image with this run" in result.stderr.str()
+    broken = json.loads(data["baseline"].read_text())
+    for run in broken["runs"]:
+        for entry in run["maps"].values():
+            if entry.get("lerf_auc") is not None:
+                entry["lerf_auc"] = float("nan")
+    path = pytester.path / "nan.json"
+    path.write_text(json.dumps(broken))
+    result = _run(pytester, data, "--baseline", str(path))
+    assert result.ret == 4 and "has no finite ABPC of cam@encoder" in result.stderr.str()

@@ -37,7 +37,8 @@ def test_auto_with_a_listed_stage_adds_every_map_there(loaded):
 
 def test_auto_without_gates_and_all_measure_every_map_of_every_stage(loaded):
     depth = loaded.layout.depth
-    for settings in (_settings(methods=["cam", "random"]), _settings(methods=["cam"], gate=["cam@0"], layers=["all"])):
+    for settings in (_settings(methods=["cam", "random"], gate=[]),
+                     _settings(methods=["cam"], gate=["cam@0"], layers=["all"])):
         plan = plan_model(settings, loaded)
         assert plan.curves_for is None and plan.measured == [str(k) for k in range(depth)] + ["encoder"]
         assert "curves for every map at stages" in plan.rule()
@@ -48,7 +49,7 @@ def test_ig_gets_curves_under_auto_only_when_gated(loaded):
     assert gated.measured == ["input"] and gated.curves_for == ["ig@input"]
     other = plan_model(_settings(methods=["grad", "ig", "random"], gate=["grad@1"]), loaded)
     assert "input" not in other.measured and "ig@input" not in other.curves_for
-    listed = plan_model(_settings(methods=["grad", "ig"], layers=["1"]), loaded)
+    listed = plan_model(_settings(methods=["grad", "ig"], layers=["1"], gate=[]), loaded)
     assert listed.measured == ["1", "input"] and listed.curves_for is None
 
 

@@ -266,7 +266,8 @@ def test_vit_audit_command_runs_the_packaged_checks_from_any_folder(tiny_files, 
     results = tmp_path / "results.json"
     run = subprocess.run([command, "--model", "test_vit", "--checkpoint", str(tiny_files["checkpoint"]), "--images",
                           str(tiny_files["photos"]), *FAST, "--gate", "cam@encoder", "--threshold", "-1", "-q",
-                          "--audit-json", str(results)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                          "--min-images", "5", "--audit-json", str(results)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Warning" not in run.stdout + run.stderr  # e.g. no PytestAssertRewriteWarning for the plugin
     assert json.loads(results.read_text())["gates"][0]["verdict"] == "pass"

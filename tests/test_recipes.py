@@ -93,6 +93,13 @@ def test_a_bad_labels_file_is_one_line_naming_it(tmp_path, content, words):
     assert words in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_labels_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Spreadsheets save UTF-8 CSV with a byte-order mark; its first column is still ``file``."""
+    path = tmp_path / "labels.csv"
+    path.write_bytes("file,class_index\nx.png,3\n".encode("utf-8-sig"))
+    assert read_labels(path).class_of("x.png", 10) == 3
+
+
 def test_a_bad_fill_or_score_is_a_usage_error(pytester, monkeypatch):
     monkeypatch.chdir(pytester.path)
     base = [*nested_audit(), "--images", str(embedded_images())]

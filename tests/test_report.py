@@ -297,7 +297,9 @@ def test_partial_results_still_render(audit_run, tmp_path, cut):
 
 
 @pytest.mark.parametrize("gates, checks, expected", [
-    pytest.param([], [], "pass", id="nothing"),
+    pytest.param([], [], "no gate", id="nothing"),
+    pytest.param([], ["passed", "skipped"], "no gate", id="no-gate-is-not-a-pass"),
+    pytest.param([], ["failed"], "fail", id="no-gate-but-a-failed-check"),
     pytest.param(["pass"], ["passed", "skipped"], "pass", id="all-pass"),
     pytest.param(["pass", "inconclusive"], ["passed", "skipped"], "inconclusive", id="inconclusive-gate"),
     pytest.param(["inconclusive"], ["failed"], "fail", id="failed-check-wins"),
@@ -688,8 +690,9 @@ def test_a_failed_comparison_fails_the_report_and_its_section_shows_the_table_sc
 @pytest.mark.parametrize("verdict, drift, expected", [
     pytest.param("pass", "not gated", ("pass", ["1 gate(s) passed", "1 comparison(s) with the baseline passed",
                                                 "1 check(s) without failure"]), id="pass"),
-    pytest.param("inconclusive", "not gated", ("inconclusive", ["1 comparison(s) with the baseline inconclusive"]),
-                 id="inconclusive"),
+    pytest.param("inconclusive", "not gated", ("fail", ["1 comparison(s) with the baseline did not show the "
+                                                       "candidate is no worse (inconclusive)"]),
+                 id="inconclusive-comparison-fails"),
     pytest.param("pass", "fail", ("fail", ["1 map-agreement gate(s) failed"]), id="failed-drift"),
     pytest.param("pass", "inconclusive", ("inconclusive", ["1 map-agreement gate(s) inconclusive"]),
                  id="inconclusive-drift"),
@@ -702,6 +705,14 @@ def test_overall_verdict_counts_comparisons_with_the_baseline_like_gates(tmp_pat
     html = render_report(results, tmp_path / "r.html").read_text()
     assert f'class="verdict verdict-{expected[0]}">{expected[0].upper()}<' in html
     assert f'<span class="badge {drift.replace(" ", "-")}">{drift}</span>' in _section(html)
+
+
+def test_a_run_that_gated_nothing_reads_no_gate_in_the_report_never_pass(tmp_path):
+    results = {"gates": [], "checks": [{"outcome": "passed"}], "policy": {"gate": [], "gated": False}}
+    verdict, reasons = overall_verdict(results)
+    assert verdict == "no gate" and "the run gated nothing" in reasons[0]
+    html = render_report(results, tmp_path / "r.html").read_text()
+    assert 'class="verdict verdict-no-gate">NO GATE<' in html and ">PASS<" not in html
 
 
 def test_image_ids_and_paths_in_the_comparison_section_are_escaped(tmp_path):

@@ -54,7 +54,7 @@ def test_comma_lists_and_repeated_options_are_both_lists():
     ({"threshold": "high"}, "threshold: 'high' is not a valid float"),
     ({"fill": "1.5"}, "fill: 1.5 is outside \\[0, 1\\]"),
     ({"unit": "superpixel"}, "unit: 'superpixel' is not pixel or patch"),
-    ({"amp": "int8"}, "amp: 'int8' is not bfloat16 or float16"),
+    ({"amp": "int8"}, "amp: 'int8' is not bfloat16, float16 or auto \\(leave it off for float32\\)"),
     ({"act": "tanh"}, "act: 'tanh' is not one of"),
     ({"gate": ["cam-encoder"]}, "gate: 'cam-encoder' is not method@stage"),
     ({"methods": ["cam"], "gate": ["grad@0"]}, "gate: 'grad@0' gates a map that --methods does not compute"),
@@ -120,9 +120,12 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
     ({"seed": "9" * 400}, r"^seed: expected an integer in \[0, 4294967295\], got 9999"),
     ({"threshold": "nan"}, r"^threshold: expected a finite number, got nan$"),
     ({"threshold": "-inf"}, r"^threshold: expected a finite number, got -inf$"),
-    ({"randomisation_threshold": "nan"}, r"^randomisation-threshold: expected a Spearman correlation in \[-1, 1\], "
-                                         r"got nan$"),
-    ({"randomisation_threshold": "1.5"}, r"^randomisation-threshold: expected a Spearman correlation in \[-1, 1\]"),
+    ({"randomisation_threshold": "nan"}, r"^randomisation-threshold: expected an absolute Spearman correlation in "
+                                         r"\[0, 1\], got nan$"),
+    ({"randomisation_threshold": "1.5"}, r"^randomisation-threshold: expected an absolute Spearman correlation in "
+                                         r"\[0, 1\]"),
+    ({"randomisation_threshold": "-0.5"}, r"^randomisation-threshold: expected an absolute Spearman correlation in "
+                                          r"\[0, 1\], got -0.5$"),
     ({"report_thumbnail": "7"}, r"^report-thumbnail: expected an integer number of pixels in \[8, 512\], got 7$"),
     ({"report_thumbnail": "513"}, r"^report-thumbnail: expected an integer number of pixels in \[8, 512\], got 513$"),
     ({"report_max_mb": "inf"}, r"^report-max-mb: expected a size in MB in \(0, 10000\), got inf$"),
@@ -132,6 +135,8 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
     ({"batch_size": str(10**30)}, r"^batch-size: expected an integer in \[1, 1000000\], got 1000000000000"),
     ({"min_images": str(10**30)}, r"^min-images: expected an integer in \[1, 1000000\], got 1000000000000"),
     ({"randomisation_images": "1001"}, r"^randomisation-images: expected an integer in \[1, 1000\], got 1001$"),
+    ({"randomisation_seeds": "0"}, r"^randomisation-seeds: expected a positive integer, got 0$"),
+    ({"randomisation_seeds": "101"}, r"^randomisation-seeds: expected an integer in \[1, 100\], got 101$"),
     ({"fill": "nan"}, r"^fill: nan is outside \[0, 1\]$"),
     ({"layers": [""]}, r"^layers: expected at least one block index, 'encoder', 'all' or 'auto', got an empty list$"),
     ({"methods": [" , "]}, r"^methods: expected at least one of cam,.*, got an empty list$"),
@@ -155,9 +160,9 @@ def test_the_bounds_of_every_range_are_accepted_and_exported():
             if value in rng:  # the closed ends
                 settings = resolve_settings({**BASE, name: str(value)})
                 assert getattr(settings, name) == value
-    edges = resolve_settings({**BASE, "seed": str(2**32 - 1), "randomisation_threshold": "-1", "steps": "10000",
+    edges = resolve_settings({**BASE, "seed": str(2**32 - 1), "randomisation_threshold": "0", "steps": "10000",
                               "report_max_mb": "9999.5", "report_thumbnail": "512", "fill": "0"})
-    assert (edges.seed, edges.randomisation_threshold, edges.steps) == (2**32 - 1, -1.0, 10_000)
+    assert (edges.seed, edges.randomisation_threshold, edges.steps) == (2**32 - 1, 0.0, 10_000)
 
 
 def test_a_range_error_from_a_file_names_the_file(tmp_path):
@@ -502,3 +507,74 @@ def test_image_batch_is_auto_by_default_and_takes_a_number_or_auto_from_every_so
     config.write_text("image-batch = 2.5\n")
     with pytest.raises(ValueError, match=r"^image-batch: 2.5 is not a valid int or auto"):
         resolve_settings({**BASE}, config)
+
+
+# -- the policy: built in, turned off only on purpose, and where each value came from --------------------------------
+def test_without_a_policy_file_the_built_in_policy_gates_and_says_so():
+    from audit.policy import DEFAULT_GATES, policy_lines
+
+    s = resolve_settings(BASE)
+    assert s.gate == list(DEFAULT_GATES) and s.origin("gate") == "built-in default"
+    lines = policy_lines(s)
+    assert lines[0].startswith("gates grad@0, chefer@encoder (threshold +0, at least 20 images")
+    assert "k=2 gates" in lines[0] and "at most 4.9% per model" in lines[0]
+    assert lines[1].startswith("policy from: methods, gate, threshold") and "from built-in default" in lines[1]
+
+
+def test_gate_none_gates_nothing_and_the_header_says_no_gate_not_pass(tmp_path):
+    from audit.policy import policy_lines
+
+    s = resolve_settings({**BASE, "gate": ["none"]})
+    assert s.gate == [] and s.origin("gate") == "command line"
+    assert policy_lines(s)[0].startswith("gates: none (none from command line): this run gates nothing")
+    with pytest.raises(ValueError, match=r"^gate: none gates nothing and cannot be listed with other gates"):
+        resolve_settings({**BASE, "gate": ["none", "grad@0"]})
+    config = tmp_path / "policy.toml"
+    config.write_text('gate = "none"\n')
+    assert resolve_settings(BASE, config).gate == []
+
+
+def test_built_in_gates_of_maps_the_run_does_not_compute_are_left_out_and_said():
+    s = resolve_settings({**BASE, "methods": ["grad", "random"]})
+    assert s.gate == ["grad@0"]
+    assert s.origin("gate") == "built-in default (chefer@encoder left out: --methods does not compute chefer)"
+    with pytest.raises(ValueError, match="gates a map that --methods does not compute"):  # given gates stay checked
+        resolve_settings({**BASE, "methods": ["grad", "random"], "gate": ["chefer@encoder"]})
+
+
+def test_each_policy_value_names_the_source_it_came_from(tmp_path):
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[tool.vit-audit]\ngate = ["grad@0"]\nthreshold = 0.01\n[tool.vit-audit.margins]\n'
+                         '"grad@0" = "30%"\n')
+    config = tmp_path / "audit.toml"
+    config.write_text("min-images = 30\n")
+    s = resolve_settings({**BASE, "strict": True}, config, pyproject)
+    assert s.origin("gate") == s.origin("threshold") == s.origin("margins") == f"{pyproject} [tool.vit-audit]"
+    assert s.origin("min_images") == str(config) and s.origin("strict") == "command line"
+    assert s.origin("margin") == "built-in default" and s.margins == {"grad@0": "30%"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[margins]\n"grad@0" = 2\n', "margins.grad@0: 2 is not a margin"),
+    ('[margins]\n"grad@0" = "x%"\n', "margins.grad@0: 'x%' is not a margin"),
+    ('[margins]\n"grad-0" = 0.1\n', "margins: 'grad-0' is not method@stage"),
+    ("margins = 0.1\n", "margins: expected a table of method@stage = margin, got 0.1"),
+    ('fail-correction = "bonferroni"\n', "fail-correction: 'bonferroni' is not one of none, holm"),
+])
+def test_margins_and_the_fail_correction_from_a_file_are_one_line_naming_the_file(tmp_path, text, message):
+    config = tmp_path / "audit.toml"
+    config.write_text(text)
+    with pytest.raises(ValueError) as err:
+        resolve_settings(BASE, config)
+    assert str(err.value).startswith(message) and str(config) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_margin_is_absolute_or_relative_and_a_map_of_the_margins_table_wins():
+    from audit.policy import DEFAULT_MARGINS, FALLBACK_MARGIN, Margin, margin_for
+
+    assert margin_for("grad@0", {}, None) == (Margin(float(DEFAULT_MARGINS["grad@0"][:-1]) / 100, True),
+                                              "built-in default for this map")
+    assert margin_for("cam@encoder", {}, None) == (Margin(FALLBACK_MARGIN), "built-in default")
+    assert margin_for("grad@0", {}, "0.1") == (Margin(0.1), "margin")
+    assert margin_for("grad@0", {"grad@0": "40%"}, "0.1") == (Margin(0.4, True), "margins.grad@0")
+    assert Margin(0.4, True).resolve(0.25) == pytest.approx(0.1) and Margin(0.1).resolve(0.9) == 0.1
