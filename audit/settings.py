@@ -492,12 +492,14 @@ def resolve_settings(
             raise ValueError(f"gate: {GATE_NONE} gates nothing and cannot be listed with other gates "
                              f"({', '.join(settings.gate)}){in_file(origins.get('gate'))}")
         settings.gate = []
-    if "gate" not in origins:  # the built-in gates: those of maps the run computes
-        kept = [gate for gate in settings.gate if parse_gate(gate)[0] in settings.methods]
+    if "gate" not in origins:  # the built-in gates: those of maps the run computes, at the stages it measures
+        listed = None if {"all", "auto"} & set(settings.layers) else set(settings.layers)
+        kept = [gate for gate in settings.gate if parse_gate(gate)[0] in settings.methods
+                and (listed is None or parse_gate(gate)[1] in listed)]
         if kept != settings.gate:
             dropped = [gate for gate in settings.gate if gate not in kept]
-            origins["gate"] = (f"{BUILT_IN} ({', '.join(dropped)} left out: --methods does not compute "
-                               f"{', '.join(parse_gate(g)[0] for g in dropped)})")
+            origins["gate"] = (f"{BUILT_IN} ({', '.join(dropped)} left out: not computed by --methods or not at a "
+                               "stage of --layers)")
             settings.gate = kept
     settings.origins = origins
     _validate(settings, origins)

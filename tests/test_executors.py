@@ -30,8 +30,8 @@ FAST = ["--methods", "cam,grad,random", "--gate", "cam@encoder", "--steps", "10"
         "-k", "test_faithfulness"]  # the faithfulness and gate checks: they read every record
 TOLERANCE = 1e-6
 TIMING_KEYS = ("seconds", "created", "duration")
-HOW = {"/settings": ("executor", "ray_address", "audit_json", "cache", "no_cache"),  # how and where, not what, a
-       "/environment": ("threads",)}  # run computed (the driver's threads; each task has one)
+HOW = {"/settings": ("executor", "ray_address", "audit_json", "cache", "no_cache", "origins"),  # how and where,
+       "/environment": ("threads",)}  # not what, a run computed (the driver's threads; each task has one)
 TASK_TITLE = b"ray::_make_record"  # the process title of a Ray worker while it runs a record's task
 
 

@@ -537,7 +537,9 @@ def test_gate_none_gates_nothing_and_the_header_says_no_gate_not_pass(tmp_path):
 def test_built_in_gates_of_maps_the_run_does_not_compute_are_left_out_and_said():
     s = resolve_settings({**BASE, "methods": ["grad", "random"]})
     assert s.gate == ["grad@0"]
-    assert s.origin("gate") == "built-in default (chefer@encoder left out: --methods does not compute chefer)"
+    assert s.origin("gate") == ("built-in default (chefer@encoder left out: not computed by --methods or not at a "
+                                "stage of --layers)")
+    assert resolve_settings({**BASE, "layers": ["encoder"]}).gate == ["chefer@encoder"]
     with pytest.raises(ValueError, match="gates a map that --methods does not compute"):  # given gates stay checked
         resolve_settings({**BASE, "methods": ["grad", "random"], "gate": ["chefer@encoder"]})
 
