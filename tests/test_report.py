@@ -85,7 +85,8 @@ def audit_run(tmp_path_factory) -> dict[str, Any]:
     report, results = root / "out" / "report.html", root / "out" / "results.json"
     args = [str(_checks_dir()), "-p", "audit.plugin", "-p", "nested_plugin", "-p", "no:cacheprovider",
             "--rootdir", ".", "--model", "test_vit", "--checkpoint", str(checkpoint), "--images", str(photos), *FAST,
-            "--gate", "cam@encoder", "--threshold", "1", "--audit-json", str(results), "--report", str(report)]
+            "--gate", "cam@encoder", "--threshold", "1", "--min-images", "5", "--audit-json", str(results),
+            "--report", str(report)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "pytest", *args, "-q"], cwd=root, env=env, capture_output=True,
                           text=True, timeout=300, check=False)
