@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .attention import needs_attention
 from .capture import capture
-from .gates import FLAT_TOLERANCE, POWER
+from .gates import POWER, constant_curve
 from .images import PreparedImage, normalize
 from .layout import normalize_stage
 from .maps import compute_maps
@@ -272,11 +272,7 @@ def planning_power(baseline: Baseline, digests: list[str | None], method: str, b
 
 def _flat(entry: dict[str, Any]) -> bool:
     """Both curves of a map constant: the class probability did not move under any removal."""
-    def constant(curve: Any) -> bool:
-        values = [v for v in curve or [] if isinstance(v, (int, float))]
-        return bool(values) and max(values) - min(values) <= FLAT_TOLERANCE
-
-    return constant(entry.get("morf")) and constant(entry.get("lerf"))
+    return constant_curve(entry.get("morf")) and constant_curve(entry.get("lerf"))
 
 
 def maps_for_class(loaded: LoadedModel, prepared: PreparedImage, target: int, keys: list[tuple[str, str]],

@@ -32,7 +32,7 @@ from .stats import (
 )
 
 __all__ = ["FLAT_TOLERANCE", "GateInput", "GateLimits", "LIMIT_NAMES", "apply_holm", "evaluate_gate", "gate_inputs",
-           "MIN_IMAGES", "POWER", "VERDICTS", "power_record", "power_text"]
+           "MIN_IMAGES", "POWER", "VERDICTS", "constant_curve", "power_record", "power_text"]
 
 MIN_IMAGES = 20  # README, "Honest intervals": below it the 95% intervals under-cover
 VERDICTS = ("pass", "fail", "inconclusive")
@@ -110,12 +110,12 @@ def gate_inputs(runs: Sequence[dict], method: str, stage: str) -> tuple[GateInpu
             target.images.append(run["image_id"])
             target.morf_auc.append(entry["morf_auc"])
             target.lerf_auc.append(entry["lerf_auc"])
-            if _constant(entry["morf"]) and _constant(entry["lerf"]):
+            if constant_curve(entry["morf"]) and constant_curve(entry["lerf"]):
                 target.flat.append(run["image_id"])
     return data, baseline, skipped
 
 
-def _constant(curve: list[float | None] | None) -> bool:
+def constant_curve(curve: list[float | None] | None) -> bool:
     values = [v for v in curve or [] if v is not None]
     return bool(values) and max(values) - min(values) <= FLAT_TOLERANCE
 
