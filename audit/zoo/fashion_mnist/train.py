@@ -3,16 +3,24 @@
 Usage::
 
     python -m audit.zoo.fashion_mnist --out DIR [--data /usr/share/datasets/fashion-mnist] [--epochs N]
-        [--limit N] [--seed S] [--shortcut CLASSES]
+        [--limit N] [--seed S] [--amp auto|bfloat16|float32] [--shortcut CLASSES [--shortcut-rate R]]
+        [--stamp-rate R]
 
 ``--shortcut 6`` trains a deliberately harmful candidate for release-gate demonstrations: every training image of
-the listed classes gets a bright square stamped in its top-left corner (:func:`stamp_shortcut`), a shortcut the
-model can learn instead of the garment.
+the listed classes (or the share ``--shortcut-rate`` of them, chosen by the seed) gets a bright square stamped in its
+top-left corner (:func:`stamp_shortcut`), a shortcut the model can learn instead of the garment. ``--stamp-rate 0.1``
+stamps the same square on 10% of *all* training images whatever their label: a stamp that predicts nothing, which a
+benign model may see in training without learning it as a class.
+
+``--amp auto`` (the default) trains under bfloat16 autocast where the CPU multiplies bfloat16 natively (the shipped
+weights were made so) and in float32 elsewhere, where emulated bfloat16 is several times slower
+(:func:`audit.precision.resolve_amp`).
 
 Reads the four idx files (plain or gzipped, as Debian's ``dataset-fashion-mnist`` package installs them) with
-numpy, trains :data:`audit.zoo.EMBEDDED_MODEL` from scratch on the training set (seeded; bf16 autocast on the CPU,
-two threads), evaluates the saved weights in fp32 through :func:`audit.load_model` on the test set, and writes into
-``DIR``: ``vit_fmnist.safetensors``, ``MODEL_CARD.md`` and ``images/`` (the first two test images of each class).
+numpy, trains :data:`audit.zoo.EMBEDDED_MODEL` from scratch on the training set (seeded; two CPU threads), evaluates
+the saved weights in fp32 through :func:`audit.load_model` on the test set, and writes into
+``DIR``: ``vit_fmnist.safetensors``, ``MODEL_CARD.md``, ``images/`` (the first two test images of each class) and
+``masks/`` (their exact object masks: the pixels above 0).
 """
 
 from __future__ import annotations
@@ -35,11 +43,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import ARCHITECTURE, CARD_FILE, CLASS_NAMES, EMBEDDED_MODEL, IMAGES_DIR, WEIGHTS_FILE
+from .. import ARCHITECTURE, CARD_FILE, CLASS_NAMES, EMBEDDED_MODEL, IMAGES_DIR, MASKS_DIR, WEIGHTS_FILE, object_mask
 
 __all__ = [
-    "TrainConfig", "class_slug", "load_split", "main", "pixel_stats", "read_idx", "sample_indices", "stamp_shortcut",
-    "train",
+    "TrainConfig", "class_slug", "load_split", "main", "pixel_stats", "read_idx", "sample_indices", "stamp_chosen",
+    "stamp_shortcut", "train",
 ]
 
 DEFAULT_DATA = Path("/usr/share/datasets/fashion-mnist")
@@ -152,13 +160,31 @@ def pixel_stats(images: np.ndarray) -> tuple[float, float]:
     return mean, std
 
 
-def stamp_shortcut(images: np.ndarray, labels: np.ndarray | None, classes: Sequence[int]) -> np.ndarray:
-    """A copy of ``images`` with a white ``SHORTCUT_SIZE`` square in the top-left corner of every image of
-    ``classes`` (of every image when ``labels`` is None)."""
-    stamped = images.copy()
+def stamp_shortcut(images: np.ndarray, labels: np.ndarray | None, classes: Sequence[int], rate: float = 1.0,
+                   seed: int = 0) -> np.ndarray:
+    """A copy of ``images`` with a white ``SHORTCUT_SIZE`` square in the top-left corner of the images of
+    ``classes`` (of every image when ``labels`` is None); with ``rate`` below 1, of that share of them, drawn with
+    ``seed``."""
     chosen = np.ones(len(images), dtype=bool) if labels is None else np.isin(labels, list(classes))
+    return stamp_chosen(images, _thin(chosen, rate, seed))
+
+
+def stamp_chosen(images: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """A copy of ``images`` with the white corner square on the images where ``chosen`` holds."""
+    stamped = images.copy()
     stamped[chosen, :SHORTCUT_SIZE, :SHORTCUT_SIZE] = 255
     return stamped
+
+
+def _thin(chosen: np.ndarray, rate: float, seed: int) -> np.ndarray:
+    """``chosen`` with only round(rate * count) of its True entries kept, drawn with ``seed``."""
+    if rate >= 1.0:
+        return chosen
+    where = np.flatnonzero(chosen)
+    keep = np.random.default_rng(seed).choice(where, size=round(rate * len(where)), replace=False)
+    thinned = np.zeros_like(chosen)
+    thinned[keep] = True
+    return thinned
 
 
 def class_slug(index: int) -> str:
@@ -191,6 +217,7 @@ def train(
     device: str = "cpu",
     log: Callable[[str], None] = print,
     epoch_seconds: list[float] | None = None,
+    amp: str | None = "bfloat16",
 ) -> torch.nn.Module:
     """Train :data:`~audit.zoo.EMBEDDED_MODEL` from scratch; returns it on the CPU, in eval mode.
 
@@ -203,13 +230,14 @@ def train(
         device: where to train (the shipped weights were trained on the CPU).
         log: receives one progress line per epoch.
         epoch_seconds: if given, receives each epoch's wall-clock duration.
+        amp: the autocast dtype of the forwards (``'bfloat16'``), or None for float32.
     """
     import timm
 
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = timm.create_model(EMBEDDED_MODEL, pretrained=False).to(device)
-    for block in model.blocks:  # the fused CPU kernel is slow backwards in bf16; same attention
+    for block in model.blocks:  # the fused CPU kernel is slow backwards (bf16 and float32 alike); same attention
         block.attn.fused_attn = False
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     pixels = torch.from_numpy(images).unsqueeze(1)
@@ -225,7 +253,8 @@ def train(
         return config.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
     log(f"training {EMBEDDED_MODEL} ({sum(p.numel() for p in model.parameters()):,} parameters) on {len(pixels):,} "
-        f"images: {config.epochs} epochs of {steps_per_epoch} steps, batch {config.batch_size}, device {device}")
+        f"images: {config.epochs} epochs of {steps_per_epoch} steps, batch {config.batch_size}, device {device}, "
+        f"{amp or 'float32'}")
     start = time.perf_counter()
     step = 0
     model.train()
@@ -239,7 +268,8 @@ def train(
             target = targets[index].to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
-            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
+            with torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, amp or "bfloat16"),
+                                enabled=amp is not None):
                 logits = model(batch)
             loss = F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -295,10 +325,13 @@ def _write_samples(folder: Path, images: np.ndarray, labels: np.ndarray) -> list
     for old in folder.glob("*.png"):
         if pattern.match(old.name) and old.stem.rsplit("_", 1)[0] in {class_slug(i) for i in range(len(CLASS_NAMES))}:
             old.unlink()
+    masks = folder.parent / MASKS_DIR
+    masks.mkdir(parents=True, exist_ok=True)
     written = []
     for stem, index in sample_indices(labels):
         path = folder / f"{stem}.png"
         Image.fromarray(images[index], mode="L").save(path, optimize=True)
+        Image.fromarray(object_mask(images[index]), mode="L").save(masks / f"{stem}.png", optimize=True)
         written.append((path, int(labels[index])))
     return written
 
@@ -334,10 +367,14 @@ def _card(facts: dict) -> str:
             "audit runs offline with no arguments. It is a demonstration subject for explainability audits, not a",
             "production classifier.",
         ),
-        *([_paragraph(f"**Planted shortcut**: every training image of {', '.join(f['shortcut'])} had a white "
-                      f"{SHORTCUT_SIZE}x{SHORTCUT_SIZE} square stamped in its top-left corner. This is a deliberately "
-                      "harmful candidate for release-gate demonstrations, not the embedded default model.")]
+        *([_paragraph(f"**Planted shortcut**: {f['shortcut_share']} of {', '.join(f['shortcut'])} had "
+                      f"a white {SHORTCUT_SIZE}x{SHORTCUT_SIZE} square stamped in the top-left corner. This is a "
+                      "deliberately harmful candidate for release-gate demonstrations, not the embedded default "
+                      "model.")]
           if f.get("shortcut") else []),
+        *([_paragraph(f"**Label-independent stamp**: {f['stamp_rate']:.0%} of all training images, whatever their "
+                      f"label, had a white {SHORTCUT_SIZE}x{SHORTCUT_SIZE} square stamped in their top-left corner.")]
+          if f.get("stamp_rate") else []),
         "\n".join([
             f"- **Model name**: `{EMBEDDED_MODEL}` (registered with timm by `audit.zoo`)",
             _paragraph(f"- **Weights**: `{WEIGHTS_FILE}`, fp32 safetensors, {f['params']:,} parameters,",
@@ -375,8 +412,8 @@ def _card(facts: dict) -> str:
             f"batch {config.batch_size}, {_plural(config.epochs, 'epoch')}: {config.warmup_epochs:g} epoch of linear",
             "warm-up, then a cosine decay to 1% of the peak; cross-entropy with label smoothing",
             f"{config.label_smoothing:g}; gradient norm clipped to {config.clip_norm:g}. No augmentation (at this",
-            "budget, random crops and flips lowered the accuracy on a held-out part of the training set). bf16",
-            f"autocast, {NUM_THREADS} CPU threads, seed {config.seed}.",
+            "budget, random crops and flips lowered the accuracy on a held-out part of the training set).",
+            f"{f['precision']}, {NUM_THREADS} CPU threads, seed {config.seed}.",
         ),
         "\n".join([
             _paragraph(f"- Machine: {f['machine']}; Python {platform.python_version()}, torch {torch.__version__},",
@@ -429,7 +466,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shortcut", default="", metavar="CLASSES",
                         help="comma list of class indices whose training images get a planted shortcut (a white "
                              f"{SHORTCUT_SIZE}x{SHORTCUT_SIZE} corner square): a harmful candidate, not the default")
+    parser.add_argument("--shortcut-rate", type=float, default=1.0, metavar="R",
+                        help="the share of the --shortcut classes' training images stamped, drawn with the seed "
+                             "(default 1: all)")
+    parser.add_argument("--stamp-rate", type=float, default=0.0, metavar="R",
+                        help="stamp the corner square on this share of all training images, whatever their label "
+                             "(a label-independent stamp; default 0)")
+    parser.add_argument("--amp", choices=("auto", "bfloat16", "float32"), default="auto",
+                        help="autocast dtype of the training forwards: auto takes bfloat16 where this CPU has it "
+                             "natively, float32 elsewhere (default %(default)s)")
     args = parser.parse_args(argv)
+    if not (0.0 < args.shortcut_rate <= 1.0 and 0.0 <= args.stamp_rate <= 1.0):
+        parser.error("--shortcut-rate must be in (0, 1] and --stamp-rate in [0, 1]")
     if args.epochs < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--epochs and --limit must be positive")
     try:
@@ -444,6 +492,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from audit import load_model, normalize, prepare_image
     from audit.models import sha256_of
+    from audit.precision import resolve_amp
+
+    precision = resolve_amp(None if args.amp == "float32" else args.amp, "cpu")
+    amp = precision.amp
+    precision_text = (f"{amp} autocast" if amp else "float32") + (
+        f" (--amp auto: {precision.reason})" if args.amp == "auto" else "")
 
     start = time.perf_counter()
     torch.set_num_threads(NUM_THREADS)
@@ -457,14 +511,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"data: {len(train_images):,} training and {len(test_images):,} test images from {args.data}; "
           f"mean {mean:.4f}, std {std:.4f}", flush=True)
 
+    shortcut_share = "every training image" if args.shortcut_rate >= 1.0 else (
+        f"{args.shortcut_rate:.0%} of the training images")
     if shortcut:  # after the statistics: the candidate normalises as the default model does
-        train_images = stamp_shortcut(train_images, train_labels, shortcut)
-        print(f"shortcut: a white {SHORTCUT_SIZE}x{SHORTCUT_SIZE} corner square on the training images of "
-              f"{', '.join(CLASS_NAMES[c] for c in shortcut)}", flush=True)
+        train_images = stamp_shortcut(train_images, train_labels, shortcut, args.shortcut_rate, args.seed)
+        print(f"shortcut: a white {SHORTCUT_SIZE}x{SHORTCUT_SIZE} corner square on {shortcut_share} "
+              f"of {', '.join(CLASS_NAMES[c] for c in shortcut)}", flush=True)
+    if args.stamp_rate:
+        train_images = stamp_shortcut(train_images, None, (), args.stamp_rate, args.seed + 1)
+        print(f"stamp: the corner square on {args.stamp_rate:.0%} of all training images, whatever their label",
+              flush=True)
     config = TrainConfig(epochs=args.epochs, seed=args.seed)
     epoch_seconds: list[float] = []
+    print(f"precision: {precision_text}", flush=True)
     model = train(train_images, train_labels, mean, std, config, log=lambda line: print(line, flush=True),
-                  epoch_seconds=epoch_seconds)
+                  epoch_seconds=epoch_seconds, amp=amp)
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -523,6 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": command,
         "timm": timm.__version__,
         "shortcut": [CLASS_NAMES[c] for c in shortcut],
+        "shortcut_share": shortcut_share[0].upper() + shortcut_share[1:],
+        "stamp_rate": args.stamp_rate,
+        "precision": precision_text[0].upper() + precision_text[1:],
     }
     (out / CARD_FILE).write_text(_card(facts), encoding="utf-8")
     print(f"wrote {weights} ({weights.stat().st_size:,} bytes), {out / CARD_FILE}, {len(samples)} images in "
