@@ -25,13 +25,14 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 __all__ = [
     "CLASS_NAMES", "EMBEDDED_MODEL", "MEAN", "STD", "embedded_card", "embedded_checkpoint", "embedded_images",
-    "vit_fmnist_patch4_28",
+    "embedded_masks", "object_mask", "vit_fmnist_patch4_28",
 ]
 
 EMBEDDED_MODEL = "vit_fmnist_patch4_28"
 WEIGHTS_FILE = "vit_fmnist.safetensors"
 CARD_FILE = "MODEL_CARD.md"
 IMAGES_DIR = "images"
+MASKS_DIR = "masks"  # one PNG mask per sample image, by file stem: 1 on the garment (pixels above 0), 0 elsewhere
 DATA_DIR = "fashion_mnist"
 
 #: Fashion-MNIST's classes, in label order.
@@ -81,6 +82,23 @@ def embedded_images() -> Path:
         FileNotFoundError: the package was installed without its data files.
     """
     return _resource(IMAGES_DIR)
+
+
+def embedded_masks() -> Path:
+    """The folder of the sample images' exact object masks (PNG, by file stem; ``--regions`` reads it): Fashion-MNIST's
+    background is 0, so the object is every pixel above 0 (:func:`object_mask`).
+
+    Raises:
+        FileNotFoundError: the package was installed without its data files.
+    """
+    return _resource(MASKS_DIR)
+
+
+def object_mask(image: Any) -> Any:
+    """The object mask of a Fashion-MNIST image (a uint8 array): 1 where a pixel is above 0, else 0."""
+    import numpy as np
+
+    return (np.asarray(image) > 0).astype(np.uint8)
 
 
 def embedded_card() -> Path:
