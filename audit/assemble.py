@@ -45,6 +45,8 @@ def assemble_results(session: AuditSession, checks: list[dict[str, Any]] | None 
         "gates": session.gate_records(),
         "summaries": _summaries(session, runs),
         "randomisation": session.store.read_all("sanity"),
+        "regions": session.store.read_all("regions"),
+        "probes": session.store.read_all("probes"),
         **_comparison_results(session),
         "checks": checks or [],
     })
@@ -73,5 +75,6 @@ def _comparison_results(session: AuditSession) -> dict[str, Any]:
     only_in_candidate = [entry.id for entry in entries if not entry.sha256 or entry.sha256 not in baseline.runs]
     return {"baseline": {**baseline.record(), "images_only_in_baseline": only_in_baseline,
                          "images_only_in_candidate": only_in_candidate},
+            "classes": session.store.read_all("classes"),
             "comparisons": [trim_comparison(record, session.settings.results_detail)
                             for record in session.comparison_records()]}

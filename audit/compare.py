@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from .attention import needs_attention
 from .capture import capture
+from .classes import class_table
 from .gates import POWER, constant_curve
 from .images import PreparedImage, normalize
 from .layout import normalize_stage
@@ -412,6 +413,11 @@ def compare_map(
     else:
         reason = (f"{what}: the CI straddles -{bound:.3f}, so the candidate has not shown it is no less faithful; "
                   f"{decide}; dropped most: {dropped}")
+    classes = class_table(pairs, grids)
+    worst = min((row for row in classes if row["n"] > 1), key=lambda row: row["d"], default=None)
+    if worst is not None and len(classes) > 1:
+        reason += (f"; worst class {worst['class_name'] or worst['class']}: d {worst['d']:+.3f} over {worst['n']} "
+                   f"images, top-1 agreement {worst['top1_agreement']:.0%}, mean-map drift {worst['drift']:.2f}")
     if flat:
         reason += f"; {len(flat)} flat pair(s) left out (both models' class probability never moved)"
     if unpaired:
@@ -434,6 +440,7 @@ def compare_map(
                            "baseline_abpc": p["baseline_abpc"], "baseline_grid": grids[p["image"]][0],
                            "candidate_grid": grids[p["image"]][1]} for p in largest],
         "drift": _drift(pairs, min_map_agreement, min_images, seed, n_boot, f"{method}@{stage}"),
+        "classes": classes,
         "unpaired_images": unpaired, "flat_pairs": flat, "pairs": pairs, "seed": seed, "n_boot": n_boot,
     }
 

@@ -84,6 +84,19 @@ def _trim_map(key: str, entry: Any, detail: str, gated: set[str]) -> Any:
     return out
 
 
+def _trim_probe(entry: Any, detail: str) -> Any:
+    """A run's record of one probe at ``detail``: the stamped picture only at the picture levels, the stamped maps'
+    grids compacted, and dropped at ``summary``."""
+    if not isinstance(entry, Mapping):
+        return entry
+    out = dict(entry)
+    if detail not in PICTURE_LEVELS and "figure" in out:
+        out["figure"] = None
+    if isinstance(entry.get("grids"), Mapping):
+        out["grids"] = {key: _trim_grid(grid, detail) for key, grid in entry["grids"].items()}
+    return out
+
+
 def _trim_grid(grid: Any, detail: str) -> Any:
     """A grid of a gated map (a baseline class's map, a comparison's largest drop): kept unless ``summary``."""
     return None if detail == "summary" else compact(grid, GRID_DIGITS)
@@ -106,6 +119,8 @@ def trim_run(run: Mapping[str, Any], detail: str, gated: Sequence[tuple[str, str
     if isinstance(run.get("baseline_class_maps"), Mapping):
         out["baseline_class_maps"] = {key: _trim_grid(grid, detail)
                                       for key, grid in run["baseline_class_maps"].items()}
+    if isinstance(run.get("probes"), Mapping):
+        out["probes"] = {spec: _trim_probe(entry, detail) for spec, entry in run["probes"].items()}
     if detail not in PICTURE_LEVELS:
         restorations = run.get("restorations")
         if isinstance(restorations, Mapping):

@@ -62,6 +62,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="TOML file of vit-audit options (its [tool.vit-audit] table, or the whole file)")
 
 
+#: Where the embedded default's regions come from: its sample images' masks, measured but not gated (README, "Right
+#: for the right reasons": chefer@encoder puts less relevance on the garments than their area on those images).
+EMBEDDED_MASKS = "embedded default (the sample images' object masks; measured, not gated)"
+
 def _checks_dir() -> Path:
     import checks
 
@@ -97,7 +101,15 @@ def _embedded_default(settings) -> bool:
         raise ValueError("model: no --model given; pass --model NAME --checkpoint FILE --images DIR") from None
     settings.model, settings.checkpoint = [EMBEDDED_MODEL], [str(embedded_checkpoint())]
     if not settings.images:
+        from .zoo import embedded_masks
+
         settings.images = [str(embedded_images())]
+        if not settings.regions:  # its sample images' exact object masks: localisation shown, not gated
+            settings.regions = str(embedded_masks())
+            settings.origins["regions"] = EMBEDDED_MASKS
+            if "region_threshold" not in settings.origins:
+                settings.region_threshold = None
+                settings.origins["region_threshold"] = EMBEDDED_MASKS
     return True
 
 
@@ -199,7 +211,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     session = metafunc.config.stash.get(SESSION, None)
     names = metafunc.fixturenames
     if session is None:
-        if {"audit_model", "audit_case", "audit_map", "audit_model_map", "audit_gate", "audit_comparison"} & set(names):
+        if {"audit_model", "audit_case", "audit_map", "audit_model_map", "audit_gate", "audit_comparison",
+                                "audit_region", "audit_probe"} & set(names):
             raise pytest.UsageError("the vit-audit checks need the vit-audit plugin active: run them as "
                                     "`pytest checks` from the project root or with `vit-audit`")
         return
@@ -217,6 +230,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "audit_gate" in names:
         keys = session.gate_keys()
         metafunc.parametrize("audit_gate", keys, ids=[f"{m}-{method}@{stage}" for m, method, stage in keys])
+    if "audit_region" in names:
+        keys = session.region_keys()
+        metafunc.parametrize("audit_region", keys, ids=[f"{m}-{method}@{stage}" for m, method, stage in keys])
+    if "audit_probe" in names:
+        keys = session.probe_keys()
+        metafunc.parametrize("audit_probe", keys, ids=[f"{m}-{spec}" for m, spec in keys])
     if "audit_comparison" in names:
         keys = session.comparison_keys()
         baseline = session.baseline.model.get("id") if session.baseline is not None else "baseline"
@@ -360,10 +379,45 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             f"[{_num(drift['ci95'][0])}, {_num(drift['ci95'][1])}] ({drift['verdict']}), same class on "
             f"{_percent(drift['top1_agreement'])} of the images"
             + ("; fails: the candidate has not shown it is no worse" if record["verdict"] == "inconclusive" else ""))
+    for line in _reasons_summary(audit):
+        terminalreporter.write_line(line)
     for line in audit.records.cache_lines() + audit.executor.summary_lines():
         terminalreporter.write_line(line)
     for line in state.written:
         terminalreporter.write_line(line)
+
+
+def _reasons_summary(audit) -> list[str]:
+    """The terminal's lines of the regions, probes and class-agreement gates evaluated in this run."""
+    lines = []
+    for record in audit.store.read_all("regions"):
+        lines.append(f"{record['verdict'].upper():<13} {record['model_id']} {record['map']} on the objects: "
+                     f"mass - chance {_num(record['statistic'])} [{_num(record['ci95'][0])}, "
+                     f"{_num(record['ci95'][1])}], n={record['n_images']}")
+        paired = record.get("paired")
+        if paired is not None and paired["verdict"] != "not applicable":
+            obj = paired["object"]
+            lines.append(f"{paired['verdict'].upper():<13} {record['model_id']} vs baseline {record['map']} on the "
+                         f"regions: object mass difference {_num(obj.get('statistic'))} "
+                         f"[{_num((obj.get('ci95') or [None, None])[0])}, {_num((obj.get('ci95') or [None, None])[1])}]"
+                         f" vs -{paired['margin']:g}")
+    for record in audit.store.read_all("probes"):
+        attraction = record["attraction"]
+        paired = record.get("paired")
+        verdict = paired["verdict"] if paired is not None else record["verdict"]
+        line = (f"{verdict.upper():<13} {record['model_id']} probe {record['probe']}: largest attraction "
+                f"{attraction['max']:.3f}, flip rate {_percent(attraction['flip_rate'])}")
+        if paired is not None:
+            a = paired["attraction"]
+            line += (f"; vs baseline {_num(a['statistic'])} [{_num(a['ci95'][0])}, {_num(a['ci95'][1])}] vs "
+                     f"+{a['margin']:g}")
+        lines.append(line)
+    for record in audit.store.read_all("classes"):
+        worst = record.get("worst") or {}
+        lines.append(f"{record['verdict'].upper():<13} {record['model_id']} class agreement with the baseline "
+                     f"{_percent(record['agreement'])}; lowest {worst.get('class_name') or worst.get('class')} "
+                     f"{worst.get('agree')}/{worst.get('n')}")
+    return lines
 
 
 def _num(value: float | None) -> str:

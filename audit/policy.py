@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT_GATES", "DEFAULT_MARGINS", "FALLBACK_MARGIN", "GATE_NONE", "Margin", "POLICY_METHODS",
+__all__ = ["DEFAULT_ATTRACTION_MARGIN", "DEFAULT_GATES", "DEFAULT_MARGINS", "DEFAULT_MIN_CLASS_AGREEMENT",
+           "DEFAULT_REGION_MARGIN", "DEFAULT_STAMP_MARGIN", "FALLBACK_MARGIN", "GATE_NONE", "Margin", "POLICY_METHODS",
            "margin_for", "parse_margin"]
 
 #: The maps the built-in policy computes (the paper's, Chefer et al.'s, and the two baselines).
@@ -38,6 +39,14 @@ GATE_NONE = "none"
 DEFAULT_MARGINS: dict[str, str] = {"grad@0": "95%", "chefer@encoder": "20%"}
 #: The margin of a compared map that has none of its own: absolute, the former default of every map.
 FALLBACK_MARGIN = 0.05
+#: Right for the right reasons (README, "Right for the right reasons"): the margins of the paired gates on regions
+#: (relevance mass on the objects may drop, on artefacts rise, by at most this) and probes (the largest attraction
+#: of a class to the stamp, and a map's mass on the stamp, may rise by at most these), and the top-1 agreement with
+#: the baseline below which a class has collapsed.
+DEFAULT_REGION_MARGIN = 0.05
+DEFAULT_ATTRACTION_MARGIN = 0.05
+DEFAULT_STAMP_MARGIN = 0.05
+DEFAULT_MIN_CLASS_AGREEMENT = 0.5
 
 
 @dataclass(frozen=True)
@@ -131,11 +140,34 @@ def policy_lines(settings: Any) -> list[str]:
         lines = [f"gates {', '.join(s.gate)} (threshold {s.threshold:+g}, at least {s.min_images} images, {handling}); "
                  f"k={k} gates: the chance that a model as good as the threshold fails one of them by chance is at "
                  f"most {bound:.1%} per model if the gates were independent, {correction}"]
+    lines.extend(_reasons_lines(s))
     by_origin: dict[str, list[str]] = {}
     for name in POLICY_OPTIONS:
         by_origin.setdefault(s.origin(name), []).append(name.replace("_", "-"))
     lines.append("policy from: " + "; ".join(f"{', '.join(names)} from {origin}"
                                              for origin, names in by_origin.items()))
+    return lines
+
+
+def _reasons_lines(s: Any) -> list[str]:
+    """The header's account of the regions, probes and class-agreement gates."""
+    lines = []
+    if s.regions:
+        gate = ("measured, not gated" if s.region_threshold is None else
+                f"mean mass on the objects above chance{f' {s.region_threshold:+g}' if s.region_threshold else ''}")
+        lines.append(f"regions {s.regions}: {gate}; against a baseline object mass may drop, artefact mass rise, by "
+                     f"at most {s.region_margin:g}")
+    for spec in s.probe:
+        limits = [f"{name.replace('_', '-')} {value:g}" for name, value in
+                  (("max_attraction", s.max_attraction), ("max_stamp_mass", s.max_stamp_mass)) if value is not None]
+        lines.append(f"probe {spec}: against a baseline the largest attraction may rise by at most "
+                     f"{s.attraction_margin:g} and a gated map's mass on the stamp by {s.stamp_margin:g}; absolute "
+                     f"limits: {', '.join(limits) or 'none'}")
+    if getattr(s, "baseline", None) or getattr(s, "baseline_model", None):
+        floor = s.min_class_agreement
+        lines.append("class agreement with the baseline: " + (
+            "measured, not gated" if floor is None else
+            f"a class shown to agree on fewer than {floor:.0%} of its images fails (Holm over the classes)"))
     return lines
 
 
@@ -150,4 +182,8 @@ def policy_record(settings: Any) -> dict[str, Any]:
             "strict": s.strict, "randomisation_threshold": s.randomisation_threshold, "margin": s.margin,
             "margins": dict(s.margins), "fail_correction": s.fail_correction, "k": len(s.gate),
             "family_false_fail_bound": family_false_fail_bound(len(s.gate)) if s.gate else 0.0,
+            "regions": s.regions, "region_roles": dict(s.region_roles), "region_threshold": s.region_threshold,
+            "region_margin": s.region_margin, "probe": list(s.probe), "attraction_margin": s.attraction_margin,
+            "stamp_margin": s.stamp_margin, "max_attraction": s.max_attraction, "max_stamp_mass": s.max_stamp_mass,
+            "min_class_agreement": s.min_class_agreement,
             "origins": {name: s.origin(name) for name in POLICY_OPTIONS}, "sources": s.sources}

@@ -72,9 +72,17 @@ RANGES: dict[str, Range] = {
     "threshold": Range("a finite number", -math.inf, math.inf),
     "randomisation_threshold": Range("an absolute Spearman correlation", 0.0, 1.0),
     "min_map_agreement": Range("a Spearman correlation", -1.0, 1.0),
+    "region_margin": Range("a share of relevance", 0.0, 1.0),
+    "region_threshold": Range("a difference of shares of relevance", -1.0, 1.0),
+    "attraction_margin": Range("a share of images", 0.0, 1.0),
+    "stamp_margin": Range("a share of relevance", 0.0, 1.0),
+    "min_class_agreement": Range("a share of images", 0.0, 1.0),
+    "max_attraction": Range("a share of images", 0.0, 1.0),
+    "max_stamp_mass": Range("a share of relevance", 0.0, 1.0),
 }
 #: Numeric options that may be left unset (None: not used).
-OPTIONAL_NUMBERS = {"min_map_agreement"}
+OPTIONAL_NUMBERS = {"min_map_agreement", "min_class_agreement", "max_attraction", "max_stamp_mass",
+                    "region_threshold"}
 
 
 def finite(value: int | float) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .assemble import assemble_results
+from .classes import class_agreement
 from .compare import (
     Baseline,
     baseline_stage,
@@ -35,7 +36,10 @@ from .models import LoadedModel
 from .plan import ModelPlan, map_keys, plan_lines, plan_model
 from .policy import margin_for
 from .precision import resolve_amp
+from .probes import parse_probe, place, probe_image
+from .reasons import compare_probe, compare_regions, probe_limits, record_localisation, region_gate
 from .records import MADE_HOW, Item, RecordMaker
+from .regions import ImageRegionsError, load_regions, token_regions
 from .restore import PatchInverse
 from .results import SCHEMA, error_run_record, model_record
 from .sanity import randomisation_record
@@ -96,6 +100,12 @@ class AuditSession:
             self._plan(model_id, model)
         self.inverses = {model_id: PatchInverse(loaded.model) for model_id, loaded in self.models.items()}
         self.config = settings.perturbation()
+        # right for the right reasons: the regions of the images and the probes, read once (usage errors here)
+        self.regions = load_regions(settings.regions, settings.region_roles) if settings.regions else None
+        self.probes = [parse_probe(spec) for spec in settings.probe]
+        for probe in self.probes:
+            for loaded in self.models.values():
+                place(probe, loaded.input_size)  # a stamp larger than an input, or placed outside it
         self._runs: dict[tuple[str, str], dict[str, Any]] = {}
         self.records = RecordMaker(settings, self.config, self.device)
         self.baseline_model: LoadedModel | None = None
@@ -129,6 +139,11 @@ class AuditSession:
             check_recipe(baseline, self.config.describe(), asdict(self.settings), loaded)
         check_measured(baseline, self.settings.gated())
         check_paired(baseline, [entry.sha256 for entry in self.image_set.entries], self.settings.gated())
+        probed = (baseline.results.get("settings") or {}).get("probe") or []
+        missing = [spec for spec in self.settings.probe if spec not in probed]
+        if missing:
+            raise ValueError(f"baseline: {self.settings.baseline!r} was made without --probe {missing[0]}; audit the "
+                             "released model again with the same probes (or use --baseline-model)")
         return baseline
 
     def _plan(self, model_id: str, loaded: LoadedModel) -> None:
@@ -221,6 +236,7 @@ class AuditSession:
         if not record.get("error"):
             try:
                 self._maps_for_baseline_class(case, loaded, record)
+                self._right_reasons(case, loaded, record)
             except AuditError as err:
                 record = {**error_run_record(loaded.name, case.path, str(err)), **{k: record.get(k) for k in MADE_HOW}}
         record.update(model_id=case.model_id, image_id=case.image_id)
@@ -246,6 +262,106 @@ class AuditSession:
         record["baseline_class"] = other["class"]
         record["baseline_class_maps"] = maps_for_class(loaded, prepared, int(other["class"]), self.gates[case.model_id],
                                                        self.settings.act, self.settings.seed, self.device)
+
+    def _right_reasons(self, case: Case, loaded: LoadedModel, record: dict[str, Any]) -> None:
+        """The image's regions on the token grid and its gated maps' localisation (``--regions``), and its stamped
+        copies (``--probe``): no curves, the maps and one forward and backward pass per probe."""
+        keys = [f"{method}@{stage}" for method, stage in self.gates.get(case.model_id, [])]
+        layout = loaded.layout
+        if self.regions is not None:
+            found = self.regions.for_image(case.path)
+            if found is None:
+                record["regions"] = {"problem": "no regions for this image"}
+            else:
+                try:
+                    tokens = token_regions(found, case.path, loaded.data_config, layout.grid, layout.patch_size)
+                except ImageRegionsError as err:
+                    record["regions"] = {"problem": str(err)}
+                else:
+                    record["regions"] = {"object": tokens.object, "artefact": tokens.artefact, "void": tokens.void,
+                                         "labels": list(tokens.labels), "notes": list(tokens.notes)}
+                    record["localisation"] = record_localisation(record["maps"], record["regions"], keys)
+        if self.probes:
+            prepared = prepare_image(case.path, loaded.data_config, name=case.image_id)
+            s = self.settings
+            record["probes"] = {probe.spec: probe_image(loaded, prepared, probe, self.gates.get(case.model_id, []),
+                                                        int(record["class"]), act=s.act, seed=s.seed,
+                                                        device=self.device)
+                                for probe in self.probes}
+
+    # -- right for the right reasons: regions, probes, classes -----------------------------------------------------
+    def region_keys(self) -> list[tuple[str, str, str]]:
+        """(model id, method, stage) of every gated map whose relevance on the regions is gated (``--regions``)."""
+        return self.gate_keys() if self.regions is not None else []
+
+    def region_gate(self, model_id: str, method: str, stage: str) -> dict[str, Any]:
+        """The regions gate of one map: absolute (mass on the objects above chance), and with a baseline also paired
+        (:mod:`audit.reasons`); computed once for the run."""
+        return self.store.once("regions", (model_id, method, stage),
+                               lambda: self._compute_region_gate(model_id, method, stage))
+
+    def _compute_region_gate(self, model_id: str, method: str, stage: str) -> dict[str, Any]:
+        s, key = self.settings, f"{method}@{stage}"
+        record = region_gate(self.runs_of(model_id), key, min_images=s.min_images, threshold=s.region_threshold,
+                             seed=s.seed)
+        record.update(model_id=model_id, method=method, stage=stage)
+        if self.baseline is not None:
+            written = dict(zip(self.gates[model_id], s.gated()))[(method, stage)]
+            base_key = f"{method}@{baseline_stage(self.baseline, written[1])}"
+            digests = {entry.id: entry.sha256 for entry in self.image_set.entries}
+            record["paired"] = compare_regions(self.runs_of(model_id), digests, self.baseline.runs, key, base_key,
+                                               margin=s.region_margin, min_images=s.min_images, seed=s.seed)
+        return record
+
+    def probe_keys(self) -> list[tuple[str, str]]:
+        """(model id, probe) of every probe of every audited model."""
+        return [(model_id, probe.spec) for model_id in self.models for probe in self.probes]
+
+    def probe(self, model_id: str, spec: str) -> dict[str, Any]:
+        """A probe's record: the attraction and the stamp's mass, paired with the baseline where there is one, and
+        the policy's absolute limits; computed once for the run."""
+        return self.store.once("probes", (model_id, spec), lambda: self._compute_probe(model_id, spec))
+
+    def _compute_probe(self, model_id: str, spec: str) -> dict[str, Any]:
+        s, loaded = self.settings, self.models[model_id]
+        keys = [f"{method}@{stage}" for method, stage in self.gates[model_id]]
+        runs = self.runs_of(model_id)
+        record = probe_limits(runs, spec, keys, loaded.num_classes, max_attraction=s.max_attraction,
+                              max_stamp_mass=s.max_stamp_mass, min_images=s.min_images, seed=s.seed)
+        record.update(model_id=model_id, model=loaded.name)
+        entries = [(run.get("probes") or {}).get(spec) for run in runs if not run.get("error")]
+        entries = [e for e in entries if e is not None]
+        from .probes import attraction
+
+        record["attraction"] = attraction([e["clean_class"] for e in entries], [e["stamped_class"] for e in entries],
+                                          loaded.num_classes)
+        record["mean_mass"] = {key: (sum(v) / len(v) if v else None) for key in keys
+                               for v in [[e["mass"][key] for e in entries if e["mass"].get(key) is not None]]}
+        if self.baseline is not None:
+            pairs = [(key, f"{m}@{baseline_stage(self.baseline, st)}")
+                     for key, (m, st) in zip(keys, s.gated())]
+            digests = {entry.id: entry.sha256 for entry in self.image_set.entries}
+            record["paired"] = compare_probe(runs, digests, self.baseline.runs, spec, pairs, loaded.num_classes,
+                                             attraction_margin=s.attraction_margin, stamp_margin=s.stamp_margin,
+                                             min_images=s.min_images, seed=s.seed)
+        return record
+
+    def class_agreement(self, model_id: str) -> dict[str, Any]:
+        """The per-class collapse gate of a model against the baseline (:func:`audit.classes.class_agreement`)."""
+        return self.store.once("classes", (model_id,), lambda: self._compute_classes(model_id))
+
+    def _compute_classes(self, model_id: str) -> dict[str, Any]:
+        digests = {entry.id: entry.sha256 for entry in self.image_set.entries}
+        pairs = []
+        for run in self.runs_of(model_id):
+            digest = digests.get(run.get("image_id"))
+            other = self.baseline.runs.get(digest) if digest else None
+            if other is None or run.get("error") or other.get("error") or other.get("class") is None:
+                continue
+            pairs.append((int(other["class"]), other.get("class_name"), int(run["class"])))
+        record = class_agreement(pairs, self.settings.min_class_agreement)
+        record.update(model_id=model_id, model=self.models[model_id].name)
+        return record
 
     def runs_of(self, model_id: str) -> list[dict[str, Any]]:
         return [self.run(Case(model_id, image_id, path)) for image_id, path in self.images]

@@ -31,7 +31,16 @@ from .detail import DEFAULT_DETAIL, DETAILS, check_detail
 from .gates import LIMIT_NAMES, MIN_IMAGES, GateLimits
 from .maps import ACTIVATIONS, METHODS
 from .perturb import AUTO_BATCH, FILL_CONSTANTS, FILL_RECIPES, SCORES, PerturbationConfig
-from .policy import DEFAULT_GATES, GATE_NONE, POLICY_METHODS, parse_margin
+from .policy import (
+    DEFAULT_ATTRACTION_MARGIN,
+    DEFAULT_GATES,
+    DEFAULT_MIN_CLASS_AGREEMENT,
+    DEFAULT_REGION_MARGIN,
+    DEFAULT_STAMP_MARGIN,
+    GATE_NONE,
+    POLICY_METHODS,
+    parse_margin,
+)
 from .precision import AMPS
 from .ranges import (
     BATCH_SIZE_MAX,
@@ -70,7 +79,12 @@ FAIL_CORRECTIONS = ("none", "holm")  # --fail-correction: how fail verdicts of s
 BUILT_IN = "built-in default"  # where a value that no source set comes from
 #: The options that make the release policy: the header says where each of them came from.
 POLICY_OPTIONS = ("methods", "gate", "threshold", "min_images", "strict", "margin", "margins", "limits",
-                  "min_map_agreement", "fail_correction", "randomisation_threshold")
+                  "min_map_agreement", "fail_correction", "randomisation_threshold", "regions", "region_roles", "probe",
+                  "region_margin", "attraction_margin", "stamp_margin", "min_class_agreement", "max_attraction",
+                  "max_stamp_mass", "region_threshold")
+#: Options read from a policy file only (no command-line flag): the absolute limits of the probes.
+TOML_ONLY = ("max_attraction", "max_stamp_mass")
+REGION_ROLES = ("object", "artefact")
 
 @dataclass
 class AuditSettings:
@@ -107,6 +121,16 @@ class AuditSettings:
     margins: dict[str, float | str] = field(default_factory=dict)
     fail_correction: str = "none"
     min_map_agreement: float | None = None
+    regions: str | None = None
+    region_roles: dict[str, str] = field(default_factory=dict)
+    probe: list[str] = field(default_factory=list)
+    region_threshold: float | None = 0.0
+    region_margin: float = DEFAULT_REGION_MARGIN
+    attraction_margin: float = DEFAULT_ATTRACTION_MARGIN
+    stamp_margin: float = DEFAULT_STAMP_MARGIN
+    min_class_agreement: float | None = DEFAULT_MIN_CLASS_AGREEMENT
+    max_attraction: float | None = None
+    max_stamp_mass: float | None = None
     audit_json: str | None = None
     report: str | None = None
     report_thumbnail: int = 64
@@ -189,6 +213,24 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
                         "NAME"),
     "min_map_agreement": ("gate the median Spearman of the maps with the baseline's against this (default: not "
                           "gated)", "VALUE"),
+    "regions": ("where the objects (and artefacts) of the images are: a COCO instances JSON, a folder of Pascal VOC "
+                "XML files or of PNG masks (by file stem), or a CSV of boxes (file,x0,y0,x1,y1[,label]); gates the "
+                "relevance mass of the gated maps on the objects", "PATH"),
+    "probe": ("stamp FILE (or a built-in: square:COLOR:SIZE, text:WORD) onto a copy of every image at WHERE "
+              "(top-left, top-right, bottom-left, bottom-right, center, random or X,Y; default top-left) and measure "
+              "what it moves (repeatable; with a baseline, gated against it)", "FILE[@WHERE]"),
+    "region_threshold": ("with --regions: the gated maps' mean relevance mass on the objects minus chance (their area) "
+                         "must be shown above this (default 0: above chance; none: measured, not gated)", "VALUE"),
+    "region_margin": (f"with --regions and a baseline: how much lower the mean relevance mass on the objects (and "
+                      f"how much higher on artefacts) may be than the baseline's (default {DEFAULT_REGION_MARGIN})",
+                      "VALUE"),
+    "attraction_margin": (f"with --probe and a baseline: how much higher the largest attraction of a class to the "
+                          f"stamp may be than the baseline's (default {DEFAULT_ATTRACTION_MARGIN})", "VALUE"),
+    "stamp_margin": (f"with --probe and a baseline: how much higher the mean relevance mass of a gated map on the "
+                     f"stamp may be than the baseline's (default {DEFAULT_STAMP_MARGIN})", "VALUE"),
+    "min_class_agreement": (f"with a baseline: fail a class whose top-1 agreement with the baseline is shown below "
+                            f"this (Holm over the classes; default {DEFAULT_MIN_CLASS_AGREEMENT}; none: not gated)",
+                            "VALUE"),
     "audit_json": ("write the results file (schema vit-audit/1) here", "PATH"),
     "report": ("write the HTML report here", "PATH"),
     "report_thumbnail": (f"longer side of the report's thumbnails in pixels, {THUMBNAIL_MIN}..{THUMBNAIL_MAX} "
@@ -205,7 +247,8 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
                        f"{DEFAULT_DETAIL}: everything the report draws; curves: the numbers and the gated maps' grids, "
                        "no pictures; summary: the per-image AUCs and ABPC only)", "LEVEL"),
 }
-LIST_OPTIONS = {"model", "checkpoint", "images", "methods", "layers", "gate"}
+LIST_OPTIONS = {"model", "checkpoint", "images", "methods", "layers", "gate", "probe"}
+UNSPLIT_OPTIONS = {"probe"}  # lists whose items may hold commas (a probe's X,Y)
 
 
 def _text(text: str) -> str:
@@ -315,6 +358,10 @@ def read_toml_table(path: str | Path, table: str | None, option: str = "audit-co
 
 def _as_list(name: str, value: Any, where: str | None = None) -> list[str]:
     items = value if isinstance(value, (list, tuple)) else [value]
+    if name in UNSPLIT_OPTIONS:
+        if not all(isinstance(item, str) for item in items):
+            raise ValueError(f"{name}: expected a string or a list of strings, got {show(value)}{in_file(where)}")
+        return [item.strip() for item in items if item.strip()]
     out = []
     for item in items:
         # A layer may be written as an integer; a bool is not one, nor an integer too long to be a block index.
@@ -439,6 +486,18 @@ def _read_margins(value: Any, where: str) -> dict[str, float | str]:
     return dict(value)
 
 
+def _read_roles(value: Any, where: str) -> dict[str, str]:
+    """The ``region-roles`` table: ``label = "object"`` or ``label = "artefact"``."""
+    if not isinstance(value, dict):
+        raise ValueError(f"region-roles: expected a table of label = {' or '.join(map(repr, REGION_ROLES))}, got "
+                         f"{show(value)}{in_file(where)}")
+    for label, role in value.items():
+        if role not in REGION_ROLES:
+            raise ValueError(f"region-roles.{_text(str(label))}: {show(role)} is not {' or '.join(REGION_ROLES)}"
+                             f"{in_file(where)}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
 def resolve_settings(
     cli: dict[str, Any], config_file: str | Path | None = None, pyproject: str | Path | None = None
 ) -> AuditSettings:
@@ -476,10 +535,14 @@ def resolve_settings(
         if margins is not None:
             settings.margins.update(_read_margins(margins, where))
             origins["margins"] = where
+        roles = table.pop("region_roles", None)
+        if roles is not None:
+            settings.region_roles.update(_read_roles(roles, where))
+            origins["region_roles"] = where
         for name, value in table.items():
             setattr(settings, name, _coerce(name, value, defaults[name], where))
             origins[name] = where
-        if table or limits or margins:
+        if table or limits or margins or roles:
             settings.sources.append(where)
     if not settings.model and settings.checkpoint:
         from .hf import HF_MODEL, is_hf_folder
@@ -563,7 +626,7 @@ def input_paths(cli: dict[str, Any], config_file: str | Path | None = None,
 
 
 #: The options that name files a run reads: its outputs must never be one of them.
-INPUT_OPTIONS = ("baseline", "labels", "checkpoint", "baseline_checkpoint", "images")
+INPUT_OPTIONS = ("baseline", "labels", "checkpoint", "baseline_checkpoint", "images", "regions")
 
 
 def run_inputs(settings: AuditSettings, config_file: str | Path | None = None,

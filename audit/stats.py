@@ -14,7 +14,7 @@ n = 20 its 95% interval misses the true mean on that side 8.0% of the time inste
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -23,7 +23,8 @@ import torch
 
 __all__ = ["bootstrap_ci", "CI_LEVEL", "CI_METHOD", "CI_METHODS", "CI_RULE", "coverage_misses",
            "detectable_difference", "family_false_fail_bound", "holm", "images_needed", "N_BOOTSTRAP",
-           "one_sided_p", "PairedDifference", "paired_difference", "spearman", "Summary", "summarize"]
+           "one_sided_p", "PairedDifference", "paired_difference", "resampled_statistic_ci", "spearman", "Summary",
+           "summarize"]
 
 N_BOOTSTRAP = 10_000
 CI_LEVEL = 0.95
@@ -313,6 +314,33 @@ def _check_power(power: float, level: float) -> None:
     _tail(level)
     if not 0.0 < power < 1.0:
         raise ValueError(f"power: expected a number in (0, 1), got {power!r}")
+
+
+def resampled_statistic_ci(
+    statistic: Callable[[np.ndarray], float], n: int, seed: int = 0, n_boot: int = N_BOOTSTRAP,
+    level: float = CI_LEVEL,
+) -> tuple[float, float]:
+    """Expanded-percentile bootstrap CI of a statistic of n images that is not a mean (a maximum over classes, a
+    ratio), on the same seeded resamples as :func:`bootstrap_ci`: paired where the statistic reads two models' values
+    of the same resampled images.
+
+    Args:
+        statistic: takes an array of n image indices (a resample, with repeats) and returns the statistic; it is
+            called once with ``arange(n)`` and once per resample; non-finite resamples are left out.
+        n: images.
+        seed, n_boot, level: as for :func:`bootstrap_ci`.
+
+    Returns:
+        (low, high); (nan, nan) for fewer than 2 images or no finite resample.
+    """
+    if n < 2:
+        return float("nan"), float("nan")
+    values = np.asarray([statistic(index) for chunk in _resamples(n, n_boot, seed) for index in chunk])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    low, high = _percentile_tails((1.0 - level) / 2.0, n, "expanded-percentile")
+    return float(np.quantile(values, low)), float(np.quantile(values, high))
 
 
 def _resamples(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:

@@ -43,3 +43,18 @@ def test_map_agreement(audit_comparison, audit_session, record_property):
     if drift["verdict"] == "not gated":
         pytest.skip(drift["reason"])
     _decide(drift["verdict"], drift["reason"], audit_session.settings.strict)
+
+
+def test_no_class_collapse(audit_model, audit_session, record_property):
+    """Class by class: no class of the baseline whose top-1 agreement is shown below --min-class-agreement (exact
+    binomial tests, Holm over the classes); the worst class is named."""
+    if audit_model not in audit_session.models:
+        pytest.skip(f"{audit_model} was not loaded (see test_model_loads)")
+    record = audit_session.class_agreement(audit_model)
+    record_property("class_agreement", record["agreement"])
+    if record["worst"] is not None:
+        record_property("worst_class", record["worst"]["class_name"] or record["worst"]["class"])
+    if record["verdict"] == "not gated":
+        pytest.skip(record["reason"])
+    if record["verdict"] == "fail":
+        pytest.fail(record["reason"], pytrace=False)
