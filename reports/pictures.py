@@ -23,8 +23,9 @@ from audit.figures import scaled_size
 from audit.fills import blur_sigma, fill_image, gaussian_blur
 from audit.perturb import ORDERS, pixel_ranks, removal_counts
 
-__all__ = ["COLOURMAP", "colour_stops", "colourise", "decode_data_uri", "draw_strip", "encode_png", "fit",
-           "map_overlay", "removal_order", "removal_plan", "removal_strip", "scaled_size", "upsample_map"]
+__all__ = ["COLOURMAP", "REGION_COLOURS", "colour_stops", "colourise", "decode_data_uri", "draw_strip", "encode_png",
+           "fit", "heat_map", "map_overlay", "region_overlay", "removal_order", "removal_plan", "removal_strip",
+           "scaled_size", "upsample_map"]
 
 # Viridis (perceptually uniform, readable in grey and by colour-blind readers), 11 anchors from 0 to 1.
 _ANCHORS = ["#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c", "#22a884", "#44bf70", "#7ad151",
@@ -35,6 +36,10 @@ _LUT = np.stack([np.interp(np.linspace(0.0, 1.0, 256), np.linspace(0.0, 1.0, len
                  for c in range(3)], axis=1)
 OVERLAY_ALPHA = 0.55
 GAP = 2  # pixels between the frames of a strip
+# The regions of an image drawn over its picture (Okabe-Ito): objects bluish green, artefacts vermillion, void grey.
+REGION_COLOURS = {"object": (0, 158, 115), "artefact": (213, 94, 0), "void": (128, 128, 128)}
+REGION_ALPHA = 0.5  # tint of a token wholly inside a region; a token partly inside is tinted in proportion
+REGION_EDGE = 0.5  # a token is inside a region's outline when at least this fraction of it is in the region
 
 
 def colour_stops() -> list[tuple[float, str]]:
@@ -279,3 +284,65 @@ def removal_order(array: np.ndarray, order: str, size: tuple[int, int], count: i
     threshold = np.partition(key, count - 1)[count - 1]
     candidates = np.flatnonzero(key <= threshold)  # every pixel that can be among the first ``count``, in order
     return candidates[np.argsort(key[candidates], kind="stable")][:count]
+
+
+def heat_map(grid: Sequence[Sequence[float | None]] | np.ndarray | None, size: int) -> Image.Image | None:
+    """A map on its own, without a picture under it: min-max scaled, colour-mapped, one block per token, the longer
+    side ``size`` pixels (at least one pixel per token). None when the grid is missing or malformed."""
+    array = _as_grid(grid)
+    if array is None:
+        return None
+    rows, cols = array.shape
+    picture = Image.fromarray((colourise(_unit_range(array)) * 255.0 + 0.5).astype(np.uint8))
+    width, height = scaled_size((cols, rows), max(size, rows, cols))
+    return picture.resize((width, height), Image.Resampling.NEAREST)
+
+
+def _token_blocks(fractions: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Token fractions (gh, gw) spread over a picture of ``size`` (width, height): each pixel takes its token's."""
+    width, height = size
+    rows = np.minimum((np.arange(height) * fractions.shape[0]) // height, fractions.shape[0] - 1)
+    cols = np.minimum((np.arange(width) * fractions.shape[1]) // width, fractions.shape[1] - 1)
+    return fractions[rows[:, None], cols[None, :]]
+
+
+def region_overlay(base: Image.Image, regions: dict[str, Sequence[Sequence[float | None]] | None],
+                   alpha: float = REGION_ALPHA) -> Image.Image | None:
+    """An image's regions drawn over its picture, token by token: each token tinted in its region's colour
+    (:data:`REGION_COLOURS`) in proportion to the fraction of its area inside the region, and the outline of the
+    tokens at least half inside drawn in that colour.
+
+    Args:
+        base: the input picture; the grids span it (the model's patch-token grid over the model input).
+        regions: role (``object``, ``artefact``, ``void``) -> (gh, gw) fractions in [0, 1], or None.
+        alpha: the tint of a token wholly inside a region.
+
+    Returns:
+        The picture, or None when no region grid can be read.
+    """
+    picture = np.asarray(base.convert("RGB"), dtype=np.float64) / 255.0
+    drawn = False
+    for role in ("void", "artefact", "object"):  # objects last: on top
+        array = _as_grid(regions.get(role))
+        if array is None:
+            continue
+        drawn = True
+        fractions = np.clip(np.nan_to_num(array, nan=0.0), 0.0, 1.0)
+        colour = np.asarray(REGION_COLOURS[role], dtype=np.float64) / 255.0
+        weight = alpha * _token_blocks(fractions, base.size)[..., None]
+        picture = (1.0 - weight) * picture + weight * colour
+        inside = _token_blocks(fractions >= REGION_EDGE, base.size)
+        edge = np.zeros_like(inside)
+        edge[1:, :] |= inside[1:, :] != inside[:-1, :]
+        edge[:-1, :] |= inside[1:, :] != inside[:-1, :]
+        edge[:, 1:] |= inside[:, 1:] != inside[:, :-1]
+        edge[:, :-1] |= inside[:, 1:] != inside[:, :-1]
+        edge &= inside  # the outline runs along the inside of the region's tokens
+        edge[0, :] |= inside[0, :]
+        edge[-1, :] |= inside[-1, :]
+        edge[:, 0] |= inside[:, 0]
+        edge[:, -1] |= inside[:, -1]
+        picture[edge] = colour
+    if not drawn:
+        return None
+    return Image.fromarray((np.clip(picture, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))

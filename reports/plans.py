@@ -1,11 +1,16 @@
-"""How big the report draws each image's figures: the plans it steps down, fullest first, to stay under its size
-limit, and what each plan leaves out, in words."""
+"""How big the report draws each image's figures, and the pictures of its "right for the right reasons" section: the
+plans it steps down, fullest first, to stay under its size limit, and what each plan leaves out, in words."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["Plan", "describe_cuts", "plans_for"]
+__all__ = ["REASONS_SHARE", "Plan", "ReasonsPlan", "describe_cuts", "describe_reasons_cuts", "plans_for",
+           "reasons_plans"]
+
+#: The share of the room left for pictures (the size limit less the page without its image sections) that the
+#: "right for the right reasons" section may take; the image sections get the rest.
+REASONS_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -72,4 +77,57 @@ def describe_cuts(plan: Plan, full: Plan) -> list[str]:
         cuts.append("restoration rows left out")
     if plan.strips == 0:
         cuts.append("MoRF/LeRF removal strips and encoder-output maps left out")
+    return cuts
+
+
+@dataclass(frozen=True)
+class ReasonsPlan:
+    """How the pictures of the "right for the right reasons" section are drawn; stepped down like :class:`Plan`.
+
+    Attributes:
+        pictures: longer side in pixels of the regions, the maps and the clean and stamped pictures (0: no picture,
+            the section's tables only).
+        small: longer side of the SpRAy view's mean maps and exemplars.
+        colours: palette size of the pictures (None: true colour).
+        regions: images shown with their regions, per model.
+        strips: images shown clean and stamped, per probe.
+        exemplars: exemplars shown per SpRAy cluster.
+    """
+
+    pictures: int
+    small: int
+    colours: int | None
+    regions: int
+    strips: int
+    exemplars: int
+
+
+def reasons_plans(thumbnail: int) -> list[ReasonsPlan]:
+    """The section's plans from the fullest to the one without pictures, for a requested thumbnail size."""
+    t, three_quarters, half = thumbnail, max(8, round(0.75 * thumbnail)), max(8, thumbnail // 2)
+    return [
+        ReasonsPlan(t, half, None, 6, 4, 4),
+        ReasonsPlan(t, half, 64, 6, 4, 4),
+        ReasonsPlan(three_quarters, half, 32, 6, 4, 4),
+        ReasonsPlan(half, max(8, t // 3), 16, 3, 2, 2),
+        ReasonsPlan(0, 0, None, 0, 0, 0),
+    ]
+
+
+def describe_reasons_cuts(plan: ReasonsPlan, full: ReasonsPlan) -> list[str]:
+    """What a plan of the section leaves out compared with the full one, in words."""
+    if plan.pictures == 0:
+        return ["pictures left out (regions, clean and stamped strips, SpRAy maps and exemplars): tables only"]
+    cuts = []
+    if plan.pictures < full.pictures:
+        cuts.append(f"pictures at {plan.pictures} px instead of {full.pictures} px")
+    if plan.small < full.small:
+        cuts.append(f"SpRAy maps and exemplars at {plan.small} px instead of {full.small} px")
+    if plan.colours is not None:
+        cuts.append(f"pictures reduced to {plan.colours} colours")
+    for name, shown, asked in (("images with their regions per model", plan.regions, full.regions),
+                               ("clean and stamped images per probe", plan.strips, full.strips),
+                               ("exemplars per SpRAy cluster", plan.exemplars, full.exemplars)):
+        if shown < asked:
+            cuts.append(f"{shown} {name} instead of {asked}")
     return cuts

@@ -7,7 +7,9 @@ with fewer colours, and then leaves whole figure families out, image by image, a
 
 This module fits the per-image sections to the size limit and writes the page. The sections are drawn by
 :mod:`reports.sections` under the size plans of :mod:`reports.plans`; the run-level sections are
-:mod:`reports.summary`'s, the lenient readers and number formats :mod:`reports.values`'.
+:mod:`reports.summary`'s, the lenient readers and number formats :mod:`reports.values`'. The "right for the right
+reasons" section (:mod:`reports.reasons`) is fitted first: it may take :data:`reports.plans.REASONS_SHARE` of the
+room the page leaves for pictures, stepping its own plans down to tables alone; the image sections share the rest.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from audit.results import write_text_atomically
 
 from . import pictures
 from .comparison import comparison_section
-from .plans import Plan, describe_cuts, plans_for
+from .plans import REASONS_SHARE, Plan, describe_cuts, plans_for, reasons_plans
+from .reasons import ReasonsSection
 from .sections import SectionBuilder
 from .summary import aggregates, gate_rows, header, overall_verdict
 from .values import fmt, fmt_ci
@@ -80,6 +83,24 @@ def _fit_images(builder: SectionBuilder, template, budget: int) -> tuple[list[st
                        "title": str(run.get("image_id") or index), "level": level,
                        "cuts": describe_cuts(plans[level], full) if not run.get("error") else []})
     return sections, chosen
+
+
+def _fit_reasons(section: ReasonsSection, template, budget: float) -> tuple[str, list[str]]:
+    """Render the "right for the right reasons" section at the fullest plan whose size stays under ``budget`` bytes
+    (the last plan, without pictures, whatever its size).
+
+    Returns:
+        The section's HTML ("" for a run without it) and what its plan left out, in words.
+    """
+    plans = reasons_plans(section.builder.thumbnail)
+    for level, plan in enumerate(plans):
+        context = section.context(plan, plans[0])
+        if context is None:
+            return "", []
+        html = template.render(reasons=context)
+        if len(html.encode()) <= budget or level == len(plans) - 1:
+            return Markup(html), context["cuts"]  # rendered by the autoescaping template above
+    return "", []
 
 
 def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -138,13 +159,20 @@ def render_report(
     context = {"header": header(results), "gates": gate_rows(results, builder.anchors),
                "comparison": comparison_section(results, builder),
                "aggregates": aggregates(results), "caption": builder.caption, "max_mb": builder.max_mb,
-               "thumbnail": thumbnail, "runs": builder.runs, "anchors": builder.anchors}
+               "thumbnail": thumbnail, "runs": builder.runs, "anchors": builder.anchors,
+               "reasons": "", "reasons_cuts": []}
     # The page without its image sections, with the longest size notice for every image, sets their budget.
     plans = plans_for(thumbnail)
     longest = max((describe_cuts(plan, plans[0]) for plan in plans), key=lambda cuts: len("; ".join(cuts)))
     placeholder_notes = [{"anchor": f"img-{i}", "title": str(r.get("image_id") or i), "level": len(plans) - 1,
                           "cuts": longest} for i, r in enumerate(builder.runs)]
     skeleton = page.render(**context, sections=[], fitted=placeholder_notes, render_seconds=None)
+    reasons = ReasonsSection(results, builder)
+    if reasons.shown:  # its share of the room for pictures; then the page with it sets the images' budget
+        room = builder.max_bytes - len(skeleton.encode()) - 2048
+        context["reasons"], context["reasons_cuts"] = _fit_reasons(
+            reasons, env.get_template("reasons.html.j2"), REASONS_SHARE * max(room, 0))
+        skeleton = page.render(**context, sections=[], fitted=placeholder_notes, render_seconds=None)
     budget = builder.max_bytes - len(skeleton.encode()) - 2048
     sections, fitted = _fit_images(builder, env.get_template("image.html.j2"), budget)
     html = page.render(**context, sections=sections, fitted=fitted,

@@ -132,6 +132,48 @@ class SectionBuilder:
 
         return self._picture((*tag[:1], -1 if index is None else index, *tag[1:], size), draw), shown
 
+    # -- pictures of the run-level sections (right for the right reasons) --------------------------------------
+    def thumbnail_of(self, index: int, run: dict[str, Any], size: int, colours: int | None,
+                     ) -> dict[str, Any] | None:
+        """A run's input picture at ``size`` px (None when the run has none)."""
+        def draw() -> dict[str, Any] | None:
+            base = self._base(index, run, size)
+            return _encoded(base, colours, self._shown(index, run, size)) if base is not None else None
+
+        return self._picture(("thumbnail", index, size, colours), draw)
+
+    def regions_picture(self, index: int, run: dict[str, Any], size: int, colours: int | None,
+                        ) -> dict[str, Any] | None:
+        """A run's input picture with its regions (``run["regions"]``: token fractions) drawn over it."""
+        def draw() -> dict[str, Any] | None:
+            base = self._base(index, run, size)
+            if base is None:
+                return None
+            picture = pictures.region_overlay(base, _dict(run.get("regions")))
+            return _encoded(picture, colours, self._shown(index, run, size)) if picture is not None else None
+
+        return self._picture(("regions", index, size, colours), draw)
+
+    def picture_with_map(self, index: int, uri: Any, grid: Any, size: int, colours: int | None, tag: tuple,
+                         ) -> dict[str, Any] | None:
+        """A picture stored in the results (a data URI, e.g. a run's stamped input) at ``size`` px, with a raw map
+        drawn over it when ``grid`` is given; None when the picture (or the given map) cannot be read.
+
+        ``tag`` tells the picture from others of the same run ``index`` (whose section forgets it)."""
+        def draw() -> dict[str, Any] | None:
+            picture = pictures.decode_data_uri(uri)
+            if picture is None:
+                return None
+            base = pictures.fit(picture, size)
+            shown = pictures.scaled_size(picture.size, size)
+            if grid is not None:
+                base = pictures.map_overlay(base, grid)
+                if base is None:
+                    return None
+            return _encoded(base, colours, shown)
+
+        return self._picture(("stored", index, *tag, size, colours, grid is not None), draw)
+
     def _full(self, index: int, run: dict[str, Any], size: tuple[int, int]) -> Image.Image | None:
         """The input picture brought to the model input's resolution (H, W), where the curves were measured."""
         key = ("full", index, size)

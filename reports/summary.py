@@ -11,7 +11,7 @@ from typing import Any
 from . import charts
 from .values import _dict, _list, _num, _pair, _records, _sorted_stages, _stage_order, fill_text, fmt, fmt_ci
 
-__all__ = ["aggregates", "compared", "gate_rows", "header", "overall_verdict"]
+__all__ = ["aggregates", "compared", "gate_rows", "header", "overall_verdict", "reasoned"]
 
 
 LEFT_OUT_SHOWN = 10  # files left out that the header names; it counts the rest
@@ -29,6 +29,10 @@ def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
     """``fail`` if the run stopped or was interrupted, a gate or a comparison with the baseline (or its map-agreement
     gate) failed, a comparison did not show the candidate is no worse (inconclusive), or a check failed or errored;
     ``inconclusive`` if a gate or a map-agreement gate is; ``no gate`` when the run gated nothing; else ``pass``.
+
+    Right for the right reasons (``regions``, ``probes``, ``classes``) counts alike: a failed regions gate or probe
+    limit fails, an inconclusive one is inconclusive (a failure under ``--strict``); a failed or inconclusive
+    comparison of regions or of a probe with the baseline fails, as does a class that collapsed.
 
     Returns:
         The verdict and the reasons for it, in words.
@@ -59,6 +63,8 @@ def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
                        "(inconclusive)")
     if failed_drifts:
         reasons.append(f"{len(failed_drifts)} map-agreement gate(s) failed")
+    reasons_failed, reasons_undecided, reasons_passed = _right_reasons(results)
+    reasons += reasons_failed
     if failed:
         reasons.append(f"{len(failed)} check(s) failed")
     if errors:
@@ -71,15 +77,53 @@ def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
     unsure_drifts = [d for d in drifts if d.get("verdict") == "inconclusive"]
     if unsure_drifts:
         undecided.append(f"{len(unsure_drifts)} map-agreement gate(s) inconclusive")
+    undecided += reasons_undecided
     if undecided:
         return "inconclusive", undecided
-    if not gates and not comparisons:
+    if not gates and not comparisons and not reasons_passed:
         return "no gate", ["the run gated nothing (--gate none): no gate passed, so nothing is vouched for",
                            f"{len(checks)} check(s) without failure"]
     passed = [f"{len(gates)} gate(s) passed"]
     if comparisons:
         passed.append(f"{len(comparisons)} comparison(s) with the baseline passed")
-    return "pass", [*passed, f"{len(checks)} check(s) without failure"]
+    return "pass", [*passed, *reasons_passed, f"{len(checks)} check(s) without failure"]
+
+
+def _right_reasons(results: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """What the regions gates, the probes and the class-agreement gates add to the overall verdict: the reasons it
+    fails, is inconclusive, and passes (each empty for a run without them)."""
+    strict = bool(_dict(results.get("policy")).get("strict"))
+    regions = _records(results, "regions")
+    probes = _records(results, "probes")
+    classes = _records(results, "classes")
+    # (what, absolute verdicts, paired verdicts) of each kind of record
+    kinds = [("regions gate(s)", [r.get("verdict") for r in regions],
+              [_dict(r.get("paired")).get("verdict") for r in regions if r.get("paired") is not None]),
+             ("probe limit(s)", [p.get("verdict") for p in probes], []),
+             ("probe(s)", [], [_dict(p.get("paired")).get("verdict") for p in probes if p.get("paired") is not None])]
+    failed, undecided, passed = [], [], []
+    for what, absolute, paired in kinds:
+        name = "regions" if what.startswith("regions") else "a probe"
+        if absolute.count("fail"):
+            failed.append(f"{absolute.count('fail')} {what} failed")
+        if absolute.count("inconclusive"):
+            (failed if strict else undecided).append(
+                f"{absolute.count('inconclusive')} {what} inconclusive" + (" (--strict)" if strict else ""))
+        if paired.count("fail"):
+            failed.append(f"{paired.count('fail')} comparison(s) of {name} with the baseline failed")
+        if paired.count("inconclusive"):
+            failed.append(f"{paired.count('inconclusive')} comparison(s) of {name} with the baseline did not show "
+                          "the candidate is no worse (inconclusive)")
+        if absolute.count("pass"):
+            passed.append(f"{absolute.count('pass')} {what} passed")
+        if paired.count("pass"):
+            passed.append(f"{paired.count('pass')} comparison(s) of {name} with the baseline passed")
+    verdicts = [c.get("verdict") for c in classes]
+    if verdicts.count("fail"):
+        failed.append(f"{verdicts.count('fail')} model(s) with a class whose agreement with the baseline collapsed")
+    if verdicts.count("pass"):
+        passed.append(f"{verdicts.count('pass')} class-agreement gate(s) passed")
+    return failed, undecided, passed
 
 
 def _score_text(perturbation: dict[str, Any]) -> str:
@@ -108,6 +152,16 @@ def compared(results: dict[str, Any]) -> bool:
     return results.get("baseline") is not None or results.get("comparisons") is not None
 
 
+def reasoned(results: dict[str, Any]) -> bool:
+    """Whether the run asked where the model looks and what moves it (``--regions``, ``--probe``, or a baseline's
+    class tables): its report has a "right for the right reasons" section."""
+    if any(_records(results, key) for key in ("regions", "probes", "classes")):
+        return True
+    if any(run.get("regions") is not None or run.get("probes") for run in _records(results, "runs")):
+        return True
+    return any(_records(record, "classes") for record in _records(results, "comparisons"))
+
+
 def header(results: dict[str, Any]) -> dict[str, Any]:
     """The header: verdict, interruption, models, environment, images (and files left out), policy; and the check
     counts and problems."""
@@ -131,7 +185,7 @@ def header(results: dict[str, Any]) -> dict[str, Any]:
         "check_counts": counts, "run_error": results.get("error"), "interrupted": _interruption(results),
         "left_out": left_out[:LEFT_OUT_SHOWN], "left_out_count": len(left_out),
         "problems": [c for c in checks if c.get("outcome") in ("failed", "error")],
-        "compared": compared(results),
+        "compared": compared(results), "reasoned": reasoned(results),
         "detail": _dict(results.get("settings")).get("results_detail"),
     }
 
