@@ -56,7 +56,9 @@ def _policy_run(pytester, monkeypatch, images, expected):
     return results, gates
 
 
+@pytest.mark.slow
 def test_gate_verdicts_on_the_41_photos_match_the_readme(pytester, monkeypatch):
+    """About 3.5 minutes on 2 CPU cores (README's table, reproduced): run with `pytest tests -m slow`."""
     results, gates = _policy_run(pytester, monkeypatch, IMAGENET_DIR, readme_policy_table("cats"))
     assert all(gate["n_images"] == 41 for gate in gates.values())
     assert sum(run["class"] == 283 for run in results["runs"]) == 39  # Persian cat
