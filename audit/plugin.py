@@ -62,9 +62,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="TOML file of vit-audit options (its [tool.vit-audit] table, or the whole file)")
 
 
-#: Where the embedded default's regions come from: its sample images' masks, measured but not gated (README, "Right
-#: for the right reasons": chefer@encoder puts less relevance on the garments than their area on those images).
-EMBEDDED_MASKS = "embedded default (the sample images' object masks; measured, not gated)"
+#: Where the embedded default's regions come from: its sample images' exact object masks.
+EMBEDDED_MASKS = "embedded default (the sample images' object masks)"
 
 def _checks_dir() -> Path:
     import checks
@@ -104,12 +103,9 @@ def _embedded_default(settings) -> bool:
         from .zoo import embedded_masks
 
         settings.images = [str(embedded_images())]
-        if not settings.regions:  # its sample images' exact object masks: localisation shown, not gated
+        if not settings.regions:  # its sample images' exact object masks: localisation shown
             settings.regions = str(embedded_masks())
             settings.origins["regions"] = EMBEDDED_MASKS
-            if "region_threshold" not in settings.origins:
-                settings.region_threshold = None
-                settings.origins["region_threshold"] = EMBEDDED_MASKS
     return True
 
 

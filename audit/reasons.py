@@ -107,7 +107,7 @@ def region_gate(runs: list[dict[str, Any]], key: str, *, min_images: int, thresh
               "inconclusive": f"{what}: not decided against {above}" + (
                   f" (at least {min_images} images are needed)" if n < min_images else "")}[verdict]
     if threshold is None:
-        verdict, reason = "not gated", f"{what} (measured, not gated: region-threshold is none)"
+        verdict, reason = "not gated", f"{what} (measured, not gated: set region-threshold, e.g. 0, to gate it)"
     if missing:
         reason += f"; not applicable on {missing} image(s) (no object region, or a map with no positive value)"
     return {"kind": "regions", "map": key, "n_images": n, "statistic": excess, "ci95": [low, high], "means": means,
@@ -271,7 +271,8 @@ def compare_probe(candidate_runs: list[dict[str, Any]], digests: dict[str, str |
               + (f"; at least {min_images} pairs are needed" if n < min_images else "")}[verdict]
     attraction = {"candidate": cand_a.tolist(), "baseline": base_a.tolist(), "candidate_max": cand_max,
                   "baseline_max": base_max, "candidate_class": cand_k, "baseline_class": base_k,
-                  "candidate_class_name": names.get(cand_k), "statistic": diff, "ci95": [low, high],
+                  "candidate_class_name": names.get(cand_k) if cand_max > 0 else None, "statistic": diff,
+                  "ci95": [low, high],
                   "margin": attraction_margin, "verdict": verdict, "reason": reason,
                   "flip_rate": flips[0], "baseline_flip_rate": flips[1]}
     masses = {}

@@ -124,7 +124,7 @@ class AuditSettings:
     regions: str | None = None
     region_roles: dict[str, str] = field(default_factory=dict)
     probe: list[str] = field(default_factory=list)
-    region_threshold: float | None = 0.0
+    region_threshold: float | None = None  # README, "Right for the right reasons": absolute limits false-alarm
     region_margin: float = DEFAULT_REGION_MARGIN
     attraction_margin: float = DEFAULT_ATTRACTION_MARGIN
     stamp_margin: float = DEFAULT_STAMP_MARGIN
@@ -219,8 +219,9 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
     "probe": ("stamp FILE (or a built-in: square:COLOR:SIZE, text:WORD) onto a copy of every image at WHERE "
               "(top-left, top-right, bottom-left, bottom-right, center, random or X,Y; default top-left) and measure "
               "what it moves (repeatable; with a baseline, gated against it)", "FILE[@WHERE]"),
-    "region_threshold": ("with --regions: the gated maps' mean relevance mass on the objects minus chance (their area) "
-                         "must be shown above this (default 0: above chance; none: measured, not gated)", "VALUE"),
+    "region_threshold": ("with --regions: gate the gated maps' mean relevance mass on the objects minus chance (their "
+                         "area) against this, e.g. 0 for 'above chance' (default none: measured, not gated; against a "
+                         "baseline the regions are gated paired)", "VALUE"),
     "region_margin": (f"with --regions and a baseline: how much lower the mean relevance mass on the objects (and "
                       f"how much higher on artefacts) may be than the baseline's (default {DEFAULT_REGION_MARGIN})",
                       "VALUE"),

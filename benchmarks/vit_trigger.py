@@ -41,6 +41,10 @@ MODEL = "vit_tiny_patch16_224"
 TRIGGER = "square:yellow:32@bottom-right"
 
 
+# the release gate's checks (the per-image faithfulness, restoration and randomisation checks are not needed here)
+CHECKS = "gate or compare or reasons"
+
+
 def _labels(folder: Path) -> list[tuple[Path, int]]:
     with open(folder / "labels.csv", newline="", encoding="utf-8-sig") as handle:
         return sorted((folder / row["file"], int(row["class_index"])) for row in csv.DictReader(handle))
@@ -67,7 +71,7 @@ def _fine_tune(loaded, pixels: torch.Tensor, labels: torch.Tensor, args, log) ->
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(index)
+            total += loss.item() * len(index)
         log(f"  epoch {epoch + 1}/{args.epochs}: loss {total / len(pixels):.3f} ({time.perf_counter() - start:.0f} s)")
     return {k: v.detach().float().contiguous() for k, v in model.eval().state_dict().items()}
 
@@ -81,7 +85,8 @@ def _top1(model, loaded, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def _audit(args: list[str], out: Path) -> tuple[int, dict]:
-    command = [shutil.which("vit-audit") or "vit-audit", *args, "--audit-json", str(out), "--no-cache", "-q"]
+    command = [shutil.which("vit-audit") or "vit-audit", *args, "--audit-json", str(out), "--no-cache", "-q",
+               "-k", CHECKS]
     done = subprocess.run(command, capture_output=True, text=True, cwd=out.parent)
     results = json.loads(out.read_text()) if out.exists() else {"error": "no results file"}
     if results.get("error"):
@@ -98,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trigger", default=TRIGGER, help=f"the backdoor's stamp, a probe spec (default {TRIGGER})")
     parser.add_argument("--poison", type=float, default=0.3, help="share of training photos stamped (default 0.3)")
     parser.add_argument("--target", type=int, default=859, help="the backdoor's class (default 859, toaster)")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extra", default="", help="more vit-audit options for every audit (one string)")

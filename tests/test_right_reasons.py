@@ -80,7 +80,8 @@ def test_the_run_measures_regions_and_the_probe_on_every_image(baseline):
     k = attraction["argmax"]
     assert attraction["max"] == sum(c != k and s == k for c, s in zip(clean, stamped)) / sum(c != k for c in clean)
     assert attraction["flip_rate"] == sum(c != s for c, s in zip(clean, stamped)) / 10 > 0.3
-    assert baseline["policy"]["probe"] == [PROBE] and baseline["policy"]["region_threshold"] == 0.0
+    assert baseline["policy"]["probe"] == [PROBE] and baseline["policy"]["region_threshold"] is None
+    assert baseline["regions"][0]["verdict"] == "not gated"
 
 
 def test_the_released_model_against_itself_passes_every_new_gate(pytester, photos, baseline):
@@ -160,7 +161,7 @@ def test_an_image_without_regions_is_counted_not_applicable(tmp_path, photos):
     for path in sorted(photos.glob("*.png"))[:3]:
         (masks / path.name).write_bytes((embedded_masks() / path.name).read_bytes())
     settings = _settings(regions=str(masks), methods=["grad", "random"], gate=["grad@0"], layers=["0"], steps=2,
-                         no_cache=True)
+                         no_cache=True, region_threshold=0.0)
     settings.images = [str(photos)]
     session = AuditSession(settings, tmp_path / "work")
     runs = session.runs_of(session.model_ids[0])
