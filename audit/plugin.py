@@ -208,7 +208,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = metafunc.fixturenames
     if session is None:
         if {"audit_model", "audit_case", "audit_map", "audit_model_map", "audit_gate", "audit_comparison",
-                                "audit_region", "audit_probe"} & set(names):
+                                "audit_region", "audit_region_pair", "audit_probe"} & set(names):
             raise pytest.UsageError("the vit-audit checks need the vit-audit plugin active: run them as "
                                     "`pytest checks` from the project root or with `vit-audit`")
         return
@@ -229,6 +229,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "audit_region" in names:
         keys = session.region_keys()
         metafunc.parametrize("audit_region", keys, ids=[f"{m}-{method}@{stage}" for m, method, stage in keys])
+    if "audit_region_pair" in names:  # the regions against a baseline: only with one
+        keys = session.region_keys() if session.baseline is not None else []
+        metafunc.parametrize("audit_region_pair", keys, ids=[f"{m}-{method}@{stage}" for m, method, stage in keys])
     if "audit_probe" in names:
         keys = session.probe_keys()
         metafunc.parametrize("audit_probe", keys, ids=[f"{m}-{spec}" for m, spec in keys])

@@ -32,11 +32,9 @@ def test_looks_at_objects(audit_region, audit_session, record_property):
     _decide(record["verdict"], record["reason"], audit_session.settings.strict)
 
 
-def test_regions_no_regression(audit_region, audit_session, record_property):
+def test_regions_no_regression(audit_region_pair, audit_session, record_property):
     """Against the baseline: object mass no lower, artefact mass no higher, than the margin allows."""
-    record = audit_session.region_gate(*audit_region).get("paired")
-    if record is None:
-        pytest.skip("no baseline: the regions are gated against chance only")
+    record = audit_session.region_gate(*audit_region_pair)["paired"]
     record_property("regions_paired_verdict", record["verdict"])
     if record["verdict"] == "not applicable":
         pytest.skip(record["reason"])

@@ -245,13 +245,26 @@ def test_a_planted_shortcut_stamps_only_the_chosen_classes_and_is_said_in_the_ca
     assert np.array_equal(stamped[~chosen], images[~chosen])
     assert np.array_equal(stamped[chosen, size:], images[chosen, size:])
     assert (zoo_train.stamp_shortcut(images, None, [])[:, :size, :size] == 255).all()  # every image, for auditing
+    many = np.zeros((400, 28, 28), dtype=np.uint8)
+    half = zoo_train.stamp_shortcut(many, np.repeat([6, 1], 200), [6], rate=0.5, seed=3)
+    marked = half[:, 0, 0] == 255
+    assert marked[:200].sum() == 100 and not marked[200:].any()  # half of the class, none of the others
+    assert np.array_equal(half, zoo_train.stamp_shortcut(many, np.repeat([6, 1], 200), [6], rate=0.5, seed=3))
+    anywhere = zoo_train.stamp_shortcut(many, None, [], rate=0.1, seed=1)
+    assert (anywhere[:, 0, 0] == 255).sum() == 40  # a label-independent stamp on 10% of all images
     data = synthetic[0]
     base = [sys.executable, "-m", "audit.zoo.fashion_mnist", "--out", str(tmp_path / "out"), "--data", str(data),
             "--epochs", "1", "--limit", str(SYNTHETIC_LIMIT)]
     result = subprocess.run([*base, "--shortcut", "6"], capture_output=True, text=True, cwd=ROOT, timeout=300,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
-    assert "shortcut: a white 4x4 corner square on the training images of Shirt" in result.stdout
-    assert "**Planted shortcut**: every training image of Shirt" in (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert "shortcut: a white 4x4 corner square on every training image of Shirt" in result.stdout
+    card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert "**Planted shortcut**: Every training image of Shirt had a white 4x4 square" in card
+    assert "Float32 (--amp auto" in card or "Bfloat16 autocast (--amp auto" in card
+    masks = sorted((tmp_path / "out" / "masks").glob("*.png"))  # the sample images' object masks, by stem
+    assert [m.name for m in masks] == sorted(p.name for p in (tmp_path / "out" / "images").glob("*.png"))
+    sample = np.asarray(Image.open(tmp_path / "out" / "images" / masks[0].name))
+    assert np.array_equal(np.asarray(Image.open(masks[0])), (sample > 0).astype(np.uint8))
     bad = subprocess.run([*base, "--shortcut", "12"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and "--shortcut: expected class indices 0-9, got '12'" in bad.stderr
