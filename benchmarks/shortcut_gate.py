@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--probe", default=PROBE)
     parser.add_argument("--extra", default="", help="more vit-audit options for every run (one string)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                        help="add a bfloat16 copy of the shipped weights to the benign candidates (default on)")
+    parser.add_argument("--reuse-baseline", action="store_true",
+                        help="keep the released model's results file of an earlier run into the same --out")
     args = parser.parse_args(argv)
     from audit.zoo import EMBEDDED_MODEL, WEIGHTS_FILE, embedded_checkpoint
 
@@ -95,12 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     def weights(path: Path) -> Path:
         return path / WEIGHTS_FILE if path.is_dir() else path
 
-    candidates = [(p.name, weights(p), True) for p in args.benign] + [("bf16 copy", bf16, True)]
+    candidates = [(p.name, weights(p), True) for p in args.benign] + ([("bf16 copy", bf16, True)] if args.bf16 else [])
     candidates += [(p.name, weights(p), False) for p in args.harmful]
     recipe = ["--model", EMBEDDED_MODEL, "--images", str(pictures), "--regions", str(masks), "--probe", args.probe,
               *args.extra.split()]
     baseline = out / "released.json"
-    _audit([*recipe, "--checkpoint", str(embedded_checkpoint())], baseline)
+    if not (args.reuse_baseline and baseline.exists()):
+        _audit([*recipe, "--checkpoint", str(embedded_checkpoint())], baseline)
     print(f"{args.test_images} Fashion-MNIST test images from {args.offset} per class; probe {args.probe}; "
           f"every candidate against the shipped weights at the default margins")
     print("| candidate | ABPC gates (d, verdict) | class agreement (worst class) | probe: max A_k diff [CI] | "
