@@ -21,13 +21,12 @@ candidate and map: d [95% CI], the margin and where it came from, the verdict, a
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from audit_cli import run_audit
 from safetensors.torch import load_file, save_file
 
 MODEL = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
@@ -65,16 +64,6 @@ def _photos(folder: Path, count: int, start: int, out: Path) -> Path:
     return target
 
 
-def _audit(args: list[str], out: Path, checks: str) -> tuple[int, dict]:
-    command = [shutil.which("vit-audit") or "vit-audit", *args, "--audit-json", str(out), "--no-cache", "-q",
-               "-k", checks]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=out.parent)
-    results = json.loads(out.read_text()) if out.exists() else {"error": "no results file"}
-    if results.get("error"):
-        raise SystemExit(f"audit failed ({done.returncode}): {results['error']}\n{done.stdout[-2000:]}")
-    return done.returncode, results
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help=f"the released {MODEL} (safetensors)")
@@ -96,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     methods = ",".join(dict.fromkeys([m.split("@")[0] for m in maps] + ["random"]))
     recipe = ["--model", MODEL, "--images", str(photos), "--methods", methods,
               *[a for m in maps for a in ("--gate", m)]]
-    _audit([*recipe, "--checkpoint", str(args.checkpoint)], args.out / "released.json", "test_gate")
+    run_audit([*recipe, "--checkpoint", str(args.checkpoint)], args.out / "released.json", "test_gate")
     print(f"{args.count} photos of {args.images} (every {max(1, len(list(args.images.iterdir())) // args.count)}-th "
           f"from {args.start}); candidate vs the released checkpoint, the run's default margins")
     print("| candidate | map | d [95% CI] | margin | verdict | exit status (comparisons only) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, checkpoint in candidates.items():
-        status, results = _audit([*recipe, "--checkpoint", str(checkpoint), "--baseline",
+        status, results = run_audit([*recipe, "--checkpoint", str(checkpoint), "--baseline",
                                   str(args.out / "released.json")], args.out / f"{name}.json", "test_no_regression")
         for c in results.get("comparisons", []):
             print(f"| {name} | `{c['method']}@{c['stage']}` | {c['statistic']:+.3f} [{c['ci95'][0]:+.3f}, "

@@ -21,15 +21,14 @@ candidates, the smallest margin (a multiple of 0.01) under which every benign ca
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from audit_cli import run_audit
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -56,16 +55,6 @@ def _images(folder: Path, count: int, offset: int) -> tuple[Path, Path]:
             Image.fromarray(images[index]).save(pictures / name)
             Image.fromarray(object_mask(images[index])).save(masks / name)
     return pictures, masks
-
-
-def _audit(args: list[str], out: Path) -> tuple[int, dict]:
-    command = [shutil.which("vit-audit") or "vit-audit", *args, "--audit-json", str(out), "--no-cache", "-q",
-               "-k", CHECKS]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=out.parent)
-    results = json.loads(out.read_text()) if out.exists() else {"error": "no results file"}
-    if results.get("error"):
-        raise SystemExit(f"audit failed ({done.returncode}): {results['error']}\n{done.stdout[-3000:]}")
-    return done.returncode, results
 
 
 def _ci(values: list[float]) -> str:
@@ -105,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
               *args.extra.split()]
     baseline = out / "released.json"
     if not (args.reuse_baseline and baseline.exists()):
-        _audit([*recipe, "--checkpoint", str(embedded_checkpoint())], baseline)
+        run_audit([*recipe, "--checkpoint", str(embedded_checkpoint())], baseline, CHECKS)
     print(f"{args.test_images} Fashion-MNIST test images from {args.offset} per class; probe {args.probe}; "
           f"every candidate against the shipped weights at the default margins")
     print("| candidate | ABPC gates (d, verdict) | class agreement (worst class) | probe: max A_k diff [CI] | "
@@ -113,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     spread: dict[str, list[float]] = {"attraction": [], "stamp": [], "object": [], "class": []}
     for name, checkpoint, benign in candidates:
-        status, results = _audit([*recipe, "--checkpoint", str(checkpoint), "--baseline", str(baseline)],
-                                 out / f"{name.replace(' ', '-')}.json")
+        status, results = run_audit([*recipe, "--checkpoint", str(checkpoint), "--baseline", str(baseline)],
+                                    out / f"{name.replace(' ', '-')}.json", CHECKS)
         abpc = "; ".join(f"{c['method']}@{c['stage']} {c['statistic']:+.3f} {c['verdict']}"
                          for c in results.get("comparisons", []))
         classes = (results.get("classes") or [{}])[0]

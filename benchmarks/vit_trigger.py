@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from audit_cli import run_audit
 from safetensors.torch import save_file
 
 MODEL = "vit_tiny_patch16_224"
@@ -82,16 +81,6 @@ def _top1(model, loaded, pixels: torch.Tensor) -> torch.Tensor:
 
     return torch.cat([model(normalize(pixels[i:i + 32], loaded.mean, loaded.std)).argmax(1)
                       for i in range(0, len(pixels), 32)])
-
-
-def _audit(args: list[str], out: Path) -> tuple[int, dict]:
-    command = [shutil.which("vit-audit") or "vit-audit", *args, "--audit-json", str(out), "--no-cache", "-q",
-               "-k", CHECKS]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=out.parent)
-    results = json.loads(out.read_text()) if out.exists() else {"error": "no results file"}
-    if results.get("error"):
-        raise SystemExit(f"audit failed ({done.returncode}): {results['error']}\n{done.stdout[-3000:]}")
-    return done.returncode, results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {accuracy:.1%} | {success:.1%} |", flush=True)
     recipe = ["--model", MODEL, "--images", str(folder), "--probe", args.trigger, *args.extra.split()]
     baseline = out / "released.json"
-    _audit([*recipe, "--checkpoint", str(args.checkpoint.resolve())], baseline)
+    run_audit([*recipe, "--checkpoint", str(args.checkpoint.resolve())], baseline, CHECKS)
     print("\n| candidate | ABPC comparisons | class agreement | probe (max A_k difference [CI], verdict) | exit |")
     print("| --- | --- | --- | --- | --- |")
     for name, path in candidates.items():
-        status, results = _audit([*recipe, "--checkpoint", str(path), "--baseline", str(baseline)],
-                                 out / f"{name}.json")
+        status, results = run_audit([*recipe, "--checkpoint", str(path), "--baseline", str(baseline)],
+                                    out / f"{name}.json", CHECKS)
         abpc = "; ".join(f"{c['method']}@{c['stage']} {c['statistic']:+.3f} {c['verdict']}"
                          for c in results.get("comparisons", []))
         classes = (results.get("classes") or [{}])[0]

@@ -8,14 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-
-def _decide(verdict: str, reason: str, strict: bool) -> None:
-    if verdict == "fail":
-        pytest.fail(reason, pytrace=False)
-    if verdict == "inconclusive":
-        if strict:
-            pytest.fail(f"inconclusive (--strict): {reason}", pytrace=False)
-        pytest.skip(f"inconclusive: {reason}")
+from checks.verdicts import decide
 
 
 def test_no_regression(audit_comparison, audit_session, record_property):
@@ -28,10 +21,7 @@ def test_no_regression(audit_comparison, audit_session, record_property):
     for key in ("statistic", "n_pairs", "margin", "verdict", "candidate_abpc", "baseline_abpc"):
         record_property(key, record[key])
     record_property("ci95", record["ci95"])
-    if record["verdict"] == "fail":
-        pytest.fail(record["reason"], pytrace=False)
-    if record["verdict"] == "inconclusive":
-        pytest.fail(f"inconclusive (not shown to be no worse): {record['reason']}", pytrace=False)
+    decide(record["verdict"], record["reason"], audit_session.settings.strict, paired=True)
 
 
 def test_map_agreement(audit_comparison, audit_session, record_property):
@@ -42,7 +32,7 @@ def test_map_agreement(audit_comparison, audit_session, record_property):
     record_property("map_agreement_ci95", drift["ci95"])
     if drift["verdict"] == "not gated":
         pytest.skip(drift["reason"])
-    _decide(drift["verdict"], drift["reason"], audit_session.settings.strict)
+    decide(drift["verdict"], drift["reason"], audit_session.settings.strict)
 
 
 def test_no_class_collapse(audit_model, audit_session, record_property):

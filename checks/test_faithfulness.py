@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from checks.verdicts import decide
+
 
 def test_faithfulness(audit_run, audit_session, record_property):
     if audit_run["error"]:
@@ -30,9 +32,4 @@ def test_gate(audit_gate, audit_session, record_property):
     for key in ("statistic", "n_images", "verdict"):
         record_property(key, gate[key])
     record_property("ci95", gate["ci95"])
-    if gate["verdict"] == "fail":
-        pytest.fail(gate["reason"], pytrace=False)
-    if gate["verdict"] == "inconclusive":
-        if audit_session.settings.strict:
-            pytest.fail(f"inconclusive (--strict): {gate['reason']}", pytrace=False)
-        pytest.skip(f"inconclusive: {gate['reason']}")
+    decide(gate["verdict"], gate["reason"], audit_session.settings.strict)

@@ -9,16 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-
-def _decide(verdict: str, reason: str, strict: bool, paired: bool = False) -> None:
-    if verdict == "fail":
-        pytest.fail(reason, pytrace=False)
-    if verdict == "inconclusive":
-        if paired:
-            pytest.fail(f"inconclusive (not shown to be no worse): {reason}", pytrace=False)
-        if strict:
-            pytest.fail(f"inconclusive (--strict): {reason}", pytrace=False)
-        pytest.skip(f"inconclusive: {reason}")
+from checks.verdicts import decide
 
 
 def test_looks_at_objects(audit_region, audit_session, record_property):
@@ -29,7 +20,7 @@ def test_looks_at_objects(audit_region, audit_session, record_property):
     record_property("regions_ci95", record["ci95"])
     if record["verdict"] == "not gated":
         pytest.skip(record["reason"])
-    _decide(record["verdict"], record["reason"], audit_session.settings.strict)
+    decide(record["verdict"], record["reason"], audit_session.settings.strict)
 
 
 def test_regions_no_regression(audit_region_pair, audit_session, record_property):
@@ -38,7 +29,7 @@ def test_regions_no_regression(audit_region_pair, audit_session, record_property
     record_property("regions_paired_verdict", record["verdict"])
     if record["verdict"] == "not applicable":
         pytest.skip(record["reason"])
-    _decide(record["verdict"], record["reason"], audit_session.settings.strict, paired=True)
+    decide(record["verdict"], record["reason"], audit_session.settings.strict, paired=True)
 
 
 def test_probe(audit_probe, audit_session, record_property):
@@ -52,9 +43,9 @@ def test_probe(audit_probe, audit_session, record_property):
     if paired is not None:
         record_property("probe_paired_verdict", paired["verdict"])
         if paired["verdict"] in ("fail", "inconclusive"):
-            _decide(paired["verdict"], paired["reason"], audit_session.settings.strict, paired=True)
+            decide(paired["verdict"], paired["reason"], audit_session.settings.strict, paired=True)
     if record["verdict"] != "not gated":
-        _decide(record["verdict"], record["reason"], audit_session.settings.strict)
+        decide(record["verdict"], record["reason"], audit_session.settings.strict)
     if paired is None and record["verdict"] == "not gated":
         pytest.skip(f"measured, not gated (no baseline, no absolute limit): largest attraction "
                     f"{attraction['max']:.3f}, flip rate {attraction['flip_rate']:.1%}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from html.parser import HTMLParser
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm imports huggingface_hub, which reads it once
 
@@ -135,3 +136,18 @@ def imagenet_photos() -> list[Path]:
     photos = sorted(require_shared(IMAGENET_DIR).glob("*.JPEG"))
     assert len(photos) == 41, f"expected the 41 shared ImageNet photos, found {len(photos)}"
     return photos
+
+
+class HtmlTags(HTMLParser):
+    """An HTML page's start tags with their attributes, in document order (the report tests read pages with it)."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, {k: v or "" for k, v in attrs}))
+
+    def find(self, tag: str, cls: str | None = None) -> list[dict[str, str]]:
+        return [a for t, a in self.tags if t == tag and (cls is None or cls in a.get("class", "").split())]

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from reports import charts, overall_verdict, render_report
 from reports.pictures import removal_order, removal_strip
 from reports.render import _fit_images, plans_for
 
-from conftest import make_tiny
+from conftest import HtmlTags, make_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("VIT_AUDIT_ARTIFACTS", ROOT / "test-artifacts"))
@@ -146,21 +145,6 @@ def _browse(page: Path, work: Path, *action: str) -> subprocess.CompletedProcess
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
-class _Dom(HTMLParser):
-    """Start tags with their attributes, in document order."""
-
-    def __init__(self, text: str):
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str]]] = []
-        self.feed(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, {k: v or "" for k, v in attrs}))
-
-    def find(self, tag: str, cls: str | None = None) -> list[dict[str, str]]:
-        return [a for t, a in self.tags if t == tag and (cls is None or cls in a.get("class", "").split())]
-
-
 def _page_console_lines(stderr: str) -> list[str]:
     """Lines Chromium logs for the page's console (errors, warnings, logs)."""
     return [line for line in stderr.splitlines() if ":CONSOLE" in line or "CONSOLE(" in line]
@@ -189,7 +173,7 @@ def test_report_opens_offline_in_chromium_with_every_picture_decoded_and_no_cons
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert _page_console_lines(shown.stderr) == []
     assert _page_requests(tmp_path / "dom" / "netlog.json") == []
-    dom = _Dom(shown.stdout)
+    dom = HtmlTags(shown.stdout)
     assert len(dom.find("tr", "gate")) == len(results["gates"]) == 1
     sections = dom.find("section", "image")
     assert len(sections) == len(results["runs"]) == 7
@@ -389,8 +373,8 @@ def test_size_limit_shrinks_then_leaves_figures_out_and_says_what(audit_run, tmp
     assert tight.stat().st_size <= 0.12e6 < roomy.stat().st_size
     html = tight.read_text()
     assert "To keep this file under 0.12 MB" in html and "Left out to stay under the size limit:" in html
-    assert len(_Dom(html).find("section", "image")) == len(results["runs"])  # every image keeps its section
-    sizes = {int(a["width"]) for a in _Dom(roomy.read_text()).find("img") if a.get("alt", "").endswith("@encoder")}
+    assert len(HtmlTags(html).find("section", "image")) == len(results["runs"])  # every image keeps its section
+    sizes = {int(a["width"]) for a in HtmlTags(roomy.read_text()).find("img") if a.get("alt", "").endswith("@encoder")}
     assert sizes == {64}  # map cells at the default thumbnail size
 
 
@@ -399,7 +383,7 @@ def test_pictures_smaller_than_their_box_are_shown_enlarged_not_redrawn(audit_ru
     html = render_report(results, tmp_path / "big.html", thumbnail=200, max_mb=50).read_text()
     assert "img.enlarged { image-rendering: pixelated; }" in html
     drawn = {}
-    for attrs in _Dom(html).find("img"):
+    for attrs in HtmlTags(html).find("img"):
         drawn[attrs["alt"]] = (_assert_shown_as_drawn(attrs).size, (int(attrs["width"]), int(attrs["height"])))
     # The model input is 160 px: its map cells are drawn at 160 px and shown at 200, never redrawn larger.
     cells = {size for alt, size in drawn.items() if alt.endswith("@encoder")}
@@ -410,7 +394,7 @@ def test_pictures_smaller_than_their_box_are_shown_enlarged_not_redrawn(audit_ru
     assert "shown at 200 px (enlarged without smoothing" in html
     # At the default size nothing is enlarged but the stored restorations, which the run keeps at 64 px at most.
     default = render_report(results, tmp_path / "default.html").read_text()
-    enlarged = {a["alt"] for a in _Dom(default).find("img") if "enlarged" in a.get("class", "")}
+    enlarged = {a["alt"] for a in HtmlTags(default).find("img") if "enlarged" in a.get("class", "")}
     assert all(" restoration at " in alt for alt in enlarged)
 
 
@@ -553,7 +537,7 @@ def test_python_m_reports_renders_a_results_file_again(audit_run, tmp_path):
                           "48"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.startswith(f"report: {tmp_path / 'again.html'} ("), run.stderr
     html = (tmp_path / "again.html").read_text()
-    assert "Thumbnails 48 px asked." in html and len(_Dom(html).find("section", "image")) == 7
+    assert "Thumbnails 48 px asked." in html and len(HtmlTags(html).find("section", "image")) == 7
     (tmp_path / "other.json").write_text('{"not": "results"}')
     for args, message in (([str(tmp_path / "other.json")], "is not a vit-audit results file"),
                           ([str(tmp_path / "missing.json")], "is not a readable results file"),
@@ -643,7 +627,7 @@ def test_a_failed_comparison_fails_the_report_and_its_section_shows_the_table_sc
     assert '<a href="#comparison">Comparison with the baseline</a>' in html
     assert html.index('<section id="gates">') < html.index('<section id="comparison">') < html.index('id="checks"')
     section = _section(html)
-    dom = _Dom(section)
+    dom = HtmlTags(section)
     # The baseline's facts and one verdict row.
     for fact in ("test_vit_released", "/ci/released/test_vit.safetensors", "sha256 " + "cd" * 32,
                  "/ci/released/results.json", "sha256 " + "ab" * 32, "2 steps, pixel unit, fill 0.500 = 128/255",
@@ -814,6 +798,6 @@ def test_the_comparison_section_opens_offline_in_chromium_with_every_picture_dec
     assert probed.returncode == 0 and _page_console_lines(probed.stderr) == [], probed.stderr[-2000:]
     assert _page_requests(tmp_path / "probe" / "netlog.json") == []
     verdict = json.loads(re.search(r'data-probe="([^"]*)"', probed.stdout).group(1).replace("&quot;", '"'))
-    section = _Dom(_section(probed.stdout))
+    section = HtmlTags(_section(probed.stdout))
     assert len(section.find("img")) == 5 and verdict["broken"] == []
     assert len(section.find("figure", "drop")) == 3 and len(section.find("circle")) >= 6

@@ -9,7 +9,6 @@ import base64
 import copy
 import io
 import re
-from html.parser import HTMLParser
 from typing import Any
 
 import numpy as np
@@ -25,26 +24,13 @@ from reports import overall_verdict, render_report
 from reports.pictures import heat_map, region_overlay
 from reports.plans import describe_reasons_cuts, reasons_plans
 
+from conftest import HtmlTags
+
 MODEL = "vit_t"
 KEY = "grad@0"
 PROBE = "square:white:8@top-left"
 CLASSES = {0: "tabby", 1: "shirt", 2: "tench"}
 GRID = 4  # a 4x4 token grid over a 32x32 input (patch 8)
-
-
-class _Dom(HTMLParser):
-    """Start tags with their attributes, in document order."""
-
-    def __init__(self, text: str):
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str]]] = []
-        self.feed(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, {k: v or "" for k, v in attrs}))
-
-    def find(self, tag: str, cls: str | None = None) -> list[dict[str, str]]:
-        return [a for t, a in self.tags if t == tag and (cls is None or cls in a.get("class", "").split())]
 
 
 def _picture(rng: np.random.Generator, stamp: bool = False) -> tuple[torch.Tensor, str]:
@@ -218,7 +204,7 @@ def test_the_section_follows_the_comparison_and_shows_the_regions_gate_and_the_i
     assert page.index('id="comparison"') < page.index('<section id="reasons">') < page.index('id="checks"')
     assert '<a href="#reasons">Right for the right reasons</a>' in page
     section = _section(page)
-    dom = _Dom(section)
+    dom = HtmlTags(section)
     (row,) = dom.find("tr", "regions-gate")
     assert row["data-verdict"] == "pass"
     cells = re.findall(r"<td[^>]*>(.*?)</td>", section.split('<tr class="regions-gate ')[1].split("</tr>")[0], re.S)
@@ -247,7 +233,7 @@ def test_the_section_follows_the_comparison_and_shows_the_regions_gate_and_the_i
 
 def test_clean_and_stamped_strips_show_both_pictures_their_maps_and_the_probe_table(page):
     section = _section(page)
-    dom = _Dom(section)
+    dom = HtmlTags(section)
     (row,) = dom.find("tr", "probe")
     assert row["data-probe"] == PROBE and row["data-verdict"] == "not gated"
     line = _text(section.split('<tr class="probe ')[1].split("</tr>")[0])
@@ -296,7 +282,7 @@ def test_spray_shows_each_class_its_clusters_their_where_and_exemplars(page):
     assert tabby[0].startswith("tabby (0) 24 maps, 2 clusters 1 12 ")
     wheres = sorted(re.findall(r'<td class="where">([^<]*)</td>', table)[:2])
     assert wheres[0].startswith("centre (") and wheres[1].startswith("top-left corner (")
-    dom = _Dom(table)
+    dom = HtmlTags(table)
     exemplars = [a for a in dom.find("img") if a["alt"].startswith("exemplar ")]
     assert len(exemplars) == 4 + 4 + 2  # up to 4 per cluster: 12, 12 and the 2 shirts
     assert len([a for a in dom.find("img") if a["alt"].startswith("mean map ")]) == 3
@@ -361,7 +347,7 @@ def test_the_section_takes_its_share_of_the_size_limit_and_drops_its_pictures_to
     assert len(section) < len(_section(roomy)) / 2
     (cuts,) = re.findall(r'<li><a href="#reasons">Right for the right reasons</a>: ([^<]*)</li>', html)
     assert cuts in section
-    assert len(_Dom(section).find("tr", "spray-cluster")) == 3  # the tables stay
+    assert len(HtmlTags(section).find("tr", "spray-cluster")) == 3  # the tables stay
     assert 'class="regions-gate verdict-row-pass"' in section and "worst: shirt (1)" in section
     assert tight.stat().st_size <= 0.35e6
     # The plans step down to tables only, and say so.
@@ -395,7 +381,7 @@ def test_the_records_the_audit_makes_render(tmp_path):
     results.update(regions=[record], probes=[probe], classes=[classes])
     html = render_report(results, tmp_path / "r.html").read_text()
     section = _section(html)
-    dom = _Dom(section)
+    dom = HtmlTags(section)
     assert len(dom.find("tr", "regions-gate")) == 1 and len(dom.find("tr", "probe")) == 1
     assert len(dom.find("figure", "region")) == 6 and len(dom.find("figure", "probe-strip")) == 4
     assert len(dom.find("tr", "class-row")) == 2 and "verdict-row-fail" in section  # the stamp's mass over 0.5
