@@ -46,6 +46,8 @@ class GateLimits:
     max_morf_auc: float | None = None
     min_lerf_auc: float | None = None
     min_abpc: float | None = None
+    min_object_mass: float | None = None  # with --regions: the mean relevance mass on the objects (audit.reasons)
+    max_artefact_mass: float | None = None  # with --regions: the mean relevance mass on the artefacts
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, float], where: str) -> GateLimits:

@@ -73,7 +73,7 @@ def _metric(run: dict[str, Any], key: str, role: str, name: str) -> float | None
 
 
 def region_gate(runs: list[dict[str, Any]], key: str, *, min_images: int, threshold: float | None = 0.0,
-                seed: int = 0, n_boot: int = N_BOOTSTRAP) -> dict[str, Any]:
+                limits: Any = None, seed: int = 0, n_boot: int = N_BOOTSTRAP) -> dict[str, Any]:
     """The absolute regions gate of one map: mean relevance mass on the objects above chance.
 
     Args:
@@ -81,6 +81,8 @@ def region_gate(runs: list[dict[str, Any]], key: str, *, min_images: int, thresh
         key: the gated map, ``method@stage``.
         min_images: fewer images with objects make it inconclusive.
         threshold: the bound on mean(mass - area) (0: above chance); None measures without gating.
+        limits: the map's :class:`audit.gates.GateLimits`, whose ``min_object_mass`` and ``max_artefact_mass`` are
+            decided on the CIs of the mean masses (broken: fail; across: inconclusive).
     """
     values, means, missing = [], {}, 0
     for run in runs:
@@ -108,11 +110,38 @@ def region_gate(runs: list[dict[str, Any]], key: str, *, min_images: int, thresh
                   f" (at least {min_images} images are needed)" if n < min_images else "")}[verdict]
     if threshold is None:
         verdict, reason = "not gated", f"{what} (measured, not gated: set region-threshold, e.g. 0, to gate it)"
+    broken, undecided = _region_limits(runs, key, limits, min_images, seed, n_boot)
+    if broken:
+        verdict, reason = "fail", f"{reason}; limit broken: {'; '.join(broken)}"
+    elif undecided:
+        verdict = "inconclusive" if verdict in ("pass", "not gated") else verdict
+        reason += f"; limit not decided: {'; '.join(undecided)}"
     if missing:
         reason += f"; not applicable on {missing} image(s) (no object region, or a map with no positive value)"
     return {"kind": "regions", "map": key, "n_images": n, "statistic": excess, "ci95": [low, high], "means": means,
             "threshold": threshold, "verdict": verdict, "reason": reason, "not_applicable": missing,
             "rule": f"mass - area per image; pass if the 95% CI of the mean is above the threshold; {CI_RULE}"}
+
+
+def _region_limits(runs: list[dict[str, Any]], key: str, limits: Any, min_images: int, seed: int,
+                   n_boot: int) -> tuple[list[str], list[str]]:
+    """The policy's per-map limits on the mean object and artefact mass: broken (the CI wholly on the wrong side)
+    and undecided (the CI across the limit, or too few images)."""
+    broken, undecided = [], []
+    checks = (("object", getattr(limits, "min_object_mass", None), "min_object_mass", True),
+              ("artefact", getattr(limits, "max_artefact_mass", None), "max_artefact_mass", False))
+    for role, limit, name, is_min in checks:
+        if limit is None:
+            continue
+        values = [v for v in (_metric(run, key, role, "mass") for run in runs) if v is not None]
+        low, high = bootstrap_ci(values, seed=seed, n_boot=n_boot) if values else (math.nan, math.nan)
+        text = (f"mean {role} mass {np.mean(values) if values else math.nan:.3f} [95% CI {low:.3f}, {high:.3f}] "
+                f"over {len(values)} images")
+        if len(values) >= min_images and ((high < limit) if is_min else (low > limit)):
+            broken.append(f"{text} {'<' if is_min else '>'} {name} {limit:g}")
+        elif len(values) < min_images or ((low < limit) if is_min else (high > limit)):
+            undecided.append(f"{text} against {name} {limit:g}")
+    return broken, undecided
 
 
 def _baseline_mass(theirs: dict[str, Any], mine: dict[str, Any], key: str, base_key: str, role: str) -> float | None:

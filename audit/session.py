@@ -303,7 +303,7 @@ class AuditSession:
     def _compute_region_gate(self, model_id: str, method: str, stage: str) -> dict[str, Any]:
         s, key = self.settings, f"{method}@{stage}"
         record = region_gate(self.runs_of(model_id), key, min_images=s.min_images, threshold=s.region_threshold,
-                             seed=s.seed)
+                             limits=s.limits.get(key), seed=s.seed)
         record.update(model_id=model_id, method=method, stage=stage)
         if self.baseline is not None:
             written = dict(zip(self.gates[model_id], s.gated()))[(method, stage)]

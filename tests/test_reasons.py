@@ -189,3 +189,22 @@ def test_class_table_rows():
     assert rows[0]["top1_agreement"] == 1.0 and rows[1]["top1_agreement"] == 0.0
     assert rows[0]["d"] == pytest.approx(2.0) and rows[1]["d"] == pytest.approx(3.0)
     assert rows[0]["drift"] == pytest.approx(0.0) and rows[0]["n"] == 3
+
+
+def test_per_map_region_limits_are_decided_on_their_cis():
+    from audit.gates import GateLimits
+
+    rng = np.random.default_rng(7)
+    artefact = np.zeros((4, 4))
+    artefact[0, 0] = 1.0
+    runs = [_run(f"i{i}", _map(rng, 0.3), artefact) for i in range(25)]
+    mass = region_gate(runs, "grad@0", min_images=20, threshold=None, n_boot=N_BOOT)["means"]["mass"]
+    broken = region_gate(runs, "grad@0", min_images=20, threshold=None, n_boot=N_BOOT,
+                         limits=GateLimits(min_object_mass=min(0.99, mass + 0.2)))
+    assert broken["verdict"] == "fail" and "min_object_mass" in broken["reason"]
+    met = region_gate(runs, "grad@0", min_images=20, threshold=None, n_boot=N_BOOT,
+                      limits=GateLimits(min_object_mass=mass - 0.2, max_artefact_mass=0.5))
+    assert met["verdict"] == "not gated" and "limit" not in met["reason"]
+    across = region_gate(runs, "grad@0", min_images=20, threshold=None, n_boot=N_BOOT,
+                         limits=GateLimits(min_object_mass=mass))
+    assert across["verdict"] == "inconclusive" and "limit not decided" in across["reason"]

@@ -237,7 +237,7 @@ WRONG_SHAPES = [
     ("limits = 5\n", "limits: expected a table of method@stage = {...}, got 5"),
     ('limits = ["cam@encoder"]\n', "limits: expected a table of method@stage = {...}, got ['cam@encoder']"),
     ('limits."cam@encoder" = 5\n', "limits.cam@encoder: expected a table of max_morf_auc, min_lerf_auc, min_abpc, "
-                                   "got 5"),
+                                   "min_object_mass, max_artefact_mass, got 5"),
     ('limits."cam@encoder".max_morf_auc = "x"\n', "limits.cam@encoder.max_morf_auc: expected a finite number, "
                                                   "got 'x'"),
     ('limits."cam@encoder".max_morf_auc = {a = 1}\n', "limits.cam@encoder.max_morf_auc: expected a finite number, "
