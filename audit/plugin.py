@@ -254,6 +254,24 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return None
 
 
+#: Checks parametrised by what a run may not have (a probe, regions with a baseline): with none, they are left out
+#: of the run (deselected), not reported as skipped.
+OPTIONAL_PARAMETERS = ("audit_probe", "audit_region_pair")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    if config.stash.get(SESSION, None) is None:
+        return
+    def unset(item) -> bool:  # pytest's item for an empty parameter set holds NOTSET as the parameter
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        return any(name in params and type(params[name]).__name__ == "NotSetType" for name in OPTIONAL_PARAMETERS)
+
+    empty = [item for item in items if unset(item)]
+    if empty:
+        config.hook.pytest_deselected(items=empty)
+        items[:] = [item for item in items if item not in empty]
+
+
 @pytest.fixture(scope="session")
 def audit_session(request: pytest.FixtureRequest):
     """The run's :class:`audit.session.AuditSession`."""
