@@ -11,7 +11,9 @@ import pytest
 
 def decide(verdict: str, reason: str, strict: bool, paired: bool = False) -> None:
     """Fail on ``fail``; on ``inconclusive`` fail when ``paired`` (a comparison with a baseline) or ``strict``, else
-    skip; return on anything else (``pass``)."""
+    skip; skip a measurement that is ``not gated`` or ``not applicable``, with its reason; return on ``pass``."""
+    if verdict in ("not gated", "not applicable"):
+        pytest.skip(reason)
     if verdict == "fail":
         pytest.fail(reason, pytrace=False)
     if verdict == "inconclusive":
