@@ -43,7 +43,7 @@ FALLBACK_MARGIN = 0.05
 #: (relevance mass on the objects may drop, on artefacts rise, by at most this) and probes (the largest attraction
 #: of a class to the stamp, and a map's mass on the stamp, may rise by at most these), and the top-1 agreement with
 #: the baseline below which a class has collapsed.
-DEFAULT_REGION_MARGIN = 0.05
+DEFAULT_REGION_MARGIN = 0.10
 DEFAULT_ATTRACTION_MARGIN = 0.05
 DEFAULT_STAMP_MARGIN = 0.05
 DEFAULT_MIN_CLASS_AGREEMENT = 0.5
