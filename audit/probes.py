@@ -40,8 +40,8 @@ from .localisation import mass_in
 from .maps import compute_maps
 from .models import LoadedModel
 
-__all__ = ["PLACES", "Probe", "ProbeError", "attraction", "parse_probe", "place", "probe_image", "stamp",
-           "stamp_region", "stamped_picture"]
+__all__ = ["PLACES", "Probe", "ProbeError", "attraction", "attraction_values", "parse_probe", "place", "probe_image",
+           "stamp", "stamp_region", "stamped_picture"]
 
 PLACES = ("top-left", "top-right", "bottom-left", "bottom-right", "center", "random")
 DEFAULT_PLACE = "top-left"
@@ -311,24 +311,29 @@ def probe_image(loaded: LoadedModel, prepared: PreparedImage, probe: Probe, keys
     }
 
 
+def attraction_values(clean: np.ndarray, stamped: np.ndarray, num_classes: int) -> np.ndarray:
+    """A_k for every class k (nan where every image's clean top-1 is k): the share of the images whose clean top-1
+    is not k that the stamp moves to k. ``clean`` and ``stamped`` are int arrays of top-1 classes."""
+    eligible = len(clean) - np.bincount(clean, minlength=num_classes)
+    moved = np.bincount(stamped[(stamped != clean)], minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(eligible > 0, moved / np.maximum(eligible, 1), np.nan)
+
+
 def attraction(clean: list[int], stamped: list[int], num_classes: int) -> dict[str, Any]:
     """A_k = P(top-1 = k | stamped) - P(top-1 = k | clean) over the images whose clean top-1 is not k, for every
-    class k, and the flip rate (the share of images whose top-1 the stamp changed).
+    class k (:func:`attraction_values`), and the flip rate (the share of images whose top-1 the stamp changed).
 
     Returns:
         ``{"A": [A_k ...], "eligible": [images whose clean top-1 is not k ...], "max": max_k A_k, "argmax": k,
         "flip_rate": ..., "n": images}``; A_k is None for a class every image predicts.
     """
     clean_a, stamped_a = np.asarray(clean, dtype=np.int64), np.asarray(stamped, dtype=np.int64)
-    values, eligible = [], []
-    for k in range(num_classes):
-        other = clean_a != k
-        count = int(other.sum())
-        eligible.append(count)
-        values.append(float((stamped_a[other] == k).mean()) if count else None)
-    known = [(v, k) for k, v in enumerate(values) if v is not None]
-    best = max((v for v, _ in known), default=float("nan"))
-    argmax = next((k for v, k in known if v == best), None)  # the first class of the largest, as numpy's argmax
+    values = attraction_values(clean_a, stamped_a, num_classes)
+    known = np.isfinite(values)
     n = len(clean_a)
-    return {"A": values, "eligible": eligible, "max": best, "argmax": argmax,
+    return {"A": [float(v) if ok else None for v, ok in zip(values, known)],
+            "eligible": (n - np.bincount(clean_a, minlength=num_classes)).tolist(),
+            "max": float(np.nanmax(values)) if known.any() else float("nan"),
+            "argmax": int(np.nanargmax(values)) if known.any() else None,  # the first class of the largest
             "flip_rate": float((clean_a != stamped_a).mean()) if n else float("nan"), "n": n}

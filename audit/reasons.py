@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from .localisation import localisation
+from .probes import attraction_values
 from .stats import CI_RULE, N_BOOTSTRAP, bootstrap_ci, resampled_statistic_ci
 
-__all__ = ["attraction_values", "compare_probe", "compare_regions", "probe_limits", "region_gate",
+__all__ = ["compare_probe", "compare_regions", "probe_limits", "region_gate",
            "record_localisation", "worst_verdict"]
 
 ORDER = {"fail": 0, "inconclusive": 1, "pass": 2, "not applicable": 3, "not gated": 4}
@@ -219,15 +220,6 @@ def compare_regions(candidate_runs: list[dict[str, Any]], digests: dict[str, str
             "rule": (f"per paired image, the candidate's relevance mass minus the baseline's; objects: pass if the "
                      f"95% CI of the mean is above -margin; artefacts: pass if below +margin; otherwise "
                      f"inconclusive, which fails; {CI_RULE}")}
-
-
-def attraction_values(clean: np.ndarray, stamped: np.ndarray, num_classes: int) -> np.ndarray:
-    """A_k for every class k (nan where every image's clean top-1 is k): the share of the images whose clean top-1
-    is not k that the stamp moves to k."""
-    eligible = len(clean) - np.bincount(clean, minlength=num_classes)
-    moved = np.bincount(stamped[(stamped != clean)], minlength=num_classes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(eligible > 0, moved / np.maximum(eligible, 1), np.nan)
 
 
 def _max_attraction(clean: np.ndarray, stamped: np.ndarray, num_classes: int) -> float:

@@ -36,7 +36,7 @@ from .models import LoadedModel
 from .plan import ModelPlan, map_keys, plan_lines, plan_model
 from .policy import margin_for
 from .precision import resolve_amp
-from .probes import parse_probe, place, probe_image
+from .probes import attraction, parse_probe, place, probe_image
 from .reasons import compare_probe, compare_regions, probe_limits, record_localisation, region_gate
 from .records import MADE_HOW, Item, RecordMaker
 from .regions import ImageRegionsError, load_regions, token_regions
@@ -331,8 +331,6 @@ class AuditSession:
         record.update(model_id=model_id, model=loaded.name)
         entries = [(run.get("probes") or {}).get(spec) for run in runs if not run.get("error")]
         entries = [e for e in entries if e is not None]
-        from .probes import attraction
-
         record["attraction"] = attraction([e["clean_class"] for e in entries], [e["stamped_class"] for e in entries],
                                           loaded.num_classes)
         record["mean_mass"] = {key: (sum(v) / len(v) if v else None) for key in keys

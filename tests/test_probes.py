@@ -8,8 +8,16 @@ import torch
 from PIL import Image
 
 from audit import load_model, prepare_image
-from audit.probes import ProbeError, attraction, parse_probe, place, probe_image, stamp, stamp_region
-from audit.reasons import attraction_values
+from audit.probes import (
+    ProbeError,
+    attraction,
+    attraction_values,
+    parse_probe,
+    place,
+    probe_image,
+    stamp,
+    stamp_region,
+)
 from audit.zoo import EMBEDDED_MODEL, embedded_checkpoint, embedded_images
 
 
