@@ -46,7 +46,7 @@ from .policy import Margin, parse_margin
 from .stats import CI_RULE, bootstrap_ci, detectable_difference, images_needed, one_sided_p, paired_difference, spearman
 
 __all__ = ["Baseline", "baseline_stage", "check_measured", "check_paired", "check_recipe", "compare_map",
-           "load_baseline", "map_agreement", "maps_for_class", "planning_power"]
+           "load_baseline", "map_agreement", "maps_for_class", "paired_runs", "planning_power"]
 
 SCHEMAS = ("vit-audit/1",)
 LARGEST_LISTED = 3
@@ -305,6 +305,24 @@ def map_agreement(baseline_grid: list | None, candidate_grid: list | None, input
     return spearman(one, other)
 
 
+def paired_runs(candidate_runs: list[dict[str, Any]], digests: dict[str, str | None],
+                baseline_runs: dict[str, dict[str, Any]]) -> tuple[list[tuple[dict, dict]], dict[str, str]]:
+    """(candidate run, baseline run) of every image both models audited, matched by the sha256 of its bytes, and
+    image -> why the others are not paired ("not in the baseline", "could not be audited (candidate)")."""
+    pairs, unpaired = [], {}
+    for run in candidate_runs:
+        image = run.get("image_id")
+        digest = digests.get(image)
+        other = baseline_runs.get(digest) if digest else None
+        if other is None:
+            unpaired[image] = "not in the baseline"
+        elif run.get("error") or other.get("error"):
+            unpaired[image] = f"could not be audited ({'candidate' if run.get('error') else 'baseline'})"
+        else:
+            pairs.append((run, other))
+    return pairs, unpaired
+
+
 def _verdict(low: float, high: float, bound: float, n: int, min_images: int) -> str:
     if n < min_images or not (math.isfinite(low) and math.isfinite(high)):
         return "inconclusive"
@@ -340,17 +358,11 @@ def compare_map(
     key = f"{method}@{stage}"
     base_key = f"{method}@{base_stage}"
     rule = parse_margin(margin)
-    pairs, unpaired, grids, flat = [], {}, {}, []
-    for run in candidate_runs:
+    both, unpaired = paired_runs(candidate_runs, image_digests, baseline.runs)
+    pairs, grids, flat = [], {}, []
+    for run, other in both:
         image = run.get("image_id")
         digest = image_digests.get(image)
-        other = baseline.runs.get(digest) if digest else None
-        if other is None:
-            unpaired[image] = "not in the baseline"
-            continue
-        if run.get("error") or other.get("error"):
-            unpaired[image] = f"could not be audited ({'candidate' if run.get('error') else 'baseline'})"
-            continue
         mine, theirs = (run.get("maps") or {}).get(key) or {}, (other.get("maps") or {}).get(base_key) or {}
         if mine.get("morf_auc") is None or theirs.get("morf_auc") is None:
             unpaired[image] = "map not ranked (degenerate) in " + ("the candidate" if mine.get("morf_auc") is None

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .compare import paired_runs
 from .localisation import localisation
 from .probes import attraction_values
 from .stats import CI_RULE, N_BOOTSTRAP, bootstrap_ci, resampled_statistic_ci
@@ -160,27 +161,11 @@ def _baseline_mass(theirs: dict[str, Any], mine: dict[str, Any], key: str, base_
     return value if value is not None and math.isfinite(value) else None
 
 
-def _pairs(candidate_runs: list[dict[str, Any]], digests: dict[str, str | None],
-           baseline_runs: dict[str, dict[str, Any]]) -> tuple[list[tuple[dict, dict]], dict[str, str]]:
-    pairs, unpaired = [], {}
-    for run in candidate_runs:
-        image = run.get("image_id")
-        digest = digests.get(image)
-        other = baseline_runs.get(digest) if digest else None
-        if other is None:
-            unpaired[image] = "not in the baseline"
-        elif run.get("error") or other.get("error"):
-            unpaired[image] = f"could not be audited ({'candidate' if run.get('error') else 'baseline'})"
-        else:
-            pairs.append((run, other))
-    return pairs, unpaired
-
-
 def compare_regions(candidate_runs: list[dict[str, Any]], digests: dict[str, str | None],
                     baseline_runs: dict[str, dict[str, Any]], key: str, base_key: str, *, margin: float,
                     min_images: int, seed: int = 0, n_boot: int = N_BOOTSTRAP) -> dict[str, Any]:
     """The paired regions gate of one map: object mass non-inferior at -margin, artefact mass at most +margin."""
-    pairs, unpaired = _pairs(candidate_runs, digests, baseline_runs)
+    pairs, unpaired = paired_runs(candidate_runs, digests, baseline_runs)
     parts = {}
     for role, above in (("object", True), ("artefact", False)):
         d, images = [], []
@@ -248,7 +233,7 @@ def compare_probe(candidate_runs: list[dict[str, Any]], digests: dict[str, str |
     Args:
         keys: (candidate map, baseline map) keys of the gated maps whose mass on the stamp is compared.
     """
-    pairs, unpaired = _pairs(candidate_runs, digests, baseline_runs)
+    pairs, unpaired = paired_runs(candidate_runs, digests, baseline_runs)
     kept = []
     for mine, theirs in pairs:
         one, other = (mine.get("probes") or {}).get(spec), (theirs.get("probes") or {}).get(spec)

@@ -25,6 +25,7 @@ from .compare import (
     compare_map,
     load_baseline,
     maps_for_class,
+    paired_runs,
     planning_power,
 )
 from .errors import AuditError
@@ -350,13 +351,9 @@ class AuditSession:
 
     def _compute_classes(self, model_id: str) -> dict[str, Any]:
         digests = {entry.id: entry.sha256 for entry in self.image_set.entries}
-        pairs = []
-        for run in self.runs_of(model_id):
-            digest = digests.get(run.get("image_id"))
-            other = self.baseline.runs.get(digest) if digest else None
-            if other is None or run.get("error") or other.get("error") or other.get("class") is None:
-                continue
-            pairs.append((int(other["class"]), other.get("class_name"), int(run["class"])))
+        both, _ = paired_runs(self.runs_of(model_id), digests, self.baseline.runs)
+        pairs = [(int(other["class"]), other.get("class_name"), int(run["class"])) for run, other in both
+                 if other.get("class") is not None]
         record = class_agreement(pairs, self.settings.min_class_agreement)
         record.update(model_id=model_id, model=self.models[model_id].name)
         return record
