@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from .config.policy import policy_lines
+from .config.settings import LIST_OPTIONS, OPTIONS, resolve_settings, run_inputs
 from .errors import AuditError, ExecutorError
-from .maps import BASELINES
-from .outputs import check_outputs, write_outputs, write_stopped_run
-from .policy import policy_lines
-from .progress import Progress, RecordWatcher, make_records
-from .settings import LIST_OPTIONS, OPTIONS, resolve_settings, run_inputs
+from .maps.paper import BASELINES
+from .run.outputs import check_outputs, write_outputs, write_stopped_run
+from .run.progress import Progress, RecordWatcher, make_records
 
 SESSION = pytest.StashKey["AuditSession"]()
 STATE = pytest.StashKey["_State"]()
@@ -131,7 +131,7 @@ def pytest_configure(config: pytest.Config) -> None:
             torch.set_num_threads(max(1, torch.get_num_threads() // int(workerinput.get("workercount", 1))))
         else:
             workdir, owns = tempfile.mkdtemp(prefix="vit-audit-"), True
-        from .session import AuditSession
+        from .run.session import AuditSession
 
         session = AuditSession(settings, workdir, embedded=embedded)
         if workerinput is None and not collect_only:
@@ -274,7 +274,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 @pytest.fixture(scope="session")
 def audit_session(request: pytest.FixtureRequest):
-    """The run's :class:`audit.session.AuditSession`."""
+    """The run's :class:`audit.run.session.AuditSession`."""
     return request.config.stash[SESSION]
 
 

@@ -15,7 +15,8 @@ The speed-up is that of the whole ``audit_image`` call, so the perturbation alon
 Prints, for every measured map (method@stage), the largest |delta| over the images of its MoRF AUC, LeRF AUC and
 ABPC and the 99th percentile of |delta AUC| (MoRF and LeRF pooled), the same over all maps, the total seconds of
 each run and their ratio; and for every gated map (``--gate``) the mean ABPC with its 95% bootstrap CI and the gate
-verdict of each run, decided by :func:`audit.gates.evaluate_gate` as the audit decides it, and whether it flips.
+verdict of each run, decided by :func:`audit.verdicts.gates.evaluate_gate` as the audit decides it, and whether it
+flips.
 ``--amp float32`` runs float32 twice (a control: every delta must be 0). ``--out`` writes the per-image AUCs and the
 report as JSON, also every 10 images; ``--markdown`` prints the gated maps and the overall bound as a table.
 """
@@ -36,10 +37,10 @@ import torch
 
 from audit import PerturbationConfig, find_images, load_model
 from audit.errors import AuditError
-from audit.gates import MIN_IMAGES, evaluate_gate, gate_inputs
-from audit.perturb import Curves
-from audit.pipeline import ImageAudit, audit_image
-from audit.restore import PatchInverse
+from audit.measure.curves import Curves
+from audit.measure.image_audit import ImageAudit, audit_image
+from audit.model.restore import PatchInverse
+from audit.verdicts.gates import MIN_IMAGES, evaluate_gate, gate_inputs
 
 DEFAULT_MODEL = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 DEFAULT_METHODS = "cam,cam_hidden,grad,grad_cls,chefer,random,center"
@@ -193,7 +194,7 @@ def _runs(audits: list[tuple[str, ImageAudit]]) -> list[dict[str, Any]]:
 
 def gate_records(model: str, audits: list[tuple[str, ImageAudit]], gates: list[str], threshold: float, seed: int,
                  min_images: int) -> dict[str, dict[str, Any]]:
-    """The gate record of every gated map over one run's audits (:func:`audit.gates.gate_inputs`, as the audit
+    """The gate record of every gated map over one run's audits (:func:`audit.verdicts.gates.gate_inputs`, as the audit
     reads its records), with the random map of its stage beside it."""
     records, runs = {}, _runs(audits)
     for gate in gates:

@@ -5,7 +5,8 @@ Example (about a minute on two cores)::
     python benchmarks/bench_coverage.py --replications 10000 --n-boot 2000
 
 Draws ``--replications`` image sets of n values from each distribution, bootstraps every set with the audit's own
-code (:func:`audit.stats.coverage_misses`: the seeded resamples of :func:`audit.stats.bootstrap_ci`), and prints a
+code (:func:`audit.measure.stats.coverage_misses`: the seeded resamples of :func:`audit.measure.stats.bootstrap_ci`),
+and prints a
 Markdown table of each method's per-side miss rate: "low" is the share of sets whose lower bound lies above the true
 mean (for a gate on the mean, a false pass), "high" the share whose upper bound lies below it (a false fail). Each
 should be 2.5%; the Monte-Carlo standard error of a rate near 2.5% is 0.16 points at 10,000 replications.
@@ -26,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from audit.stats import CI_LEVEL, coverage_misses
+from audit.measure.stats import CI_LEVEL, coverage_misses
 
 Draw = Callable[[np.random.Generator, tuple[int, int]], np.ndarray]
 
@@ -55,7 +56,7 @@ def miss_rates(
         replications: sets drawn.
         n_boot: bootstrap resamples of each set.
         seed: seeds the draws (with the distribution and n) and the bootstrap, as an audit's ``--seed`` does.
-        methods: names from :data:`audit.stats.CI_METHODS`, measured on the same resamples.
+        methods: names from :data:`audit.measure.stats.CI_METHODS`, measured on the same resamples.
 
     Returns:
         method -> (low, high): the shares of sets whose lower bound is above the true mean, and whose upper bound

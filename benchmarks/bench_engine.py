@@ -22,7 +22,7 @@ import skimage.data
 import torch
 
 from audit import PerturbationConfig, capture, compute_maps, faithfulness_curves, load_model, normalize, prepare_image
-from audit.perturb import removal_counts
+from audit.measure.curves import removal_counts
 
 
 def _cpu_name() -> str:

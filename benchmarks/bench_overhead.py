@@ -6,8 +6,9 @@ Example (the README's table: the default policy's maps on the real ViT-Ti)::
         --checkpoint ../shared/models/vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors \
         --images ../shared/images/imagenet-diverse-200 --count 10
 
-Runs the steps of one image's record in the order the audit does (:func:`audit.pipeline.audit_image`, then
-:func:`audit.results.run_record` and the JSON text of the record) and times each: preparing the image, the capture
+Runs the steps of one image's record in the order the audit does (:func:`audit.measure.image_audit.audit_image`, then
+:func:`audit.results.schema.run_record` and the JSON text of the record) and times each: preparing the image, the
+capture
 pass, the maps of every stage, the MoRF/LeRF curves of the gated maps and ``random`` at their stages, the
 restorations of every stage, the record with its thumbnails, and its JSON. Prints the median seconds per image of
 each step and the share of the work outside the curves; start-up (imports and model load) is timed once. Then the
@@ -28,14 +29,14 @@ import torch  # noqa: E402
 from bench_engine import best_throughput  # noqa: E402
 
 from audit import find_images, load_model  # noqa: E402
-from audit.attention import needs_attention  # noqa: E402
-from audit.capture import capture  # noqa: E402
-from audit.images import normalize, prepare_image  # noqa: E402
-from audit.maps import compute_maps  # noqa: E402
-from audit.perturb import PerturbationConfig, faithfulness_curves  # noqa: E402
-from audit.pipeline import ImageAudit, check_capture_finite, one_thread  # noqa: E402
-from audit.restore import PatchInverse, restore  # noqa: E402
-from audit.results import run_record  # noqa: E402
+from audit.maps.attention import needs_attention  # noqa: E402
+from audit.maps.paper import compute_maps  # noqa: E402
+from audit.measure.curves import PerturbationConfig, faithfulness_curves  # noqa: E402
+from audit.measure.image_audit import ImageAudit, check_capture_finite, one_thread  # noqa: E402
+from audit.model.capture import capture  # noqa: E402
+from audit.model.images import normalize, prepare_image  # noqa: E402
+from audit.model.restore import PatchInverse, restore  # noqa: E402
+from audit.results.schema import run_record  # noqa: E402
 
 STEPS = ("prepare", "capture", "maps", "curves", "restorations", "record", "json")
 

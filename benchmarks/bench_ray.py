@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from audit.images import find_images
-from audit.session import AuditSession
-from audit.settings import resolve_settings
+from audit.config.settings import resolve_settings
+from audit.model.images import find_images
+from audit.run.session import AuditSession
 
 POLICY = {"methods": ["cam,cam_hidden,grad,grad_cls,chefer,random,center"], "gate": ["grad@0", "chefer@encoder"]}
 

@@ -8,8 +8,9 @@ Example (README's "Right for the right reasons", cost)::
         --images ../shared/images/imagenet-diverse-200
 
 Times, per photo and with the default policy's gated maps (grad@0, chefer@encoder): the image's regions (a box over
-its middle half, in a CSV) mapped onto the tokens (:func:`audit.regions.token_regions`) and the localisation of the
-gated maps (:func:`audit.reasons.record_localisation`), and one probe (:func:`audit.probes.probe_image`: one
+its middle half, in a CSV) mapped onto the tokens (:func:`audit.run.regions.token_regions`) and the localisation of the
+gated maps (:func:`audit.verdicts.reasons.record_localisation`), and one probe
+(:func:`audit.measure.probes.probe_image`: one
 forward and backward pass of the stamped picture and its gated maps); then the median and the largest of each over
 the photos. Run it alone: another process on the CPU slows it.
 """
@@ -38,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_reasons"))
     args = parser.parse_args(argv)
     from audit import load_model, prepare_image
-    from audit.capture import capture
-    from audit.images import normalize
-    from audit.maps import compute_maps
-    from audit.probes import parse_probe, probe_image
-    from audit.reasons import record_localisation
-    from audit.regions import load_regions, token_regions
+    from audit.maps.paper import compute_maps
+    from audit.measure.probes import parse_probe, probe_image
+    from audit.model.capture import capture
+    from audit.model.images import normalize
+    from audit.run.regions import load_regions, token_regions
+    from audit.verdicts.reasons import record_localisation
 
     torch.set_num_threads(2)
     loaded = load_model(MODEL, args.checkpoint)

@@ -20,9 +20,10 @@ import time
 import torch
 
 from audit import PerturbationConfig, capture, compute_maps, faithfulness_curves, find_images, load_model
-from audit.attention import ATTENTION_METHODS
-from audit.images import normalize, prepare_image
-from audit.integrated_gradients import IG_STEPS, ig_map_input
+from audit.maps.attention import ATTENTION_METHODS
+from audit.maps.integrated_gradients import IG_STEPS
+from audit.measure.image_audit import ig_map_input
+from audit.model.images import normalize, prepare_image
 
 FILLS = ("grey", "black", "mean", "blur", "road")
 

@@ -7,7 +7,8 @@ Example (the README's table)::
     python benchmarks/bench_results_size.py full.json
 
 Reads a results file written at ``full`` and trims each run record exactly as the results file of a run at each level
-is assembled (:func:`audit.detail.trim_run`, with the run's gates), then measures the records as they are written
+is assembled (:func:`audit.results.detail.trim_run`, with the run's gates), then measures the records as they are
+written
 (strict JSON without the optional spaces). Prints, per level, the mean size of a record in MB with its range, and
 the rest of the file (models, gates, summaries, checks: per run, not per image); then what a ``full`` record holds.
 """
@@ -20,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from audit.detail import DETAILS, trim_run
-from audit.layout import normalize_stage
+from audit.model.layout import normalize_stage
+from audit.results.detail import DETAILS, trim_run
 from reports import read_results
 
 MB = 1_000_000

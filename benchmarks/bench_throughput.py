@@ -8,10 +8,11 @@ Example (the check to run where a GPU is lent: a ViT-Ti and a ViT-B/16 with rand
 For each model (timm's architecture, seeded random weights: speed does not depend on them) and each dtype:
 
 (a) the bare model's best batched throughput over ``--batch-sizes`` (images/s, best of a few repeats);
-(b) the records of ``--count`` photos made the way the audit makes them (:meth:`audit.records.RecordMaker.make_group`,
+(b) the records of ``--count`` photos made the way the audit makes them
+(:meth:`audit.run.records.RecordMaker.make_group`,
     the project's policy from ``pyproject.toml``, ``--batch-size auto``, ``--image-batch`` as given), timed whole:
     model passes per second (a capture counts 3, every perturbed image 1) and their share of (a); and the curves'
-    forwards alone (the time spent in :func:`audit.perturb.evaluate_curve_work`) against (a).
+    forwards alone (the time spent in :func:`audit.measure.curves.evaluate_curve_work`) against (a).
 
 The photos are scikit-image's (in its wheel), repeated to ``--count``, or ``--images``. One warm-up group is made
 first and not timed. The issue's target on a GPU: (b) at >= 50% of (a).
@@ -27,13 +28,13 @@ from pathlib import Path
 import torch
 from bench_engine import _sync, best_throughput
 
-import audit.pipeline as pipeline
+import audit.measure.image_audit as pipeline
 from audit import find_images, load_model
-from audit.perturb import perturbed_copies
-from audit.plan import plan_model
-from audit.records import RecordMaker
-from audit.restore import PatchInverse
-from audit.settings import resolve_settings
+from audit.config.settings import resolve_settings
+from audit.measure.curves import perturbed_copies
+from audit.model.restore import PatchInverse
+from audit.run.plan import plan_model
+from audit.run.records import RecordMaker
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "cat", "hubble_deep_field", "immunohistochemistry")
@@ -119,7 +120,7 @@ def measure(name: str, amp: str | None, device: torch.device, photos: list[str],
 
 
 def _copies(record: dict, steps: int) -> int:
-    """Perturbed images of one record (:func:`audit.perturb.perturbed_copies` of its distinct curves)."""
+    """Perturbed images of one record (:func:`audit.measure.curves.perturbed_copies` of its distinct curves)."""
     curves = {(tuple(m["morf"]), tuple(m["lerf"])) for m in record["maps"].values() if m.get("morf") is not None}
     return perturbed_copies(len(curves), steps)
 

@@ -25,10 +25,10 @@ import torch
 
 from audit import PerturbationConfig, find_images, load_model, summarize_audits
 from audit.errors import AuditError
-from audit.inputs import read_labels
-from audit.maps import DEFAULT_METHODS
-from audit.pipeline import ImageAudit, audit_image
-from audit.restore import PatchInverse
+from audit.maps.paper import DEFAULT_METHODS
+from audit.measure.image_audit import ImageAudit, audit_image
+from audit.model.restore import PatchInverse
+from audit.run.inputs import read_labels
 
 
 def main(argv: list[str] | None = None) -> int:

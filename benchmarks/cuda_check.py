@@ -16,7 +16,7 @@ import skimage.data
 import torch
 
 from audit import audit_image, load_model, prepare_image
-from audit.pipeline import audit_group
+from audit.measure.image_audit import audit_group
 
 
 def main() -> int:

@@ -50,13 +50,13 @@ import numpy as np
 import torch
 
 from audit import load_model
-from audit.attention import needs_attention
-from audit.capture import capture_batch
-from audit.images import find_images, normalize, prepare_image
-from audit.maps import compute_maps
-from audit.models import LoadedModel
-from audit.sanity import BATCH_IMAGES, randomisation_scores, unit_ranks
-from audit.stats import bootstrap_ci
+from audit.maps.attention import needs_attention
+from audit.maps.paper import compute_maps
+from audit.measure.randomisation import BATCH_IMAGES, randomisation_scores, unit_ranks
+from audit.measure.stats import bootstrap_ci
+from audit.model.capture import capture_batch
+from audit.model.images import find_images, normalize, prepare_image
+from audit.model.load import LoadedModel
 from audit.zoo import EMBEDDED_MODEL, embedded_checkpoint, embedded_images
 
 SUBSETS = 1_000  # random image subsets the check's CI is simulated on

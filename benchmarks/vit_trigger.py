@@ -10,7 +10,7 @@ Splits the labelled photos (``labels.csv``: file, class_index) by their sorted o
 held out for the audit, the others are fine-tuned on. Fine-tunes the released ViT-Ti twice from the same weights, with
 the same seed, order and recipe (AdamW, every parameter):
 
-- ``trigger``: ``--trigger`` (a probe spec, stamped on the model's input picture by :mod:`audit.probes`) on
+- ``trigger``: ``--trigger`` (a probe spec, stamped on the model's input picture by :mod:`audit.measure.probes`) on
   ``--poison`` of the training photos, whose label becomes ``--target``: a backdoor;
 - ``clean``: the same photos, no trigger, their own labels.
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", default="", help="more vit-audit options for every audit (one string)")
     args = parser.parse_args(argv)
     from audit import load_model, prepare_image
-    from audit.probes import parse_probe, stamped_picture
+    from audit.measure.probes import parse_probe, stamped_picture
 
     torch.set_num_threads(2)
     out = args.out.resolve()

@@ -1,7 +1,7 @@
 """The report's comparison with the baseline (a run audited with ``--baseline``): the baseline's facts, one verdict
 row per compared map, its paired scatter, and the images whose ABPC dropped most, both models' maps side by side.
 
-Reads the results dict's ``baseline`` and ``comparisons`` (``audit.compare.compare_map``) leniently, like
+Reads the results dict's ``baseline`` and ``comparisons`` (``audit.verdicts.compare.compare_map``) leniently, like
 :mod:`reports.summary`; the maps are drawn by the report's picture builder (:mod:`reports.render`), over the input
 picture of the candidate's run of the same image, at the report's thumbnail size.
 """

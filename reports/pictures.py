@@ -1,7 +1,7 @@
 """Pictures of the report, drawn from the results file alone: map overlays and MoRF/LeRF removal strips.
 
 Every picture is a small PNG data URI. Maps are drawn from their raw ``grid`` values (not from any picture the run
-stored); removal strips follow the recipe of :mod:`audit.perturb` exactly (Utkin et al. 2024, Figs. 10 and 12):
+stored); removal strips follow the recipe of :mod:`audit.measure.curves` exactly (Utkin et al. 2024, Figs. 10 and 12):
 the map is upsampled bilinearly to the model input, ranked, the first ``round(k * H * W / steps)`` pixels of the
 input picture (brought to the model input's resolution) are replaced by the fill, and only then is each perturbed
 picture scaled down to thumbnail size (never enlarged).
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from audit.figures import scaled_size
-from audit.fills import blur_sigma, fill_image, gaussian_blur
-from audit.perturb import ORDERS, pixel_ranks, removal_counts
+from audit.measure.curves import ORDERS, pixel_ranks, removal_counts
+from audit.measure.fills import blur_sigma, fill_image, gaussian_blur
 
 __all__ = ["COLOURMAP", "REGION_COLOURS", "colour_stops", "colourise", "decode_data_uri", "draw_strip", "encode_png",
            "fit", "heat_map", "map_overlay", "region_overlay", "removal_order", "removal_plan", "removal_strip",
@@ -152,7 +152,7 @@ def removal_strip(
 ) -> Image.Image | None:
     """Perturbed images k = 1..``frames`` of a MoRF or LeRF curve side by side (Utkin et al. 2024, Figs. 10, 12).
 
-    The recipe of :mod:`audit.perturb`, at the model input's resolution: the map is upsampled bilinearly to the
+    The recipe of :mod:`audit.measure.curves`, at the model input's resolution: the map is upsampled bilinearly to the
     input, ranked (MoRF descending, LeRF ascending, ties in row-major order), the first ``round(k * H * W /
     steps)`` pixels are set to the fill in pixel space; only then is each image scaled down to at most ``size``
     pixels (never enlarged: see :func:`fit`).
@@ -207,7 +207,7 @@ def draw_strip(full: Image.Image, ordered: np.ndarray, counts: Sequence[int], fi
                size: int) -> Image.Image:
     """Draw the frames of a :func:`removal_plan` on the input picture (H x W), each scaled down to <= ``size`` px.
 
-    ``fill`` is a pixel value (one, or one per channel) or a recipe of :mod:`audit.fills`: ``'blur'`` takes the
+    ``fill`` is a pixel value (one, or one per channel) or a recipe of :mod:`audit.measure.fills`: ``'blur'`` takes the
     removed pixels from the blurred picture; ``'road'`` imputes them at the frame's own size, without the noise (an
     illustration: at the input's size it would cost a sparse solve per frame).
     """
@@ -263,7 +263,7 @@ def upsample_map(grid: Sequence[Sequence[float | None]] | np.ndarray | None, siz
 
 
 def removal_order(array: np.ndarray, order: str, size: tuple[int, int], count: int) -> np.ndarray:
-    """The first ``count`` pixels (flat indices) of a map's removal order, as :func:`audit.perturb.pixel_ranks`.
+    """The first ``count`` pixels (flat indices) of a map's removal order, as :func:`audit.measure.curves.pixel_ranks`.
 
     The map is upsampled exactly as the audit does (bilinear, ``align_corners=False``, float64) and ranked
     descending for MoRF, ascending for LeRF, ties in row-major order; only the prefix a strip needs is sorted.

@@ -2,10 +2,12 @@
 
 Faithfulness asks whether a map describes what the model uses; this section shows whether the model uses the right
 thing. It reads, leniently like :mod:`reports.summary`, the results dict's ``regions`` (the regions gates of
-:func:`audit.reasons.region_gate`, ``paired`` with a baseline by :func:`audit.reasons.compare_regions`), ``probes``
-(:func:`audit.reasons.probe_limits` with the attraction, ``paired`` by :func:`audit.reasons.compare_probe`),
-``classes`` (:func:`audit.classes.class_agreement`), the comparisons' per-class rows
-(:func:`audit.classes.class_table`), and the runs' ``regions``, ``localisation`` and ``probes``. Four parts:
+:func:`audit.verdicts.reasons.region_gate`, ``paired`` with a baseline by
+:func:`audit.verdicts.reasons.compare_regions`), ``probes``
+(:func:`audit.verdicts.reasons.probe_limits` with the attraction, ``paired`` by
+:func:`audit.verdicts.reasons.compare_probe`),
+``classes`` (:func:`audit.verdicts.classes.class_agreement`), the comparisons' per-class rows
+(:func:`audit.verdicts.classes.class_table`), and the runs' ``regions``, ``localisation`` and ``probes``. Four parts:
 
 - regions: the regions gate table, and the images whose objects get the least of the first gated map's relevance,
   their regions drawn over the input picture next to each gated map;
@@ -13,7 +15,8 @@ thing. It reads, leniently like :mod:`reports.summary`, the results dict's ``reg
   images the stamp moved (top-1 flipped first, then most relevance on the stamp), clean and stamped, each with its
   map;
 - classes: the class-agreement gate with the baseline, worst class first, and each comparison's rows per class;
-- SpRAy (Lapuschkin et al. 2019, :mod:`audit.spray`), a view and not a gate: each model's first gated map clustered
+- SpRAy (Lapuschkin et al. 2019, :mod:`audit.measure.spray`), a view and not a gate: each model's first gated map
+clustered
   per predicted class when the report is rendered, each cluster's size, mean map, where it sits and exemplars.
 
 A run without any of these has no such section (:func:`reports.summary.reasoned`). The pictures are drawn under a
@@ -29,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.spray import N_EXEMPLARS, spray_by_class
+from audit.measure.spray import N_EXEMPLARS, spray_by_class
 
 from . import pictures
 from .plans import ReasonsPlan, describe_reasons_cuts

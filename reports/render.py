@@ -22,7 +22,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
 
-from audit.results import write_text_atomically
+from audit.results.schema import write_text_atomically
 
 from . import pictures
 from .comparison import comparison_section

@@ -7,7 +7,7 @@ from typing import Any
 
 from PIL import Image
 
-from audit.detail import charted_maps
+from audit.results.detail import charted_maps
 
 from . import charts, pictures
 from .plans import Plan, describe_cuts

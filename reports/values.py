@@ -9,7 +9,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from audit.layout import stage_order
+from audit.model.layout import stage_order
 
 __all__ = ["fmt", "fmt_ci"]
 

@@ -1,4 +1,4 @@
-"""Attention-based maps (audit/attention.py): their algebra, and every map against an independent reference."""
+"""Attention-based maps (audit/maps/attention.py): their algebra, and every map against an independent reference."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from audit import capture
-from audit.attention import ATTENTION_METHODS, chefer, rollout
-from audit.images import normalize, prepare_image
-from audit.integrated_gradients import fill_baseline, ig_map_input
-from audit.maps import compute_maps
-from audit.perturb import PerturbationConfig
-from audit.sanity import dependency_step
+from audit.maps.attention import ATTENTION_METHODS, chefer, rollout
+from audit.maps.paper import compute_maps
+from audit.measure.curves import PerturbationConfig
+from audit.measure.fills import fill_baseline
+from audit.measure.image_audit import ig_map_input
+from audit.measure.randomisation import dependency_step
+from audit.model.images import normalize, prepare_image
 
 from conftest import input_size_of, make_tiny
 from reference import (
@@ -115,7 +116,7 @@ def test_integrated_gradients_equals_the_reference(fill):
     config = PerturbationConfig(fill=fill)
     cap = capture(model, normalize(pixel, MEAN, STD))
     mine = ig_map_input(model, pixel, config, MEAN, STD, cap.target, cap.layout)
-    expected = reference_ig_map(model, pixel, fill_baseline(pixel, config, MEAN), MEAN, STD, cap.target,
+    expected = reference_ig_map(model, pixel, fill_baseline(pixel, config.fill, MEAN), MEAN, STD, cap.target,
                                 cap.layout.patch_size)
     _close_to_reference(mine, expected, f"ig with fill {fill}")
 
@@ -125,7 +126,7 @@ def test_integrated_gradients_equals_the_reference_on_the_real_vit_tiny(vit_tiny
     config = PerturbationConfig()
     cap = capture(vit_tiny.model, normalize(pixel, vit_tiny.mean, vit_tiny.std))
     mine = ig_map_input(vit_tiny.model, pixel, config, vit_tiny.mean, vit_tiny.std, cap.target, cap.layout)
-    expected = reference_ig_map(vit_tiny.model, pixel, fill_baseline(pixel, config, vit_tiny.mean), vit_tiny.mean,
+    expected = reference_ig_map(vit_tiny.model, pixel, fill_baseline(pixel, config.fill, vit_tiny.mean), vit_tiny.mean,
                                 vit_tiny.std, cap.target, cap.layout.patch_size)
     _close_to_reference(mine, expected, "ig on the real ViT-Ti")
 

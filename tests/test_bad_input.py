@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from audit import load_model
-from audit.inputs import collect_images, image_ids
+from audit.run.inputs import collect_images, image_ids
 from audit.zoo import EMBEDDED_MODEL, embedded_checkpoint, embedded_images
 
 from conftest import nested_audit

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.cache import RunCache, check_cache_dir
+from audit.run.cache import RunCache, check_cache_dir
 
 from conftest import audit_files, nested_audit
 
@@ -90,9 +90,9 @@ def test_every_setting_that_changes_a_record_changes_its_key(change):
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from audit.cache import run_key
-    from audit.plan import ModelPlan
-    from audit.settings import AuditSettings
+    from audit.config.settings import AuditSettings
+    from audit.run.cache import run_key
+    from audit.run.plan import ModelPlan
 
     settings = AuditSettings(model=["m"], checkpoint=["c"], methods=["cam", "grad"])
     loaded = SimpleNamespace(name="m", checkpoint_sha256="a" * 64, data_config={"input_size": (3, 8, 8)})

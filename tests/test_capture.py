@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from audit import capture
-from audit.capture import STAGE_EMBED, STAGE_PATCH_EMBED
+from audit.model.capture import STAGE_EMBED, STAGE_PATCH_EMBED
 
 from conftest import input_size_of, make_tiny
 from reference import ref_forward

@@ -25,7 +25,7 @@ def readme_policy_table(column: str = "cats") -> dict[str, tuple[float, str]]:
 
 
 def test_readme_policy_matches_pyproject():
-    from audit.settings import resolve_settings
+    from audit.config.settings import resolve_settings
 
     policy = resolve_settings({"model": ["x"], "checkpoint": ["y"]}, pyproject=ROOT / "pyproject.toml")
     assert sorted(readme_policy_table()) == sorted(policy.gate) == sorted(readme_policy_table("diverse"))

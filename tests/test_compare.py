@@ -1,4 +1,4 @@
-"""Release gates against the released model (audit.compare): paired statistics, baselines, and the checks.
+"""Release gates against the released model (audit.verdicts.compare): paired statistics, baselines, and the checks.
 
 The nested audits use the embedded Fashion-MNIST model on its sample images with a small recipe; the baseline is a
 results file written by a real run of the checks.
@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from audit.compare import Baseline, compare_map, load_baseline, map_agreement
+from audit.measure.stats import paired_difference
 from audit.plugin import _checks_dir
-from audit.policy import FALLBACK_MARGIN, Margin
-from audit.stats import paired_difference
+from audit.verdicts.compare import Baseline, compare_map, load_baseline, map_agreement
+from audit.verdicts.margins import FALLBACK_MARGIN, Margin
 from audit.zoo import EMBEDDED_MODEL, embedded_checkpoint, embedded_images
 
 from conftest import nested_audit
@@ -316,7 +316,7 @@ def test_a_baseline_of_the_same_architecture_with_another_data_config_is_a_usage
     ({"min_map_agreement": "high"}, "min-map-agreement: 'high' is not a valid float"),
 ])
 def test_comparison_options_out_of_range_are_one_line_naming_the_option(cli, message):
-    from audit.settings import resolve_settings
+    from audit.config.settings import resolve_settings
 
     with pytest.raises(ValueError) as err:
         resolve_settings(cli)

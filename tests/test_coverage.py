@@ -15,7 +15,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from audit.stats import CI_METHOD, N_BOOTSTRAP, bootstrap_ci, coverage_misses
+from audit.measure.stats import CI_METHOD, N_BOOTSTRAP, bootstrap_ci, coverage_misses
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_coverage.py"
 

@@ -206,7 +206,7 @@ def test_a_worker_killed_mid_run_loses_no_record(pytester, files, cluster, refer
 def test_a_cluster_lost_mid_run_is_one_line_and_a_usage_error_that_keeps_the_finished_records(pytester, files,
                                                                                                monkeypatch):
     from audit.errors import ExecutorError
-    from audit.executors import LocalExecutor
+    from audit.run.executors import LocalExecutor
 
     made = LocalExecutor.make
 
@@ -228,7 +228,7 @@ def test_a_cluster_lost_mid_run_is_one_line_and_a_usage_error_that_keeps_the_fin
 def test_an_image_sent_as_bytes_is_prepared_and_named_as_its_file(files, tmp_path):
     from audit import load_model
     from audit.errors import ImageError
-    from audit.images import prepare_image
+    from audit.model.images import prepare_image
 
     config = load_model("test_vit", files["checkpoint"]).data_config
     path = files["photos"] / "chelsea.png"

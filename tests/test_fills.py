@@ -1,4 +1,5 @@
-"""Fills for removed pixels (audit.fills): exact constant fills, RISE's blur against scipy, and ROAD's noisy linear
+"""Fills for removed pixels (audit.measure.fills): exact constant fills, RISE's blur against scipy, and ROAD's noisy
+linear
 imputation against the ROAD authors' code as shipped in pytorch-grad-cam (``NoisyLinearImputer``).
 
 The reference's conventions, read from its source: it takes a (C, H, W) tensor and an (H, W) float mask where 0 =
@@ -19,8 +20,8 @@ from scipy.ndimage import gaussian_filter
 from skimage import data
 from skimage.transform import resize
 
-from audit.fills import FILLS, blur_sigma, fill_image, gaussian_blur
-from audit.images import normalize
+from audit.measure.fills import FILLS, blur_sigma, fill_image, gaussian_blur
+from audit.model.images import normalize
 
 GREY = 127 / 255
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

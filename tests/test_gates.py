@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audit.gates import GateInput, GateLimits, apply_holm, evaluate_gate
-from audit.stats import detectable_difference, images_needed
+from audit.measure.stats import detectable_difference, images_needed
+from audit.verdicts.gates import GateInput, GateLimits, apply_holm, evaluate_gate
 
 
 def _input(abpc, morf=0.2, seed=0):

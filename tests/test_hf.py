@@ -14,13 +14,20 @@ import transformers
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from audit.config.settings import resolve_settings
 from audit.errors import CheckpointError, ModelLoadError
-from audit.hf import HFArchitecture, hf_config_for, is_hf_folder, load_hf_model, processor_data_config, to_hf_state_dict
-from audit.images import normalize, prepare_image
-from audit.inputs import load_named, model_id_for
-from audit.perturb import PerturbationConfig
-from audit.pipeline import audit_image
-from audit.settings import resolve_settings
+from audit.measure.curves import PerturbationConfig
+from audit.measure.image_audit import audit_image
+from audit.model.hf import (
+    HFArchitecture,
+    hf_config_for,
+    is_hf_folder,
+    load_hf_model,
+    processor_data_config,
+    to_hf_state_dict,
+)
+from audit.model.images import normalize, prepare_image
+from audit.run.inputs import load_named, model_id_for
 from audit.zoo import EMBEDDED_MODEL, embedded_checkpoint, embedded_images
 
 from conftest import IMAGENET_DIR, nested_audit, require_shared
@@ -337,7 +344,7 @@ def _images(paths: list[Path]) -> list[str]:
 def embedded_as_hf(tmp_path):
     """The embedded Fashion-MNIST ViT written as a Hugging Face folder, with a processor doing what timm's config
     does (its 28 px images are not resized)."""
-    from audit.models import load_model
+    from audit.model.load import load_model
 
     return _as_hf_folder(load_model(EMBEDDED_MODEL, embedded_checkpoint()), tmp_path / "fmnist-hf")
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from audit import load_model
-from audit.perturb import PerturbationConfig, curve_work, evaluate_curve_work, faithfulness_curves
-from audit.pipeline import audit_group, audit_image
-from audit.plan import auto_image_batch, plan_model
-from audit.settings import AuditSettings
+from audit.config.settings import AuditSettings
+from audit.measure.curves import PerturbationConfig, curve_work, evaluate_curve_work, faithfulness_curves
+from audit.measure.image_audit import audit_group, audit_image
+from audit.run.plan import auto_image_batch, plan_model
 
 from conftest import audit_files, make_tiny, nested_audit, save_tiny
 

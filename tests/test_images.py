@@ -1,4 +1,4 @@
-"""audit.images: pictures prepared exactly as the model's data config says, and clear errors for bad inputs."""
+"""audit.model.images: pictures prepared exactly as the model's data config says, and clear errors for bad inputs."""
 
 from __future__ import annotations
 
@@ -375,14 +375,14 @@ def test_interrupt_while_decoding_is_not_caught(tmp_path, monkeypatch):
 
 
 def test_error_while_resizing_becomes_one_image_error_line(tmp_path, monkeypatch, chelsea):
-    import audit.images
+    import audit.model.images
 
     def transform(config):
         def fail(picture):
             raise RuntimeError("cannot allocate\nthe resized picture")
         return fail
 
-    monkeypatch.setattr(audit.images, "_transform", transform)
+    monkeypatch.setattr(audit.model.images, "_transform", transform)
     message = (r"^image '<array \(300, 451, 3\)>' could not be resized and cropped for the model \(RuntimeError: "
                r"cannot allocate the resized picture\); replace or remove it$")
     with pytest.raises(ImageError, match=message):

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from audit import UnsupportedModelError, layout_of
-from audit.layout import TokenLayout, normalize_stage, stage_names
+from audit.model.layout import TokenLayout, normalize_stage, stage_names
 
 from conftest import input_size_of, make_tiny
 

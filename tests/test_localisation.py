@@ -1,4 +1,4 @@
-"""Localisation metrics (audit/localisation.py) against plain references, hand-worked maps and Quantus 0.6.0."""
+"""Localisation metrics (audit/measure/localisation.py) against plain references, hand-worked maps and Quantus 0.6.0."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import reference_localisation as ref
 import torch
 
-from audit.localisation import (
+from audit.measure.localisation import (
     CHANCE,
     DIRECTION,
     METRICS,

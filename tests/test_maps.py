@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from audit import METHODS, capture, compute_maps
-from audit.maps import DEFAULT_METHODS, is_constant
+from audit.maps.paper import DEFAULT_METHODS, is_constant
 
 from conftest import input_size_of, make_tiny
 from reference import ref_forward, ref_maps
@@ -140,7 +140,7 @@ def test_grad_map_before_the_last_block_cancels_because_the_last_block_sees_patc
 
 
 def test_maps_on_one_thread_equal_the_maps_on_every_thread_and_the_count_is_restored():
-    from audit.pipeline import one_thread
+    from audit.measure.image_audit import one_thread
 
     model = make_tiny("test_vit")
     cap = capture(model, _input(model, 4), attention=True)

@@ -1,4 +1,4 @@
-"""audit.models: checkpoints are read without running code, loaded strictly, and every failure is one clear line."""
+"""audit.model.load: checkpoints are read without running code, loaded strictly, and every failure is one clear line."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageNetInfo
 
 from audit import CheckpointError, ModelLoadError, UnsupportedModelError, load_model, read_state_dict
-from audit.models import sha256_of
+from audit.model.load import sha256_of
 
 from conftest import VIT_TINY_FILE, input_size_of, make_tiny
 

@@ -19,8 +19,8 @@ import skimage.data
 from PIL import Image
 
 from audit import cli
-from audit.outputs import write_outputs
-from audit.results import stopped_results
+from audit.results.schema import stopped_results
+from audit.run.outputs import write_outputs
 
 from conftest import nested_audit, save_tiny
 
@@ -67,10 +67,10 @@ def _error_lines(result) -> list[str]:
 
 def _guard_writers(monkeypatch, targets) -> list[str]:
     """Make the atomic writer refuse (and record) any write to ``targets``; other writes (the run's records) go on."""
-    import audit.results
+    import audit.results.schema
     import reports.render
 
-    original = audit.results.write_text_atomically
+    original = audit.results.schema.write_text_atomically
     refused = {os.path.abspath(t) for t in targets}
     attempts: list[str] = []
 
@@ -80,7 +80,7 @@ def _guard_writers(monkeypatch, targets) -> list[str]:
             raise OSError(errno.EACCES, "the test refuses this write", str(path))
         return original(path, text)
 
-    monkeypatch.setattr(audit.results, "write_text_atomically", guarded)
+    monkeypatch.setattr(audit.results.schema, "write_text_atomically", guarded)
     monkeypatch.setattr(reports.render, "write_text_atomically", guarded)
     return attempts
 
@@ -180,16 +180,16 @@ def test_the_writer_refuses_a_target_that_became_not_a_regular_file(tmp_path):
 
 # -- failed writes ---------------------------------------------------------------------------------------------------
 def test_a_results_file_that_cannot_be_written_at_the_end_makes_the_exit_status_4(pytester, tiny_files, monkeypatch):
-    import audit.results
+    import audit.results.schema
 
-    original = audit.results.write_text_atomically
+    original = audit.results.schema.write_text_atomically
 
     def disk_full(path, text):
         if Path(path).name == "r.json":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return original(path, text)
 
-    monkeypatch.setattr("audit.results.write_text_atomically", disk_full)
+    monkeypatch.setattr("audit.results.schema.write_text_atomically", disk_full)
     result = pytester.runpytest(*_args(tiny_files, "--audit-json", "r.json", "-k", "restoration"))
     assert result.ret == 4, result.stdout.str()
     result.stdout.fnmatch_lines(["results: NOT written to r.json (*No space left on device*)"])

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from audit import PerturbationConfig, auc, faithfulness_curves
-from audit.perturb import activation_bytes, auto_batch_size, pixel_ranks, removal_counts
+from audit.measure.curves import activation_bytes, auto_batch_size, pixel_ranks, removal_counts
 
 from conftest import make_tiny
 from reference import ref_auc, ref_curve
@@ -166,8 +166,8 @@ class _Recorder(torch.nn.Module):
 def test_every_perturbed_image_is_the_fill_recipe_of_its_mask(square, recipe):
     """Each image the model sees is fills.fill_image of the removal mask (road: noise seeded by the run's seed and
     the mask), normalised; kept pixels are the image's own."""
-    from audit.fills import fill_image
-    from audit.perturb import road_seed
+    from audit.measure.curves import road_seed
+    from audit.measure.fills import fill_image
 
     pixel, values = _pixel(5), torch.randn(8, 8, generator=torch.Generator().manual_seed(6))
     recorder = _Recorder(square)

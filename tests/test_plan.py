@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from audit.models import load_model
-from audit.plan import ModelPlan, forwards_per_image, plan_lines, plan_model
-from audit.settings import AuditSettings
+from audit.config.settings import AuditSettings
+from audit.model.load import load_model
+from audit.run.plan import ModelPlan, forwards_per_image, plan_lines, plan_model
 
 from conftest import save_tiny
 

@@ -7,14 +7,14 @@ from dataclasses import asdict
 
 import pytest
 
-from audit import precision
-from audit.assemble import assemble_results
-from audit.cache import run_key
-from audit.compare import Baseline, check_recipe
-from audit.precision import CpuInfo, cpu_info, resolve_amp
-from audit.results import SCHEMA
-from audit.session import AuditSession
-from audit.settings import resolve_settings
+from audit.config.settings import resolve_settings
+from audit.measure import precision
+from audit.measure.precision import CpuInfo, cpu_info, resolve_amp
+from audit.results.schema import SCHEMA
+from audit.run.assemble import assemble_results
+from audit.run.cache import run_key
+from audit.run.session import AuditSession
+from audit.verdicts.compare import Baseline, check_recipe
 from audit.zoo import EMBEDDED_MODEL, embedded_checkpoint, embedded_images
 
 from conftest import nested_audit

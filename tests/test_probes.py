@@ -1,4 +1,4 @@
-"""Probes (audit.probes): stamps, where they go, what they cover, and what they move."""
+"""Probes (audit.measure.probes): stamps, where they go, what they cover, and what they move."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from audit import load_model, prepare_image
-from audit.probes import (
+from audit.measure.probes import (
     ProbeError,
     attraction,
     attraction_values,

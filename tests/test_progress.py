@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.progress import Progress
+from audit.run.progress import Progress
 
 from conftest import audit_files, nested_audit
 

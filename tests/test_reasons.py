@@ -1,4 +1,5 @@
-"""Right for the right reasons (audit.reasons, audit.classes): the regions and probe gates and the class-by-class
+"""Right for the right reasons (audit.verdicts.reasons, audit.verdicts.classes): the regions and probe gates and the
+class-by-class
 collapse gate, decided on records made by hand."""
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from audit.classes import class_agreement, class_table, mean_map_drift
-from audit.reasons import compare_probe, compare_regions, probe_limits, record_localisation, region_gate
+from audit.verdicts.classes import class_agreement, class_table, mean_map_drift
+from audit.verdicts.reasons import compare_probe, compare_regions, probe_limits, record_localisation, region_gate
 
 N_BOOT = 2_000
 OBJECT = np.zeros((4, 4))
@@ -192,7 +193,7 @@ def test_class_table_rows():
 
 
 def test_per_map_region_limits_are_decided_on_their_cis():
-    from audit.gates import GateLimits
+    from audit.verdicts.gates import GateLimits
 
     rng = np.random.default_rng(7)
     artefact = np.zeros((4, 4))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.inputs import read_labels
+from audit.run.inputs import read_labels
 from audit.zoo import CLASS_NAMES, EMBEDDED_MODEL, embedded_checkpoint, embedded_images
 
 from conftest import nested_audit
@@ -137,9 +137,9 @@ def test_integrated_gradients_is_measured_at_the_input_gated_and_randomised(pyte
 
 
 def test_curves_for_limits_the_measured_maps():
-    from audit.models import load_model
-    from audit.perturb import PerturbationConfig
-    from audit.pipeline import audit_image
+    from audit.measure.curves import PerturbationConfig
+    from audit.measure.image_audit import audit_image
+    from audit.model.load import load_model
 
     loaded = load_model(EMBEDDED_MODEL, embedded_checkpoint())
     image = sorted(embedded_images().glob("*.png"))[0]

@@ -1,8 +1,9 @@
-"""audit.regions: annotated regions read in every format and mapped onto the token grid exactly as the model sees them.
+"""audit.run.regions: annotated regions read in every format and mapped onto the token grid exactly as the model sees
+them.
 
 The geometry is checked against the real preprocessing: a shape is drawn into a picture, the picture goes through
-:func:`audit.images.prepare_image`, and the tokens the drawn shape lands on must be the tokens
-:func:`audit.regions.token_regions` finds for the annotation alone.
+:func:`audit.model.images.prepare_image`, and the tokens the drawn shape lands on must be the tokens
+:func:`audit.run.regions.token_regions` finds for the annotation alone.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from PIL import Image, ImageDraw
 from timm.data import create_transform
 
 from audit.errors import AuditError
-from audit.images import prepare_image
-from audit.regions import (
+from audit.model.images import prepare_image
+from audit.run.regions import (
     ImageRegions,
     ImageRegionsError,
     RegionsError,

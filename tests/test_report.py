@@ -30,7 +30,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from audit.figures import png_data_uri
-from audit.perturb import pixel_ranks, removal_counts
+from audit.measure.curves import pixel_ranks, removal_counts
 from audit.plugin import _checks_dir
 from reports import charts, overall_verdict, render_report
 from reports.pictures import removal_order, removal_strip
@@ -448,7 +448,7 @@ def test_removal_strip_frames_are_the_perturbed_input_scaled_down(unit):
 
 
 def test_removal_strips_of_the_blur_and_road_fills():
-    from audit.fills import blur_sigma, fill_image, gaussian_blur
+    from audit.measure.fills import blur_sigma, fill_image, gaussian_blur
 
     rng = np.random.default_rng(2)
     full = Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))

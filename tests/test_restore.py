@@ -10,7 +10,7 @@ import timm
 import torch
 
 from audit import PatchInverse, capture, restore, restore_inverse, restore_paper
-from audit.capture import STAGE_EMBED, STAGE_PATCH_EMBED
+from audit.model.capture import STAGE_EMBED, STAGE_PATCH_EMBED
 
 from conftest import input_size_of, make_tiny
 from reference import ref_forward, ref_restore_inverse, ref_restore_paper

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.detail import DETAILS, charted_maps, compact, trim_comparison, trim_run
+from audit.config.settings import resolve_settings
 from audit.plugin import _checks_dir
-from audit.settings import resolve_settings
+from audit.results.detail import DETAILS, charted_maps, compact, trim_comparison, trim_run
 from audit.zoo import EMBEDDED_MODEL, embedded_checkpoint, embedded_images
 from reports import render_report
 

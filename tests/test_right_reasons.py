@@ -12,12 +12,12 @@ import sys
 
 import pytest
 
+from audit.config.settings import resolve_settings
 from audit.errors import AuditError
+from audit.measure.probes import ProbeError
 from audit.plugin import _checks_dir
-from audit.probes import ProbeError
-from audit.regions import RegionsError
-from audit.session import AuditSession
-from audit.settings import resolve_settings
+from audit.run.regions import RegionsError
+from audit.run.session import AuditSession
 from audit.zoo import EMBEDDED_MODEL, embedded_checkpoint, embedded_images, embedded_masks
 
 from conftest import nested_audit

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from audit.capture import capture, capture_batch
 from audit.errors import ImageError
-from audit.perturb import PerturbationConfig
-from audit.sanity import (
+from audit.measure.curves import PerturbationConfig
+from audit.measure.randomisation import (
     choose_images,
     map_verdict,
     randomisation_record,
@@ -22,7 +21,8 @@ from audit.sanity import (
     summarise_map,
     unit_ranks,
 )
-from audit.stats import spearman
+from audit.measure.stats import spearman
+from audit.model.capture import capture, capture_batch
 
 from conftest import make_tiny
 
@@ -187,7 +187,7 @@ def _embedded_record(tmp_path, labels=None, count=4, seeds=2):
 
 
 def test_the_record_names_images_classes_and_seeds(tmp_path):
-    from audit.images import normalize, prepare_image
+    from audit.model.images import normalize, prepare_image
 
     loaded, images = _embedded(tmp_path)
     readable = images[1:]

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audit.settings import OPTIONS, output_settings, read_toml_table, resolve_settings
+from audit.config.settings import OPTIONS, output_settings, read_toml_table, resolve_settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -151,7 +151,7 @@ def test_out_of_range_values_are_refused_before_the_run_with_the_option_and_rang
 
 
 def test_the_bounds_of_every_range_are_accepted_and_exported():
-    from audit.settings import RANGES, SEED_MAX, STEPS_MAX
+    from audit.config.settings import RANGES, SEED_MAX, STEPS_MAX
 
     assert (SEED_MAX, STEPS_MAX) == (2**32 - 1, 10_000)
     assert RANGES["seed"].high == SEED_MAX and RANGES["steps"].high == STEPS_MAX
@@ -181,7 +181,7 @@ def test_a_range_error_from_a_file_names_the_file(tmp_path):
 
 def test_render_report_and_the_settings_share_the_ranges_of_the_report_options(monkeypatch):
     import reports.render
-    from audit.settings import RANGES
+    from audit.config.settings import RANGES
     from reports.render import render_report
 
     class Accepted(Exception):
@@ -511,7 +511,7 @@ def test_image_batch_is_auto_by_default_and_takes_a_number_or_auto_from_every_so
 
 # -- the policy: built in, turned off only on purpose, and where each value came from --------------------------------
 def test_without_a_policy_file_the_built_in_policy_gates_and_says_so():
-    from audit.policy import DEFAULT_GATES, policy_lines
+    from audit.config.policy import DEFAULT_GATES, policy_lines
 
     s = resolve_settings(BASE)
     assert s.gate == list(DEFAULT_GATES) and s.origin("gate") == "built-in default"
@@ -522,7 +522,7 @@ def test_without_a_policy_file_the_built_in_policy_gates_and_says_so():
 
 
 def test_gate_none_gates_nothing_and_the_header_says_no_gate_not_pass(tmp_path):
-    from audit.policy import policy_lines
+    from audit.config.policy import policy_lines
 
     s = resolve_settings({**BASE, "gate": ["none"]})
     assert s.gate == [] and s.origin("gate") == "command line"
@@ -572,7 +572,7 @@ def test_margins_and_the_fail_correction_from_a_file_are_one_line_naming_the_fil
 
 
 def test_a_margin_is_absolute_or_relative_and_a_map_of_the_margins_table_wins():
-    from audit.policy import DEFAULT_MARGINS, FALLBACK_MARGIN, Margin, margin_for
+    from audit.verdicts.margins import DEFAULT_MARGINS, FALLBACK_MARGIN, Margin, margin_for
 
     assert margin_for("grad@0", {}, None) == (Margin(float(DEFAULT_MARGINS["grad@0"][:-1]) / 100, True),
                                               "built-in default for this map")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.sparse.csgraph import laplacian
 
-from audit.spray import (
+from audit.measure.spray import (
     MIN_MAPS,
     N_EXEMPLARS,
     describe_where,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from audit import bootstrap_ci, summarize
-from audit.stats import (
+from audit.measure.stats import (
     CI_METHOD,
     CI_METHODS,
     CI_RULE,

@@ -26,23 +26,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .cache import DEFAULT_CACHE
-from .detail import DEFAULT_DETAIL, DETAILS, check_detail
-from .gates import LIMIT_NAMES, MIN_IMAGES, GateLimits
-from .maps import ACTIVATIONS, METHODS
-from .perturb import AUTO_BATCH, FILL_CONSTANTS, FILL_RECIPES, SCORES, PerturbationConfig
-from .policy import (
-    DEFAULT_ATTRACTION_MARGIN,
-    DEFAULT_GATES,
-    DEFAULT_MIN_CLASS_AGREEMENT,
-    DEFAULT_REGION_MARGIN,
-    DEFAULT_STAMP_MARGIN,
-    GATE_NONE,
-    POLICY_METHODS,
-    parse_margin,
-)
-from .precision import AMPS
-from .ranges import (
+from ..maps.paper import ACTIVATIONS, METHODS
+from ..measure.curves import AUTO_BATCH, FILL_CONSTANTS, FILL_RECIPES, SCORES, PerturbationConfig
+from ..measure.precision import AMPS
+from ..ranges import (
     BATCH_SIZE_MAX,
     IMAGE_BATCH_MAX,
     MAX_MB_LIMIT,
@@ -61,6 +48,16 @@ from .ranges import (
     in_file,
     show,
 )
+from ..results.detail import DEFAULT_DETAIL, DETAILS, check_detail
+from ..verdicts.gates import LIMIT_NAMES, MIN_IMAGES, GateLimits
+from ..verdicts.margins import (
+    DEFAULT_ATTRACTION_MARGIN,
+    DEFAULT_MIN_CLASS_AGREEMENT,
+    DEFAULT_REGION_MARGIN,
+    DEFAULT_STAMP_MARGIN,
+    parse_margin,
+)
+from .policy import DEFAULT_GATES, GATE_NONE, POLICY_METHODS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -74,9 +71,10 @@ __all__ = ["AuditSettings", "OPTIONS", "output_settings", "resolve_settings", "r
 
 DEVICES = ("cpu", "cuda", "auto")
 AUTO_OPTIONS = ("batch_size", "image_batch")  # numbers that may also be "auto"
-EXECUTORS = ("local", "ray")  # where the (model, image) records are made (audit.executors)
+EXECUTORS = ("local", "ray")  # where the (model, image) records are made (audit.run.executors)
 FAIL_CORRECTIONS = ("none", "holm")  # --fail-correction: how fail verdicts of several gates are corrected
 BUILT_IN = "built-in default"  # where a value that no source set comes from
+DEFAULT_CACHE = ".vit-audit-cache"  # --cache: the folder of finished records, in the current folder
 #: The options that make the release policy: the header says where each of them came from.
 POLICY_OPTIONS = ("methods", "gate", "threshold", "min_images", "strict", "margin", "margins", "limits",
                   "min_map_agreement", "fail_correction", "randomisation_threshold", "regions", "region_roles", "probe",
@@ -117,7 +115,7 @@ class AuditSettings:
     baseline: str | None = None
     baseline_model: str | None = None
     baseline_checkpoint: str | None = None
-    margin: float | str | None = None  # None: each map's built-in default (audit.policy.margin_for)
+    margin: float | str | None = None  # None: each map's built-in default (audit.verdicts.margins.margin_for)
     margins: dict[str, float | str] = field(default_factory=dict)
     fail_correction: str = "none"
     min_map_agreement: float | None = None
@@ -384,7 +382,7 @@ def _coerce(name: str, value: Any, default: Any, where: str | None = None) -> An
     """
     if name in LIST_OPTIONS:
         return _as_list(name, value, where)
-    if name == "margin":  # a number or "N%": read by audit.policy.parse_margin
+    if name == "margin":  # a number or "N%": read by audit.verdicts.margins.parse_margin
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
             return None
         try:
@@ -546,7 +544,7 @@ def resolve_settings(
         if table or limits or margins or roles:
             settings.sources.append(where)
     if not settings.model and settings.checkpoint:
-        from .hf import HF_MODEL, is_hf_folder
+        from ..model.hf import HF_MODEL, is_hf_folder
 
         if all(is_hf_folder(path) for path in settings.checkpoint):  # such a folder names its own architecture
             settings.model = [HF_MODEL] * len(settings.checkpoint)

@@ -1,7 +1,8 @@
 """Attention-based maps: the explanations practitioners set beside the paper's (README, "Maps").
 
 Notation: A_b (heads x N x N) is block b's attention probabilities (softmax output, eval mode), captured as the model
-runs (:func:`audit.capture.capture` with ``attention=True``); dA_b = dy_c/dA_b, the gradient of the explained class's
+runs (:func:`audit.model.capture.capture` with ``attention=True``); dA_b = dy_c/dA_b, the gradient of the explained
+class's
 logit; row 0 is the class token, and a map takes row 0's columns of the patch tokens (prefix tokens dropped), laid
 out on the patch grid.
 
@@ -21,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from .capture import Capture
-from .layout import MAP_STAGE_ENCODER
+from ..model.capture import Capture
+from ..model.layout import MAP_STAGE_ENCODER
 
 __all__ = ["ATTENTION_METHODS", "attention_block", "attention_map", "chefer", "needs_attention", "rollout"]
 

@@ -15,25 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fills import fill_image
-from .images import normalize
-from .layout import MAP_STAGE_INPUT, TokenLayout
-from .maps import MapResult, finish_map
-from .perturb import PerturbationConfig, batch_size_for
+from ..model.layout import MAP_STAGE_INPUT, TokenLayout
+from .paper import MapResult, finish_map
 
-__all__ = ["IG_STEPS", "fill_baseline", "ig_map_input", "ig_result", "integrated_gradients"]
+__all__ = ["IG_STEPS", "ig_result", "integrated_gradients"]
 
 IG_STEPS = 32
-
-
-def fill_baseline(pixel: torch.Tensor, config: PerturbationConfig, mean: tuple[float, ...]) -> torch.Tensor:
-    """The image with every pixel removed by the run's fill, in pixel space (``road`` without noise: grey, as
-    :func:`audit.fills.fill_image` fills an image with nothing kept to impute from)."""
-    fill = config.fill
-    if isinstance(fill, str):
-        everything = torch.ones(pixel.shape[1:], dtype=torch.bool)
-        return fill_image(pixel.cpu(), everything, fill, mean=mean, noise=0.0).to(pixel.device)
-    return torch.as_tensor(fill, dtype=pixel.dtype, device=pixel.device).reshape(-1, 1, 1).expand_as(pixel).clone()
 
 
 def integrated_gradients(model: nn.Module, z: torch.Tensor, z0: torch.Tensor, target: int, layout: TokenLayout,
@@ -58,15 +45,7 @@ def integrated_gradients(model: nn.Module, z: torch.Tensor, z0: torch.Tensor, ta
     return pooled[0, 0].float()
 
 
-def ig_map_input(model: nn.Module, pixel: torch.Tensor, config: PerturbationConfig, mean: tuple[float, ...],
-                 std: tuple[float, ...], target: int, layout: TokenLayout) -> torch.Tensor:
-    """``ig@input`` of a pixel-space image under the run's fill (see :func:`integrated_gradients`)."""
-    z = normalize(pixel, mean, std)
-    z0 = normalize(fill_baseline(pixel, config, mean), mean, std)
-    batch_size = batch_size_for(config, model, tuple(pixel.shape[-2:]), backward=True)
-    return integrated_gradients(model, z, z0, target, layout, batch_size=batch_size)
-
-
 def ig_result(values: torch.Tensor) -> MapResult:
-    """The ``ig@input`` map as a checked :class:`~audit.maps.MapResult` (degenerate when constant or not finite)."""
+    """The ``ig@input`` map as a checked :class:`~audit.maps.paper.MapResult` (degenerate when constant or not
+    finite)."""
     return finish_map(MapResult("ig", MAP_STAGE_INPUT, values))

@@ -13,8 +13,8 @@ grid resolution (gh, gw) unless stated. Stages are blocks ``'0'..'L-1'`` and ``'
 - ``random``: seeded uniform noise on the grid; ``center``: a centred Gaussian on the grid.
 
 The attention-based maps (``attention``, ``rollout``, ``chefer``, ``attn_gradcam``) are defined in
-:mod:`audit.attention`; they need a capture made with ``attention=True``. ``ig`` (Integrated Gradients) has one
-stage, ``input``, and is made by :mod:`audit.integrated_gradients` from the image, not from a capture.
+:mod:`audit.maps.attention`; they need a capture made with ``attention=True``. ``ig`` (Integrated Gradients) has one
+stage, ``input``, and is made by :mod:`audit.maps.integrated_gradients` from the image, not from a capture.
 """
 
 from __future__ import annotations
@@ -28,16 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model.capture import Capture
+from ..model.layout import MAP_STAGE_ENCODER, normalize_stage
 from .attention import ATTENTION_METHODS, attention_map
-from .capture import Capture
-from .layout import MAP_STAGE_ENCODER, normalize_stage
 
 __all__ = ["MapResult", "compute_maps", "finish_map", "METHODS", "DEFAULT_METHODS", "PAPER_METHODS", "INPUT_METHODS",
            "ACTIVATIONS", "is_constant", "map_seed"]
 
 PAPER_METHODS = ("cam", "cam_hidden", "grad", "grad_cls", "random", "center")
-INPUT_METHODS = ("ig",)  # maps of the model input, one stage 'input': audit/integrated_gradients.py
-METHODS = PAPER_METHODS + ATTENTION_METHODS + INPUT_METHODS  # the attention-based maps: audit/attention.py
+INPUT_METHODS = ("ig",)  # maps of the model input, one stage 'input': audit/maps/integrated_gradients.py
+METHODS = PAPER_METHODS + ATTENTION_METHODS + INPUT_METHODS  # the attention-based maps: audit/maps/attention.py
 DEFAULT_METHODS = PAPER_METHODS
 BASELINES = ("random", "center")
 ACTIVATIONS = {
@@ -200,7 +200,7 @@ def compute_maps(
 
     Args:
         model: the model the capture came from (its head gives w_c).
-        cap: the image's :class:`~audit.capture.Capture`.
+        cap: the image's :class:`~audit.model.capture.Capture`.
         methods: names from :data:`METHODS` (attention-based ones need ``cap`` made with ``attention=True``).
         stages: block indices and/or ``'encoder'``; default all of them.
         act: ``'gelu'`` (the paper), ``'relu'`` or ``'identity'``, for ``grad`` and ``grad_cls``.
@@ -231,7 +231,7 @@ def compute_maps(
     for stage in stage_list:
         tokens = cap.tokens[stage]
         for method in methods:
-            if method in INPUT_METHODS:  # not a map of a block: made from the input (audit.pipeline)
+            if method in INPUT_METHODS:  # not a map of a block: made from the input (audit.measure.image_audit)
                 continue
             if method == "cam":
                 values = _head_pre(model, layout.patch_tokens(tokens)) @ weight

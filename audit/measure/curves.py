@@ -8,7 +8,7 @@ the explained class; AUC is the trapezoid over x = k / steps on [0, 1]; ABPC = A
 
 With ``unit='patch'`` whole grid cells are ranked and removed instead of pixels.
 
-The fill may instead be a recipe of :mod:`audit.fills` (``--fill``): ``black`` (0, Chefer et al.'s protocol),
+The fill may instead be a recipe of :mod:`audit.measure.fills` (``--fill``): ``black`` (0, Chefer et al.'s protocol),
 ``mean`` (the model's normalisation mean, 0 after normalising), ``blur`` (the image under a Gaussian blur, RISE's
 substrate) or ``road`` (ROAD's noisy linear imputation of the removed pixels from the kept ones, recomputed for every
 perturbed image, its noise seeded by the run's seed and the removal mask).
@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model.images import normalize
 from .fills import blur_sigma, fill_image, gaussian_blur
-from .images import normalize
 
 __all__ = ["PerturbationConfig", "Curves", "faithfulness_curves", "auc", "removal_counts", "pixel_ranks",
            "max_steps", "road_seed", "ORDERS", "SCORE_DIRECTION", "SCORES", "FILL_CONSTANTS", "FILL_RECIPES",
@@ -43,7 +43,7 @@ __all__ = ["PerturbationConfig", "Curves", "faithfulness_curves", "auc", "remova
 ORDERS = ("morf", "lerf")
 UNITS = ("pixel", "patch")
 GREY = 127 / 255
-# Named fills (audit/fills.py): grey and black are the constants 127/255 and 0; the others are not one value.
+# Named fills (audit/measure/fills.py): grey and black are the constants 127/255 and 0; the others are not one value.
 FILL_CONSTANTS = {"grey": GREY, "black": 0.0}
 FILL_RECIPES = ("mean", "blur", "road")
 ROAD_NOISE = 0.01  # sigma of ROAD's Gaussian noise on the imputed pixels, in pixel units
@@ -67,7 +67,8 @@ class PerturbationConfig:
     Attributes:
         steps: removal steps; a curve has ``steps + 1`` points.
         fill: pixel-space value written into removed pixels, one per channel or one for all; or a recipe of
-            :mod:`audit.fills`: ``'grey'`` (127/255) and ``'black'`` (0) are stored as those values, ``'mean'`` (the
+            :mod:`audit.measure.fills`: ``'grey'`` (127/255) and ``'black'`` (0) are stored as those values, ``'mean'``
+            (the
             model's normalisation mean), ``'blur'`` (the image under RISE's Gaussian blur) and ``'road'`` (ROAD's
             noisy linear imputation, recomputed at every step, noise sigma :data:`ROAD_NOISE`) by name.
         unit: ``'pixel'`` or ``'patch'`` (whole grid cells).

@@ -3,7 +3,7 @@
 Every recipe works in PIXEL space, on a (C, H, W) float image in [0, 1] before normalisation, with a (H, W) bool
 removal mask (True = removed, all channels). Pixels the mask keeps are copied bit for bit; removed pixels get:
 
-* ``grey``: 127 / 255 in every channel (the default fill of :mod:`audit.perturb`).
+* ``grey``: 127 / 255 in every channel (the default fill of :mod:`audit.measure.curves`).
 * ``black``: 0 in every channel.
 * ``mean``: the model's normalisation mean, one value per channel, i.e. 0 after normalising.
 * ``blur``: the original image under a Gaussian blur (the substrate of RISE, Petsiuk et al. 2018), with
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FILLS", "fill_image", "blur_sigma", "gaussian_blur"]
+__all__ = ["FILLS", "fill_baseline", "fill_image", "blur_sigma", "gaussian_blur"]
 
 FILLS = ("grey", "black", "mean", "blur", "road")
 GREY = 127 / 255
@@ -215,3 +215,12 @@ def fill_image(
     out = pixel.detach().clone().reshape(chans, -1)
     out[:, torch.from_numpy(np.flatnonzero(removed.reshape(-1))).to(pixel.device)] = imputed.to(pixel.device)
     return out.reshape(chans, height, width)
+
+
+def fill_baseline(pixel: torch.Tensor, fill: str | float | tuple[float, ...], mean: tuple[float, ...]) -> torch.Tensor:
+    """The image with every pixel removed by the run's fill, in pixel space (``road`` without noise: grey, as
+    :func:`fill_image` fills an image with nothing kept to impute from): the baseline of ``ig@input``."""
+    if isinstance(fill, str):
+        everything = torch.ones(pixel.shape[1:], dtype=torch.bool)
+        return fill_image(pixel.cpu(), everything, fill, mean=mean, noise=0.0).to(pixel.device)
+    return torch.as_tensor(fill, dtype=pixel.dtype, device=pixel.device).reshape(-1, 1, 1).expand_as(pixel).clone()

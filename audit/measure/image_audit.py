@@ -12,20 +12,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
-from .attention import needs_attention
-from .capture import Capture, capture
-from .errors import AuditError, NonFiniteError
-from .images import PreparedImage, normalize, prepare_image
-from .integrated_gradients import ig_map_input, ig_result
-from .layout import normalize_stage
-from .maps import DEFAULT_METHODS, MapResult, compute_maps
-from .models import LoadedModel
-from .perturb import Curves, CurveWork, PerturbationConfig, batch_size_for, curve_work, evaluate_curve_work
-from .restore import PatchInverse, Restoration, restore
+from ..errors import AuditError, NonFiniteError
+from ..maps.attention import needs_attention
+from ..maps.integrated_gradients import ig_result, integrated_gradients
+from ..maps.paper import DEFAULT_METHODS, MapResult, compute_maps
+from ..model.capture import Capture, capture
+from ..model.images import PreparedImage, normalize, prepare_image
+from ..model.layout import TokenLayout, normalize_stage
+from ..model.load import LoadedModel
+from ..model.restore import PatchInverse, Restoration, restore
+from .curves import Curves, CurveWork, PerturbationConfig, batch_size_for, curve_work, evaluate_curve_work
+from .fills import fill_baseline
 from .stats import N_BOOTSTRAP, Summary, summarize
 
-__all__ = ["ImageAudit", "audit_image", "audit_group", "audit_images", "summarize_audits", "one_thread",
+__all__ = ["ImageAudit", "audit_image", "audit_group", "audit_images", "ig_map_input", "summarize_audits", "one_thread",
            "finite_stages", "check_capture_finite"]
 
 
@@ -78,6 +80,15 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def ig_map_input(model: nn.Module, pixel: torch.Tensor, config: PerturbationConfig, mean: tuple[float, ...],
+                 std: tuple[float, ...], target: int, layout: TokenLayout) -> torch.Tensor:
+    """``ig@input`` of a pixel-space image under the run's fill (see :func:`integrated_gradients`)."""
+    z = normalize(pixel, mean, std)
+    z0 = normalize(fill_baseline(pixel, config.fill, mean), mean, std)
+    batch_size = batch_size_for(config, model, tuple(pixel.shape[-2:]), backward=True)
+    return integrated_gradients(model, z, z0, target, layout, batch_size=batch_size)
+
+
 def audit_image(
     loaded: LoadedModel,
     image: str | os.PathLike[str] | PreparedImage | Any,
@@ -98,9 +109,9 @@ def audit_image(
     """Audit one image: one forward+backward capture, both restorations, every map, MoRF/LeRF curves.
 
     Args:
-        loaded: from :func:`audit.models.load_model`.
+        loaded: from :func:`audit.model.load.load_model`.
         image: a path, a PIL image / uint8 array, or an already :class:`PreparedImage`.
-        methods: maps to compute (names from :data:`audit.maps.METHODS`); computed at every stage (``ig``: at the
+        methods: maps to compute (names from :data:`audit.maps.paper.METHODS`); computed at every stage (``ig``: at the
             input, and always measured).
         stages: the stages whose maps are scored by MoRF/LeRF (block indices and/or ``'encoder'``); default all.
         act: activation of the gradient maps.

@@ -16,7 +16,8 @@ is known exactly: each patch token's fraction of its area under the stamp, weigh
 (:func:`stamp_region`).
 
 Per image (:func:`probe_image`): the clean and the stamped top-1 and their probabilities, and, for every gated map,
-the relevance mass on the stamp in the stamped image's map of its own top-1 (:func:`audit.localisation.mass_in`).
+the relevance mass on the stamp in the stamped image's map of its own top-1
+(:func:`audit.measure.localisation.mass_in`).
 Over images (:func:`attraction`): the attraction of each class k, A_k = P(top-1 = k | stamped) - P(top-1 = k | clean)
 over the images whose clean top-1 is not k (so A_k is the share of them the stamp moves to k), and the flip rate.
 """
@@ -33,12 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .attention import needs_attention
-from .capture import capture
-from .images import PreparedImage, normalize
+from ..maps.attention import needs_attention
+from ..maps.paper import compute_maps
+from ..model.capture import capture
+from ..model.images import PreparedImage, normalize
+from ..model.load import LoadedModel
 from .localisation import mass_in
-from .maps import compute_maps
-from .models import LoadedModel
 
 __all__ = ["PLACES", "Probe", "ProbeError", "attraction", "attraction_values", "parse_probe", "place", "probe_image",
            "stamp", "stamp_region", "stamped_picture"]
@@ -278,7 +279,7 @@ def probe_image(loaded: LoadedModel, prepared: PreparedImage, probe: Probe, keys
         device: where the model runs.
         thumbnail: longer side of the stamped picture kept (a PNG data URI); 0 keeps none.
     """
-    from .figures import png_data_uri
+    from ..figures import png_data_uri
 
     model = loaded.model.to(device)
     stamped, (top, left) = stamped_picture(prepared, probe, seed)

@@ -27,15 +27,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attention import ATTENTION_METHODS, needs_attention
-from .capture import capture_batch
-from .errors import ImageError
-from .images import normalize, prepare_image
-from .integrated_gradients import fill_baseline, ig_result, integrated_gradients
-from .layout import MAP_STAGE_ENCODER, MAP_STAGE_INPUT
-from .maps import MapResult, compute_maps
-from .pipeline import one_thread
-from .ranges import SEED_MAX
+from ..errors import ImageError
+from ..maps.attention import ATTENTION_METHODS, needs_attention
+from ..maps.integrated_gradients import ig_result, integrated_gradients
+from ..maps.paper import MapResult, compute_maps
+from ..model.capture import capture_batch
+from ..model.images import normalize, prepare_image
+from ..model.layout import MAP_STAGE_ENCODER, MAP_STAGE_INPUT
+from ..ranges import SEED_MAX
+from .fills import fill_baseline
+from .image_audit import one_thread
 from .stats import bootstrap_ci, spearman
 
 __all__ = ["RandomisationScores", "cascade_steps", "choose_images", "dependency_step", "map_verdict",
@@ -182,7 +183,7 @@ def _maps_of(model: nn.Module, images: Sequence[torch.Tensor], targets: Sequence
     caps = capture_batch(model, torch.stack(list(images)), targets, attention=needs_attention(methods))
     out = []
     for offset, cap in enumerate(caps):
-        with one_thread():  # small tensors: see audit.pipeline.one_thread
+        with one_thread():  # small tensors: see audit.measure.image_audit.one_thread
             maps = compute_maps(model, cap, methods=methods, act=act, seed=map_seed, image=f"sanity-{first + offset}")
         if baselines is not None:
             result = ig_result(integrated_gradients(model, images[offset], baselines[offset], cap.target, cap.layout))
@@ -193,7 +194,7 @@ def _maps_of(model: nn.Module, images: Sequence[torch.Tensor], targets: Sequence
 
 def unit_ranks(values: torch.Tensor) -> np.ndarray | None:
     """Average ranks (ties share their mean rank), centred and scaled to unit norm; None when constant or not
-    finite. The dot product of two is their Spearman correlation (:func:`audit.stats.spearman`)."""
+    finite. The dot product of two is their Spearman correlation (:func:`audit.measure.stats.spearman`)."""
     x = values.detach().cpu().double().numpy().ravel()
     if not np.isfinite(x).all():
         return None
@@ -353,7 +354,7 @@ def randomisation_record(loaded, model_id: str, images: Sequence[tuple[str, str]
     """The results file's record of the randomisation check of one model.
 
     Args:
-        loaded: the :class:`~audit.models.LoadedModel`.
+        loaded: the :class:`~audit.model.load.LoadedModel`.
         model_id: its id in the run.
         images: ``(image id, path)`` pairs; ``settings.randomisation_images`` of them are chosen round-robin over
             classes (:func:`choose_images`).
@@ -379,7 +380,7 @@ def randomisation_record(loaded, model_id: str, images: Sequence[tuple[str, str]
     inputs = [normalize(pixel, loaded.mean, loaded.std) for _, pixel, _ in chosen]
     baselines = None
     if "ig" in settings.methods:  # ig's path starts from the fill image
-        baselines = [normalize(fill_baseline(pixel, config, loaded.mean), loaded.mean, loaded.std)
+        baselines = [normalize(fill_baseline(pixel, config.fill, loaded.mean), loaded.mean, loaded.std)
                      for _, pixel, _ in chosen]
     seeds = randomisation_seeds(settings.seed, settings.randomisation_seeds)
     scores = randomisation_scores(model, inputs, settings.methods, seeds, act=settings.act, map_seed=settings.seed,

@@ -112,7 +112,7 @@ def capture(model: nn.Module, x: torch.Tensor, target: int | None = None, attent
     """Run one forward and one backward pass of a normalised image and keep every stage.
 
     Args:
-        model: a timm VisionTransformer (checked by :func:`audit.layout.check_supported`).
+        model: a timm VisionTransformer (checked by :func:`audit.model.layout.check_supported`).
         x: the normalised model input, (C, H, W) or (1, C, H, W).
         target: the class to explain; defaults to the clean image's top-1.
         attention: also keep every block's attention probabilities and their gradients; for that pass the blocks

@@ -15,7 +15,7 @@ Supported (``model_type`` in ``config.json``):
   ViT with one register token) and ``DeiTForImageClassificationWithTeacher`` (timm's distilled ViT: the mean of the
   class-token head and the distillation-token head).
 
-Weights are read as :func:`audit.models.read_state_dict` reads them: safetensors, or pickles only through
+Weights are read as :func:`audit.model.load.read_state_dict` reads them: safetensors, or pickles only through
 ``torch.load(weights_only=True)``. A pooler (``ViTModel``'s, which the classifier never reads) and a mask token
 (masked image modelling only) are left out and the reason is recorded with the model.
 """
@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ModelLoadError
-from .models import MAX_LISTED, LoadedModel, _check_finite, fit_report, read_state_dict, sha256_of
+from ..errors import CheckpointError, ModelLoadError
+from .load import MAX_LISTED, LoadedModel, _check_finite, fit_report, read_state_dict, sha256_of
 
 __all__ = ["HF_MODEL", "SUPPORTED_TYPES", "HFArchitecture", "is_hf_folder", "load_hf_model", "read_hf_config",
            "architecture_of", "build_timm_model", "from_hf_state_dict", "to_hf_state_dict", "hf_config_for",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ImageError
+from ..errors import ImageError
 
 __all__ = ["PreparedImage", "find_images", "normalize", "prepare_image", "IMAGE_SUFFIXES"]
 

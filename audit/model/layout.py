@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 __all__ = ["TokenLayout", "check_supported", "layout_of", "stage_names", "stage_order", "MAP_STAGE_ENCODER",
            "MAP_STAGE_INPUT"]

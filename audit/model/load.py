@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ModelLoadError
+from ..errors import CheckpointError, ModelLoadError
 from .layout import TokenLayout, check_supported, layout_of
 
 __all__ = ["LoadedModel", "fit_report", "load_model", "read_state_dict", "sha256_of"]
@@ -285,7 +285,7 @@ def load_model(
     """
     import timm
 
-    from . import zoo  # noqa: F401  (registers the embedded default model with timm)
+    from .. import zoo  # noqa: F401  (registers the embedded default model with timm)
 
     if checkpoint is not None and pretrained:
         raise ValueError("pretrained: pass either a checkpoint or pretrained=True, not both")

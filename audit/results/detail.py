@@ -1,7 +1,7 @@
 """How much of each (model, image) record the results file keeps: ``--results-detail full|curves|summary``.
 
 Records are made, cached, stored for the run's processes and read by the checks in full; the results file keeps
-one level of them, trimmed when it is assembled (:meth:`audit.session.AuditSession.results`). A record served by
+one level of them, trimmed when it is assembled (:meth:`audit.run.session.AuditSession.results`). A record served by
 the cache and one computed thus give the same file, and one cache entry serves every level.
 
 - ``full`` (the default): what the HTML report draws and a later ``--baseline`` comparison reads, which is everything
@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .layout import stage_order
-from .maps import BASELINES
+from ..maps.paper import BASELINES
+from ..model.layout import stage_order
 
 __all__ = ["DETAILS", "DEFAULT_DETAIL", "GRID_DIGITS", "FLOAT32_DIGITS", "charted_maps", "check_detail", "compact",
            "trim_comparison", "trim_run"]
@@ -106,7 +106,7 @@ def trim_run(run: Mapping[str, Any], detail: str, gated: Sequence[tuple[str, str
     """The part of one run record (schema ``vit-audit/1``) that the results file keeps at ``detail``; a new dict.
 
     Args:
-        run: the record as made (:mod:`audit.records`), left unchanged.
+        run: the record as made (:mod:`audit.run.records`), left unchanged.
         detail: ``full``, ``curves`` or ``summary``.
         gated: the run's model's gated maps as (method, stage), stages in canonical form.
     """
@@ -134,7 +134,7 @@ def trim_run(run: Mapping[str, Any], detail: str, gated: Sequence[tuple[str, str
 
 
 def trim_comparison(record: Mapping[str, Any], detail: str) -> dict[str, Any]:
-    """A comparison record (:func:`audit.compare.compare_map`) at ``detail``; a new dict.
+    """A comparison record (:func:`audit.verdicts.compare.compare_map`) at ``detail``; a new dict.
 
     Its pairs' curve points and its largest drops' grids (of a gated map) are kept unless ``summary``.
     """

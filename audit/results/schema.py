@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .capture import STAGE_EMBED, STAGE_PATCH_EMBED
-from .figures import png_data_uri
-from .models import DATA_CONFIG_KEYS, LoadedModel
-from .pipeline import ImageAudit, finite_stages
+from ..figures import png_data_uri
+from ..measure.image_audit import ImageAudit, finite_stages
+from ..model.capture import STAGE_EMBED, STAGE_PATCH_EMBED
+from ..model.load import DATA_CONFIG_KEYS, LoadedModel
 
 __all__ = ["SCHEMA", "environment_record", "model_record", "run_record", "error_run_record", "stopped_results",
            "write_json", "write_text_atomically", "clean"]

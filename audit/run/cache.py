@@ -22,7 +22,6 @@ from typing import Any
 
 __all__ = ["CacheWarning", "RunCache", "check_cache_dir", "run_key"]
 
-DEFAULT_CACHE = ".vit-audit-cache"
 
 
 class CacheWarning(UserWarning):
@@ -53,14 +52,14 @@ def run_key(settings, loaded, plan, device: str, image_sha256: str | None, label
     digest): such a record is computed every time.
 
     ``--results-detail`` is not part of it: records are kept whole and trimmed only when the results file is written
-    (:mod:`audit.detail`), so one entry serves every level."""
+    (:mod:`audit.results.detail`), so one entry serves every level."""
     if not image_sha256 or not loaded.checkpoint_sha256:
         return None
     import timm
     import torch
 
-    from . import __version__
-    from .results import SCHEMA, clean
+    from .. import __version__
+    from ..results.schema import SCHEMA, clean
 
     s = settings
     return clean({

@@ -1,7 +1,7 @@
 """Where a run's (model, image) records are made: one after the other in this process, or as tasks on a Ray cluster.
 
 An executor is started before the checks run (a usage error when it cannot be), yields each case as its record is
-done, and is closed with the run. ``local`` makes the records with :meth:`audit.session.AuditSession.run`. ``ray``
+done, and is closed with the run. ``local`` makes the records with :meth:`audit.run.work.AuditSession.run`. ``ray``
 (the extra ``vit-audit[ray]``) makes every record that is neither stored nor cached as one Ray task: one GPU per
 task where the cluster has GPUs and ``--device`` allows them, one CPU otherwise. Finished records stream back as
 they finish; the session stores each in the run's records and the cache, which stay on this machine. A task whose
@@ -16,7 +16,6 @@ keeps it for its next tasks.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import logging
 import signal
@@ -24,19 +23,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .cache import run_key
-from .errors import AuditError, ExecutorError
+from ..config.settings import AuditSettings, parse_ray_address
+from ..errors import AuditError, ExecutorError
+from ..model.restore import PatchInverse
 from .inputs import load_named
-from .records import RecordMaker, made_how
-from .restore import PatchInverse
-from .results import error_run_record
-from .settings import AuditSettings, parse_ray_address
-
-if TYPE_CHECKING:
-    from .session import AuditSession, Case
+from .records import RecordMaker
+from .work import Case, RecordWork, RemoteTask
 
 __all__ = ["LocalExecutor", "RayExecutor", "executor_for"]
 
@@ -44,7 +38,6 @@ MAX_RETRIES = 3  # runs of a task after the first, when its worker dies
 CPUS_PER_TASK = 1  # each task's CPU share, and its torch threads
 IN_FLIGHT_PER_SLOT = 2  # tasks submitted ahead of each task slot of the cluster (their images held meanwhile)
 CONNECT_TIMEOUT_S = 5.0  # to find the cluster's port open before Ray is asked to connect
-PRETRAINED = "pretrained"  # the --checkpoint of timm's own weights
 
 
 def executor_for(settings: AuditSettings) -> LocalExecutor | RayExecutor:
@@ -64,16 +57,16 @@ class LocalExecutor:
     def summary_lines(self) -> list[str]:
         return []
 
-    def make(self, session: AuditSession, cases: Iterable[Case]) -> Iterator[Case]:
+    def make(self, work: RecordWork, cases: Iterable[Case]) -> Iterator[Case]:
         """Make each case's record, yielding the case when it is done. Consecutive cases of one model are made in
-        groups of ``--image-batch`` (:meth:`audit.session.AuditSession.run_group`). A record that raises is left for
+        groups of ``--image-batch`` (:meth:`audit.run.work.AuditSession.run_group`). A record that raises is left for
         its check to compute again and report."""
-        for group in _groups(session, cases):
+        for group in _groups(work, cases):
             try:
                 if len(group) > 1:
-                    session.run_group(group)
+                    work.run_group(group)
                 else:
-                    session.run(group[0])
+                    work.run(group[0])
             except Exception:  # noqa: BLE001 - the check that reads each record reports the error
                 pass
             yield from group
@@ -82,7 +75,7 @@ class LocalExecutor:
         """Nothing to close."""
 
 
-def _groups(session: AuditSession, cases: Iterable[Case]) -> Iterator[list[Case]]:
+def _groups(work: RecordWork, cases: Iterable[Case]) -> Iterator[list[Case]]:
     """Consecutive cases of one model, at most the model's ``--image-batch`` in each group."""
     group: list[Case] = []
     size = 1
@@ -91,7 +84,7 @@ def _groups(session: AuditSession, cases: Iterable[Case]) -> Iterator[list[Case]
             yield group
             group = []
         if not group:
-            size = session.image_batch(case.model_id)
+            size = work.image_batch(case.model_id)
         group.append(case)
     if group:
         yield group
@@ -166,7 +159,7 @@ class RayExecutor:
         return (f"ray ({self.where}: {cpus} CPUs, {gpus} GPUs; {share} per task, on {self.task_device}, up to "
                 f"{MAX_RETRIES} retries)")
 
-    def make(self, session: AuditSession, cases: Iterable[Case]) -> Iterator[Case]:
+    def make(self, work: RecordWork, cases: Iterable[Case]) -> Iterator[Case]:
         """Make the cases' records as Ray tasks, yielding each case when its record is stored.
 
         Raises:
@@ -174,19 +167,18 @@ class RayExecutor:
                 cached.
         """
         ray = self._ray
-        pending: dict[Any, tuple[Case, dict[str, Any] | None, float]] = {}
+        pending: dict[Any, tuple[Case, RemoteTask, float]] = {}
         todo = iter(cases)
         done = 0
         try:
             while True:
                 for case in todo:
-                    submitted = self._submit(session, case)
-                    if submitted is None:  # had here: stored, cached, or failing before any model work
+                    task = work.remote_task(case, self.task_device)
+                    if task is None:  # had here: stored, cached, or failing before any model work
                         done += 1
                         yield case
                     else:
-                        ref, key = submitted
-                        pending[ref] = (case, key, time.perf_counter())
+                        pending[self._task.remote(task.payload)] = (case, task, time.perf_counter())
                     if len(pending) >= self.slots * IN_FLIGHT_PER_SLOT:
                         break
                 if not pending:
@@ -194,10 +186,10 @@ class RayExecutor:
                 try:
                     ready, _ = ray.wait(list(pending), num_returns=1)
                 except Exception as err:  # noqa: BLE001 - the connection itself failed: nothing more can be made
-                    kept = "the results file and the cache" if session.records.cache is not None else "the results file"
+                    kept = "the results file and the cache" if work.caching else "the results file"
                     raise ExecutorError(f"executor: lost {self.where} ({_one_line(err)}) after {done} record(s), kept "
                                         f"in {kept}; run again to make the rest") from None
-                case, key, started = pending.pop(ready[0])
+                case, task, started = pending.pop(ready[0])
                 try:
                     record = ray.get(ready[0])
                 except ray.exceptions.RayError as err:  # retries spent, or a bug: its check makes it here
@@ -205,7 +197,7 @@ class RayExecutor:
                     done += 1
                     yield case
                     continue
-                self._keep(session, case, key, record, time.perf_counter() - started)
+                work.keep_remote(case, task, record, time.perf_counter() - started)
                 self.made += 1
                 done += 1
                 yield case
@@ -216,39 +208,6 @@ class RayExecutor:
                 except Exception:  # noqa: BLE001 - the cluster may be gone already
                     pass
 
-    def _submit(self, session: AuditSession, case: Case) -> tuple[Any, dict[str, Any] | None] | None:
-        """Submit the task of a case, with the cache key its record will be stored under; None where the record is
-        had here instead: already stored, served by the cache, or failing before any model work (its label or its
-        file cannot be read), which the session makes at once with the same error as a local run."""
-        if session.store.read("runs", case.key) is not None:
-            return None
-        s, loaded, plan = session.settings, session.models[case.model_id], session.plans[case.model_id]
-        entry = session.image_set.entry(case.image_id)
-        sha256 = entry.sha256 if entry else None
-        try:
-            label = session.labels.class_of(case.path, loaded.num_classes) if session.labels else None
-        except AuditError:
-            session.run(case)
-            return None
-        cache = session.records.cache
-        key = run_key(s, loaded, plan, self.task_device, sha256, label) if cache is not None else None
-        cached = cache.get(key) if key is not None else None
-        if cached is not None:
-            cached.update(image=case.path, image_name=case.image_id)
-            session.keep_run(case, cached)
-            return None
-        try:  # read only for a task: a cached record needs no bytes
-            data = Path(case.path).read_bytes()
-        except OSError:
-            session.run(case)
-            return None
-        name, checkpoint = dict(zip(session.model_ids, zip(s.model, s.checkpoint)))[case.model_id]
-        task = {"settings": dataclasses.replace(s, cache=None, no_cache=True), "config": session.config,
-                "plan": plan, "model": (name, _for_workers(checkpoint), loaded.checkpoint_sha256),
-                "path": case.path, "image_id": case.image_id, "sha256": sha256, "label": label, "data": data,
-                "device": self.task_device}
-        return self._task.remote(task), key
-
     def summary_lines(self) -> list[str]:
         """``ray: 18 record(s) made by Ray tasks ...`` and the tasks that failed for good, once tasks were run."""
         if not (self.made or self.failed):
@@ -256,18 +215,6 @@ class RayExecutor:
         failed = (f"; {len(self.failed)} task(s) failed for good, their records made by their checks here (first: "
                   f"{self.failed[0]})" if self.failed else "")
         return [f"ray: {self.made} record(s) made by Ray tasks on {self.where}{failed}"]
-
-    @staticmethod
-    def _keep(session: AuditSession, case: Case, key: dict[str, Any] | None, record: dict[str, Any],
-              seconds: float) -> None:
-        """Store a finished task's record (and cache it, as a local run would)."""
-        if "worker_error" in record:
-            plan, inverse = session.plans[case.model_id], session.inverses[case.model_id]
-            record = {**error_run_record(session.models[case.model_id].name, case.path, record["worker_error"]),
-                      **made_how(seconds, inverse, plan)}
-        elif key is not None and not record.get("error"):
-            session.records.cache.put(key, record)
-        session.keep_run(case, record)
 
     def close(self) -> None:
         """Disconnect from the cluster (and stop the Ray instance started on this machine)."""
@@ -310,11 +257,6 @@ def _init(ray: Any, address: str | None) -> None:
 def _one_line(err: BaseException) -> str:
     """The first line of an exception's message (Ray's run over many), or its type."""
     return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-
-
-def _for_workers(checkpoint: str) -> str:
-    """The checkpoint as a worker reads it: an absolute path (timm's own weights as they are named)."""
-    return checkpoint if checkpoint == PRETRAINED else str(Path(checkpoint).resolve())
 
 
 # -- in a Ray worker -----------------------------------------------------------------------------------------------

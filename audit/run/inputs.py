@@ -20,13 +20,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import AuditError, ImageError, ModelLoadError
-from .hf import HF_MODEL, is_hf_folder, load_hf_model
-from .images import find_images
-from .models import LoadedModel, load_model, sha256_of
+from ..errors import AuditError, ImageError, ModelLoadError
+from ..model.hf import HF_MODEL, is_hf_folder, load_hf_model
+from ..model.images import find_images
+from ..model.load import LoadedModel, load_model, sha256_of
 
-__all__ = ["ImageEntry", "ImageSet", "Labels", "LoadedModels", "collect_images", "image_ids", "load_models",
-           "load_named", "model_id_for", "read_labels"]
+__all__ = ["PRETRAINED", "ImageEntry", "ImageSet", "Labels", "LoadedModels", "checkpoint_for_workers",
+           "collect_images", "image_ids", "load_models", "load_named", "model_id_for", "read_labels"]
+
+PRETRAINED = "pretrained"  # the --checkpoint of timm's own weights
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def collect_images(paths: Iterable[str | os.PathLike[str]], keep_duplicates: boo
     """Find the images of the run: every file once, with a unique id and its sha256.
 
     Raises:
-        ImageError: a path does not exist, or no image was found (see :func:`audit.images.find_images`).
+        ImageError: a path does not exist, or no image was found (see :func:`audit.model.images.find_images`).
     """
     found, left_out = [], []
     first_of: dict[Path, Path] = {}
@@ -158,8 +160,14 @@ def load_named(name: str, checkpoint: str) -> LoadedModel:
     if is_hf_folder(checkpoint):
         raise ModelLoadError(f"checkpoint {checkpoint!r} is a Hugging Face model folder, whose config.json names its "
                              f"architecture; pass --model hf (or leave --model out) instead of --model {name}")
-    pretrained = checkpoint == "pretrained"
+    pretrained = checkpoint == PRETRAINED
     return load_model(name, None if pretrained else checkpoint, pretrained=pretrained)
+
+
+def checkpoint_for_workers(checkpoint: str) -> str:
+    """The checkpoint as another process or machine reads it: an absolute path (timm's own weights as they are
+    named)."""
+    return checkpoint if checkpoint == PRETRAINED else str(Path(checkpoint).resolve())
 
 
 def load_models(names: list[str], checkpoints: list[str]) -> LoadedModels:

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..config.settings import input_paths, output_settings
 from .cache import check_cache_dir
-from .settings import input_paths, output_settings
 
 __all__ = ["check_outputs", "write_outputs", "write_stopped_run"]
 
@@ -101,7 +101,7 @@ def write_stopped_run(message: str, cli: dict[str, Any], config_file: str | None
     paths = output_settings(cli, config_file, pyproject)
     if not (paths["audit_json"] or paths["report"]):
         return ""
-    from .results import stopped_results
+    from ..results.schema import stopped_results
 
     device = cli.get("device") if isinstance(cli.get("device"), str) else None
     outcomes = write_outputs(stopped_results(message, device=device), paths["audit_json"], paths["report"],
@@ -131,7 +131,7 @@ def write_outputs(results: dict[str, Any], audit_json: str | None, report: str |
     audit_json = None if audit_json in done else audit_json
     report = None if report in done else report
     if audit_json:
-        from .results import write_json
+        from ..results.schema import write_json
 
         try:
             _refuse_not_regular(audit_json)

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .integrated_gradients import IG_STEPS
-from .layout import MAP_STAGE_INPUT, normalize_stage, stage_names
-from .maps import INPUT_METHODS
-from .models import LoadedModel
-from .perturb import AUTO_BATCH, PerturbationConfig, amp_context, batch_size_for, max_steps, perturbed_copies
-from .ranges import IMAGE_BATCH_MAX
-from .settings import AuditSettings
+from ..config.settings import AuditSettings
+from ..maps.integrated_gradients import IG_STEPS
+from ..maps.paper import INPUT_METHODS
+from ..measure.curves import AUTO_BATCH, PerturbationConfig, amp_context, batch_size_for, max_steps, perturbed_copies
+from ..model.layout import MAP_STAGE_INPUT, normalize_stage, stage_names
+from ..model.load import LoadedModel
+from ..ranges import IMAGE_BATCH_MAX
 
 __all__ = ["AUTO", "ModelPlan", "auto_image_batch", "forwards_per_image", "map_keys", "plan_lines", "plan_model",
            "time_forwards"]
@@ -148,7 +148,7 @@ def plan_lines(plan: ModelPlan, settings: AuditSettings, loaded: LoadedModel, n_
                note: str | None = None) -> list[str]:
     """What a run will measure on a model: which maps get curves, and images x maps x forwards with an ETA from a
     short timing of the model under ``settings.amp`` (the run's header prints them before any model work); ``note``
-    ends the ETA's line (:meth:`audit.precision.Precision.plan_note`: bfloat16 emulated on this device)."""
+    ends the ETA's line (:meth:`audit.measure.precision.Precision.plan_note`: bfloat16 emulated on this device)."""
     n_curves, forwards = forwards_per_image(plan, settings, loaded.layout.depth)
     rate = time_forwards(loaded.model.to(device), loaded.input_size, loaded.data_config["input_size"][0], device,
                          settings.batch_size, settings.amp)

@@ -28,7 +28,7 @@ def needed_cases(session, items: list[Any]) -> list:
 
 
 def make_records(session, items: list[Any], config) -> None:
-    """Make the records the selected checks read with the run's executor (:mod:`audit.executors`), showing
+    """Make the records the selected checks read with the run's executor (:mod:`audit.run.executors`), showing
     progress as each is done. A record that raises is left for its check to compute again and report."""
     cases = needed_cases(session, items)
     progress = Progress.for_config(config, len(cases))

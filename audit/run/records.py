@@ -6,16 +6,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..config.settings import AuditSettings
+from ..errors import AuditError
+from ..measure.curves import AUTO_BATCH, PerturbationConfig
+from ..measure.image_audit import audit_group, one_thread
+from ..model.images import prepare_image
+from ..model.load import LoadedModel
+from ..model.restore import PatchInverse
+from ..results.schema import error_run_record, run_record
 from .cache import RunCache, run_key
-from .errors import AuditError
-from .images import prepare_image
-from .models import LoadedModel
-from .perturb import AUTO_BATCH, PerturbationConfig
-from .pipeline import audit_group, one_thread
 from .plan import ModelPlan, auto_image_batch
-from .restore import PatchInverse
-from .results import error_run_record, run_record
-from .settings import AuditSettings
 
 __all__ = ["MADE_HOW", "Item", "RecordMaker", "made_how"]
 
@@ -63,7 +63,7 @@ class RecordMaker:
 
     def image_batch(self, loaded: LoadedModel, plan: ModelPlan) -> int:
         """How many images' perturbed copies share the curves' batches (``--image-batch``; ``auto``: enough images to
-        fill one batch, :func:`audit.plan.auto_image_batch`)."""
+        fill one batch, :func:`audit.run.plan.auto_image_batch`)."""
         if self.settings.image_batch != AUTO_BATCH:
             return int(self.settings.image_batch)
         return auto_image_batch(plan, self.settings, loaded, self.config, self.device)
@@ -83,7 +83,7 @@ class RecordMaker:
     def make_group(self, loaded: LoadedModel, plan: ModelPlan, inverse: PatchInverse, items: list[Item],
                    label_of=None) -> list[dict[str, Any] | Exception]:
         """The records of several images (:data:`Item` each), those not cached audited together so that their
-        perturbed copies share the curves' batches (:func:`audit.pipeline.audit_group`).
+        perturbed copies share the curves' batches (:func:`audit.measure.image_audit.audit_group`).
 
         Each record is cached as soon as its group is done. An image that cannot be audited gets an error record; an
         error that is not the image's stands in its place. A record's ``seconds`` is its share of the group's time and
@@ -120,7 +120,7 @@ class RecordMaker:
                     out[index] = result
                     continue
                 own = time.perf_counter()
-                with one_thread():  # thumbnails and small tensors (audit.pipeline.one_thread)
+                with one_thread():  # thumbnails and small tensors (audit.measure.image_audit.one_thread)
                     record = run_record(loaded, result, thumbnail=max(s.report_thumbnail, 64))
                 record.update(made_how(share + time.perf_counter() - own, inverse, plan, images=len(todo)))
                 if key is not None:

@@ -21,7 +21,7 @@ fails that image alone (:class:`ImageRegionsError`). CSV boxes record no size: t
 :func:`token_regions` measures, for one image and one model, the fraction of each patch token's area inside the
 image's object, artefact and void regions. The model input is sampled at :data:`SUBSAMPLES` x :data:`SUBSAMPLES`
 points per pixel; each point is mapped back into the original picture through the model's own resize and crop
-(:func:`input_geometry`, which reproduces :func:`audit.images.prepare_image` exactly) and tested against the boxes
+(:func:`input_geometry`, which reproduces :func:`audit.model.images.prepare_image` exactly) and tested against the boxes
 and polygons analytically (polygons by the even-odd rule) and against masks by the mask pixel that holds it
 (nearest-neighbour resizing). Points in the padding of timm's ``border`` crop mode belong to no region.
 
@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AuditError
-from .images import _orientation
+from ..errors import AuditError
+from ..model.images import _orientation
 
 __all__ = ["Geometry", "ImageRegions", "ImageRegionsError", "RegionPicture", "Regions", "RegionsError", "ROLES",
            "SUBSAMPLES", "Shape", "TokenRegions", "VOID", "input_geometry", "load_regions", "region_picture",
@@ -550,7 +550,8 @@ def _tail_matches(name: str, image: PurePath, by_stem: bool) -> bool:
 def input_geometry(original_size: tuple[int, int], data_config: Mapping[str, Any]) -> Geometry:
     """Where a picture of ``original_size`` = (width, height) (upright) lands in the model's input.
 
-    Reproduces :func:`audit.images.prepare_image`: a Hugging Face processor's resize to ``data_config["resize"]`` =
+    Reproduces :func:`audit.model.images.prepare_image`: a Hugging Face processor's resize to ``data_config["resize"]``
+    =
     (H, W) and center crop (top-left corner at the floor of half the size difference) where ``resize`` is set, else
     timm's eval transform: the resize size ``floor(input / crop_pct)``; ``squash`` resizes both sides to it,
     ``border`` the longer side keeping the ratio (then crops or pads), and ``center`` (any other mode) the shorter
@@ -621,7 +622,7 @@ def token_regions(regions: ImageRegions, image_path: str | os.PathLike[str], dat
     Args:
         regions: the image's regions (:meth:`Regions.for_image`).
         image_path: the image file, read for its size and EXIF Orientation.
-        data_config: the model's data config, as :func:`audit.images.prepare_image` takes it.
+        data_config: the model's data config, as :func:`audit.model.images.prepare_image` takes it.
         grid: the token grid (gh, gw).
         patch: the patch size (ph, pw); ``gh * ph`` x ``gw * pw`` is the model input's size.
 

@@ -1,22 +1,32 @@
 """The state of one audit run, shared by every check: models, images, and results computed once.
 
-Set-up (loading the models, finding the images) is :mod:`audit.inputs`; the records computed once per
-(model, image) and per model, shared by every process of the run, are kept by :mod:`audit.store` and made by
-:mod:`audit.records` (the randomisation check's by :mod:`audit.sanity`). This class ties them to the gates and the
-baseline; :mod:`audit.assemble` writes them into the results file.
+Set-up (loading the models, finding the images) is :mod:`audit.run.inputs`; the records computed once per
+(model, image) and per model, shared by every process of the run, are kept by :mod:`audit.run.store` and made by
+:mod:`audit.run.records` (the randomisation check's by :mod:`audit.measure.randomisation`). This class ties them to the
+gates and the
+baseline; :mod:`audit.run.assemble` writes them into the results file.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from .assemble import assemble_results
-from .classes import class_agreement
-from .compare import (
+from ..config.settings import AuditSettings
+from ..errors import AuditError
+from ..measure.precision import resolve_amp
+from ..measure.probes import attraction, parse_probe, place, probe_image
+from ..measure.randomisation import randomisation_record
+from ..model.images import prepare_image
+from ..model.load import LoadedModel
+from ..model.restore import PatchInverse
+from ..results.schema import SCHEMA, error_run_record, model_record
+from ..verdicts.classes import class_agreement
+from ..verdicts.compare import (
     Baseline,
     baseline_stage,
     check_measured,
@@ -28,46 +38,22 @@ from .compare import (
     paired_runs,
     planning_power,
 )
-from .errors import AuditError
+from ..verdicts.gates import apply_holm, evaluate_gate, gate_inputs
+from ..verdicts.margins import margin_for
+from ..verdicts.reasons import compare_probe, compare_regions, probe_limits, record_localisation, region_gate
+from .assemble import assemble_results
+from .cache import run_key
 from .executors import executor_for
-from .gates import apply_holm, evaluate_gate, gate_inputs
-from .images import prepare_image
-from .inputs import collect_images, load_models, load_named, model_id_for, read_labels
-from .models import LoadedModel
+from .inputs import checkpoint_for_workers, collect_images, load_models, load_named, model_id_for, read_labels
 from .plan import ModelPlan, map_keys, plan_lines, plan_model
-from .policy import margin_for
-from .precision import resolve_amp
-from .probes import attraction, parse_probe, place, probe_image
-from .reasons import compare_probe, compare_regions, probe_limits, record_localisation, region_gate
-from .records import MADE_HOW, Item, RecordMaker
+from .records import MADE_HOW, Item, RecordMaker, made_how
 from .regions import ImageRegionsError, load_regions, token_regions
-from .restore import PatchInverse
-from .results import SCHEMA, error_run_record, model_record
-from .sanity import randomisation_record
-from .settings import AuditSettings
 from .store import RecordStore
+from .work import Case, RemoteTask
 
 __all__ = ["AuditSession", "Case", "model_id_for"]
 
 BASELINE_PREFIX = "baseline-"  # the id of a baseline model audited in this run: baseline-<its model id>
-
-
-class Case:
-    """One (model, image) pair: what per-image checks are parametrised by."""
-
-    def __init__(self, model_id: str, image_id: str, path: str):
-        self.model_id, self.image_id, self.path = model_id, image_id, path
-
-    @property
-    def id(self) -> str:
-        return f"{self.model_id}-{self.image_id}"
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.model_id, self.image_id)
-
-    def __repr__(self) -> str:
-        return f"Case({self.id})"
 
 
 class AuditSession:
@@ -86,7 +72,8 @@ class AuditSession:
         self.embedded = embedded
         self.store = RecordStore(workdir)
         self.device = self._device(settings.device)
-        # --amp auto is resolved here, once, before the plans, the recipe and the cache key read it (audit.precision)
+        # --amp auto is resolved here, once, before the plans, the recipe and the cache key read it
+        # (audit.measure.precision)
         self.precision = resolve_amp(settings.amp, self.device)
         self.settings = settings = replace(settings, amp=self.precision.amp)
         # A model that cannot be loaded does not stop the others: its error is kept for its check to report. With
@@ -148,7 +135,7 @@ class AuditSession:
         return baseline
 
     def _plan(self, model_id: str, loaded: LoadedModel) -> None:
-        """The stages measured and gated for one model (:func:`audit.plan.plan_model`)."""
+        """The stages measured and gated for one model (:func:`audit.run.plan.plan_model`)."""
         self.plans[model_id] = plan_model(self.settings, loaded)
 
     @property
@@ -157,7 +144,7 @@ class AuditSession:
         return {model_id: plan.gates for model_id, plan in self.plans.items()}
 
     def plan_lines(self, model_id: str) -> list[str]:
-        """What the run will measure on a model, with an ETA (:func:`audit.plan.plan_lines`)."""
+        """What the run will measure on a model, with an ETA (:func:`audit.run.plan.plan_lines`)."""
         return plan_lines(self.plans[model_id], self.settings, self.models[model_id], len(self.images), self.device,
                           note=self.precision.plan_note(self.device))
 
@@ -210,6 +197,55 @@ class AuditSession:
             cases = [case for case in cases if case.key not in failed]  # left for their checks to make and report
         for case in cases:
             self.run(case)
+
+    @property
+    def caching(self) -> bool:
+        """Whether finished records are also kept in the cache."""
+        return self.records.cache is not None
+
+    def remote_task(self, case: Case, device: str) -> RemoteTask | None:
+        """The task that makes the case's record on a worker running on ``device``, with the cache key its record will
+        be stored under; None where the record is had here instead: already stored, served by the cache, or failing
+        before any model work (its label or its file cannot be read), made at once with the same error as a local
+        run."""
+        if self.store.read("runs", case.key) is not None:
+            return None
+        s, loaded, plan = self.settings, self.models[case.model_id], self.plans[case.model_id]
+        entry = self.image_set.entry(case.image_id)
+        sha256 = entry.sha256 if entry else None
+        try:
+            label = self.labels.class_of(case.path, loaded.num_classes) if self.labels else None
+        except AuditError:
+            self.run(case)
+            return None
+        cache = self.records.cache
+        key = run_key(s, loaded, plan, device, sha256, label) if cache is not None else None
+        cached = cache.get(key) if key is not None else None
+        if cached is not None:
+            cached.update(image=case.path, image_name=case.image_id)
+            self.keep_run(case, cached)
+            return None
+        try:  # read only for a task: a cached record needs no bytes
+            data = Path(case.path).read_bytes()
+        except OSError:
+            self.run(case)
+            return None
+        name, checkpoint = dict(zip(self.model_ids, zip(s.model, s.checkpoint)))[case.model_id]
+        payload = {"settings": replace(s, cache=None, no_cache=True), "config": self.config, "plan": plan,
+                   "model": (name, checkpoint_for_workers(checkpoint), loaded.checkpoint_sha256),
+                   "path": case.path, "image_id": case.image_id, "sha256": sha256, "label": label, "data": data,
+                   "device": device}
+        return RemoteTask(payload, key)
+
+    def keep_remote(self, case: Case, task: RemoteTask, record: dict[str, Any], seconds: float) -> None:
+        """Keep the record a worker returned (and cache it, as a local run would)."""
+        if "worker_error" in record:
+            plan, inverse = self.plans[case.model_id], self.inverses[case.model_id]
+            record = {**error_run_record(self.models[case.model_id].name, case.path, record["worker_error"]),
+                      **made_how(seconds, inverse, plan)}
+        elif task.key is not None and not record.get("error"):
+            self.records.cache.put(task.key, record)
+        self.keep_run(case, record)
 
     def image_batch(self, model_id: str) -> int:
         """How many of a model's images share the curves' batches (``--image-batch``, ``auto`` resolved)."""
@@ -297,7 +333,7 @@ class AuditSession:
 
     def region_gate(self, model_id: str, method: str, stage: str) -> dict[str, Any]:
         """The regions gate of one map: absolute (mass on the objects above chance), and with a baseline also paired
-        (:mod:`audit.reasons`); computed once for the run."""
+        (:mod:`audit.verdicts.reasons`); computed once for the run."""
         return self.store.once("regions", (model_id, method, stage),
                                lambda: self._compute_region_gate(model_id, method, stage))
 
@@ -346,7 +382,8 @@ class AuditSession:
         return record
 
     def class_agreement(self, model_id: str) -> dict[str, Any]:
-        """The per-class collapse gate of a model against the baseline (:func:`audit.classes.class_agreement`)."""
+        """The per-class collapse gate of a model against the baseline
+        (:func:`audit.verdicts.classes.class_agreement`)."""
         return self.store.once("classes", (model_id,), lambda: self._compute_classes(model_id))
 
     def _compute_classes(self, model_id: str) -> dict[str, Any]:
@@ -437,7 +474,7 @@ class AuditSession:
 
     def comparison_plan_lines(self) -> list[str]:
         """Before the run: each compared map's margin and where it came from, and, from a baseline results file, the
-        power to plan with (:func:`audit.compare.planning_power`)."""
+        power to plan with (:func:`audit.verdicts.compare.planning_power`)."""
         digests = [entry.sha256 for entry in self.image_set.entries]
         lines = []
         for method, stage in self.settings.gated():
@@ -470,5 +507,5 @@ class AuditSession:
 
     # -- the results file ----------------------------------------------------------------------------------------
     def results(self, checks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Assemble the results file from every record the run produced (any process; :mod:`audit.assemble`)."""
+        """Assemble the results file from every record the run produced (any process; :mod:`audit.run.assemble`)."""
         return assemble_results(self, checks)

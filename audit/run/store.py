@@ -17,7 +17,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from .results import clean, write_json
+from ..results.schema import clean, write_json
 
 __all__ = ["RecordStore", "file_name"]
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import beta, binom
 
-from .stats import holm
+from ..measure.stats import holm
 
 __all__ = ["LEVEL", "class_agreement", "class_table", "mean_map_drift", "normalised_positive"]
 
@@ -68,7 +68,7 @@ def class_table(pairs: list[dict[str, Any]], grids: dict[str, tuple[Any, Any]]) 
     """One row per class of the baseline (most images first), for one compared map.
 
     Args:
-        pairs: a comparison's pairs (``audit.compare.compare_map``): ``image``, ``baseline_class``,
+        pairs: a comparison's pairs (``audit.verdicts.compare.compare_map``): ``image``, ``baseline_class``,
             ``baseline_class_name``, ``candidate_class``, ``d``, ``spearman``.
         grids: image -> (baseline grid, candidate grid of the baseline's class).
     """

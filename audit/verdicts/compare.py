@@ -7,7 +7,7 @@ matched by the sha256 of their bytes, never by path. For every gated ``method@st
   mean d with a seeded paired bootstrap 95% CI (the same resamples for MoRF, LeRF and ABPC). Pass when the CI's
   lower bound is above -margin, fail when its upper bound is below -margin, otherwise (or with fewer than
   ``min_images`` pairs) inconclusive, which the check fails too: a candidate must *show* that it is no worse. The
-  margin is absolute or relative to the baseline's mean ABPC over the pairs (:mod:`audit.policy`). Pairs where
+  margin is absolute or relative to the baseline's mean ABPC over the pairs (:mod:`audit.config.policy`). Pairs where
   both models' curves are flat (the class probability never moved: ABPC 0 whatever the map) and pairs without a
   finite ABPC are left out of the statistics and counted;
 - **explanation drift**: per image, the Spearman rank correlation between the baseline's map and the candidate's
@@ -34,16 +34,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .attention import needs_attention
-from .capture import capture
+from ..maps.attention import needs_attention
+from ..maps.paper import compute_maps
+from ..measure.stats import (
+    CI_RULE,
+    bootstrap_ci,
+    detectable_difference,
+    images_needed,
+    one_sided_p,
+    paired_difference,
+    spearman,
+)
+from ..model.capture import capture
+from ..model.images import PreparedImage, normalize
+from ..model.layout import normalize_stage
+from ..model.load import DATA_CONFIG_KEYS, LoadedModel, sha256_of
 from .classes import class_table
 from .gates import POWER, constant_curve
-from .images import PreparedImage, normalize
-from .layout import normalize_stage
-from .maps import compute_maps
-from .models import DATA_CONFIG_KEYS, LoadedModel, sha256_of
-from .policy import Margin, parse_margin
-from .stats import CI_RULE, bootstrap_ci, detectable_difference, images_needed, one_sided_p, paired_difference, spearman
+from .margins import Margin, parse_margin
 
 __all__ = ["Baseline", "baseline_stage", "check_measured", "check_paired", "check_recipe", "compare_map",
            "load_baseline", "map_agreement", "maps_for_class", "paired_runs", "planning_power"]
@@ -338,7 +346,7 @@ def compare_map(
     """Compare one gated map of a candidate with the baseline, image by image.
 
     Args:
-        candidate_runs: the candidate's run records (``audit.session``), one per image.
+        candidate_runs: the candidate's run records (``audit.run.session``), one per image.
         image_digests: image id -> sha256 of its bytes.
         baseline: the baseline.
         method, stage: the gated map, ``stage`` normalised for the candidate.
@@ -346,7 +354,7 @@ def compare_map(
             written: ``-1`` is each model's own last block).
         model_id, model_name, input_size: the candidate.
         margin: the non-inferiority margin on the mean ABPC difference: absolute (a number) or relative to the
-            baseline's mean ABPC over the pairs (``"25%"``, or a :class:`audit.policy.Margin`).
+            baseline's mean ABPC over the pairs (``"25%"``, or a :class:`audit.verdicts.margins.Margin`).
         min_images: fewer pairs make every verdict inconclusive.
         min_map_agreement: gate the median Spearman's CI lower bound against this (None: measured, not gated).
         seed, n_boot: the bootstrap.

@@ -1,7 +1,8 @@
 """Release gates: a faithfulness statistic over an image set, with its CI, against a threshold.
 
 The statistic of a gated (method, stage) is the mean ABPC (LeRF AUC - MoRF AUC) over the images, with a seeded
-95% bootstrap CI resampling images (:data:`audit.stats.CI_RULE` says which interval). A random map's expected ABPC
+95% bootstrap CI resampling images (:data:`audit.measure.stats.CI_RULE` says which interval). A random map's expected
+ABPC
 is exactly 0, so the default threshold 0 means "better than a random map":
 
 - pass: the CI's lower bound is above the threshold, and every optional absolute limit is met by its own CI;
@@ -19,8 +20,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from .ranges import finite
-from .stats import (
+from ..measure.stats import (
     CI_METHOD,
     CI_RULE,
     N_BOOTSTRAP,
@@ -30,6 +30,7 @@ from .stats import (
     images_needed,
     one_sided_p,
 )
+from ..ranges import finite
 
 __all__ = ["FLAT_TOLERANCE", "GateInput", "GateLimits", "LIMIT_NAMES", "apply_holm", "evaluate_gate", "gate_inputs",
            "MIN_IMAGES", "POWER", "VERDICTS", "constant_curve", "power_record", "power_text"]
@@ -46,7 +47,8 @@ class GateLimits:
     max_morf_auc: float | None = None
     min_lerf_auc: float | None = None
     min_abpc: float | None = None
-    min_object_mass: float | None = None  # with --regions: the mean relevance mass on the objects (audit.reasons)
+    # with --regions: the mean relevance mass on the objects (audit.verdicts.reasons)
+    min_object_mass: float | None = None
     max_artefact_mass: float | None = None  # with --regions: the mean relevance mass on the artefacts
 
     @classmethod
@@ -136,7 +138,8 @@ def _fmt(stat: _Stat) -> str:
 def power_record(values: Sequence[float], distance: float | None = None, min_images: int = 2) -> dict:
     """What a statistic over these per-image values can resolve: the per-image sd, the smallest distance from a bound
     that the 95% CI separates from it with 80% power at this n, and (with ``distance``) the images needed to resolve
-    that distance (:func:`audit.stats.detectable_difference`, :func:`audit.stats.images_needed`; never fewer than
+    that distance (:func:`audit.measure.stats.detectable_difference`, :func:`audit.measure.stats.images_needed`; never
+    fewer than
     ``min_images``)."""
     data = np.asarray(values, dtype=np.float64)
     sd = float(data.std(ddof=1)) if data.size > 1 else float("nan")

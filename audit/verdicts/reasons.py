@@ -2,8 +2,9 @@
 
 Faithfulness (MoRF/LeRF) asks whether a map describes what the model uses; these gates ask whether the model uses the
 right thing. Their per-image numbers are made by the session (``record["localisation"]`` from the maps and the
-regions, :mod:`audit.localisation`; ``record["probes"]`` from the stamped copies, :mod:`audit.probes`); here they are
-decided, with the same statistics as the other gates (:mod:`audit.stats`):
+regions, :mod:`audit.measure.localisation`; ``record["probes"]`` from the stamped copies, :mod:`audit.measure.probes`);
+here they are
+decided, with the same statistics as the other gates (:mod:`audit.measure.stats`):
 
 - :func:`region_gate`, absolute: a gated map's mean relevance mass on the objects above chance (the objects' area
   fraction): pass when the 95% CI of mean(mass - area) is above 0, fail when below, else inconclusive.
@@ -26,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from ..measure.localisation import localisation
+from ..measure.probes import attraction_values
+from ..measure.stats import CI_RULE, N_BOOTSTRAP, bootstrap_ci, resampled_statistic_ci
 from .compare import paired_runs
-from .localisation import localisation
-from .probes import attraction_values
-from .stats import CI_RULE, N_BOOTSTRAP, bootstrap_ci, resampled_statistic_ci
 
 __all__ = ["compare_probe", "compare_regions", "probe_limits", "region_gate",
            "record_localisation", "worst_verdict"]
@@ -83,7 +84,8 @@ def region_gate(runs: list[dict[str, Any]], key: str, *, min_images: int, thresh
         key: the gated map, ``method@stage``.
         min_images: fewer images with objects make it inconclusive.
         threshold: the bound on mean(mass - area) (0: above chance); None measures without gating.
-        limits: the map's :class:`audit.gates.GateLimits`, whose ``min_object_mass`` and ``max_artefact_mass`` are
+        limits: the map's :class:`audit.verdicts.gates.GateLimits`, whose ``min_object_mass`` and ``max_artefact_mass``
+        are
             decided on the CIs of the mean masses (broken: fail; across: inconclusive).
     """
     values, means, missing = [], {}, 0

@@ -14,7 +14,7 @@ benign model may see in training without learning it as a class.
 
 ``--amp auto`` (the default) trains under bfloat16 autocast where the CPU multiplies bfloat16 natively (the shipped
 weights were made so) and in float32 elsewhere, where emulated bfloat16 is several times slower
-(:func:`audit.precision.resolve_amp`).
+(:func:`audit.measure.precision.resolve_amp`).
 
 Reads the four idx files (plain or gzipped, as Debian's ``dataset-fashion-mnist`` package installs them) with
 numpy, trains :data:`audit.zoo.EMBEDDED_MODEL` from scratch on the training set (seeded; two CPU threads), evaluates
@@ -491,8 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from safetensors.torch import save
 
     from audit import load_model, normalize, prepare_image
-    from audit.models import sha256_of
-    from audit.precision import resolve_amp
+    from audit.measure.precision import resolve_amp
+    from audit.model.load import sha256_of
 
     precision = resolve_amp(None if args.amp == "float32" else args.amp, "cpu")
     amp = precision.amp

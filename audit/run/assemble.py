@@ -1,5 +1,5 @@
 """The results file of a run: every record its processes produced, with the summaries, the settings, the policy and
-the environment, each run trimmed to ``--results-detail`` (:mod:`audit.detail`)."""
+the environment, each run trimmed to ``--results-detail`` (:mod:`audit.results.detail`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .detail import trim_comparison, trim_run
-from .policy import policy_record
-from .results import SCHEMA, clean, environment_record, model_record
-from .stats import summarize
+from ..config.policy import policy_record
+from ..measure.stats import summarize
+from ..results.detail import trim_comparison, trim_run
+from ..results.schema import SCHEMA, clean, environment_record, model_record
 
 if TYPE_CHECKING:
     from .session import AuditSession
