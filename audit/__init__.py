@@ -15,7 +15,7 @@ verdict over an image set), :mod:`~audit.verdicts.compare` (a candidate against 
 """
 
 from .errors import AuditError, CheckpointError, ImageError, ModelLoadError, NonFiniteError, UnsupportedModelError
-from .maps.paper import ACTIVATIONS, METHODS, MapResult, compute_maps
+from .maps import ACTIVATIONS, METHODS, MapResult, compute_maps
 from .measure.curves import SCORE_DIRECTION, Curves, PerturbationConfig, auc, faithfulness_curves
 from .measure.image_audit import ImageAudit, audit_image, audit_images, summarize_audits
 from .measure.stats import Summary, bootstrap_ci, summarize

@@ -21,7 +21,7 @@ import pytest
 from .config.policy import policy_lines
 from .config.settings import LIST_OPTIONS, OPTIONS, resolve_settings, run_inputs
 from .errors import AuditError, ExecutorError
-from .maps.paper import BASELINES
+from .maps.registry import names as map_names
 from .run.outputs import check_outputs, write_outputs, write_stopped_run
 from .run.progress import Progress, RecordWatcher, make_records
 
@@ -221,7 +221,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         keys = session.map_keys()
         metafunc.parametrize("audit_map", keys, ids=[f"{m}-{method}@{stage}" for m, method, stage in keys])
     if "audit_model_map" in names:  # maps that depend on the model: every method but the baselines
-        keys = [key for key in session.map_keys() if key[1] not in BASELINES]
+        keys = [key for key in session.map_keys() if key[1] not in map_names(baseline=True)]
         metafunc.parametrize("audit_model_map", keys, ids=[f"{m}-{method}@{stage}" for m, method, stage in keys])
     if "audit_gate" in names:
         keys = session.gate_keys()

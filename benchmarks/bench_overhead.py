@@ -29,8 +29,7 @@ import torch  # noqa: E402
 from bench_engine import best_throughput  # noqa: E402
 
 from audit import find_images, load_model  # noqa: E402
-from audit.maps.attention import needs_attention  # noqa: E402
-from audit.maps.paper import compute_maps  # noqa: E402
+from audit.maps import compute_maps, needs_attention  # noqa: E402
 from audit.measure.curves import PerturbationConfig, faithfulness_curves  # noqa: E402
 from audit.measure.image_audit import ImageAudit, check_capture_finite, one_thread  # noqa: E402
 from audit.model.capture import capture  # noqa: E402

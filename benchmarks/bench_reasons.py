@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_reasons"))
     args = parser.parse_args(argv)
     from audit import load_model, prepare_image
-    from audit.maps.paper import compute_maps
+    from audit.maps import compute_maps
     from audit.measure.probes import parse_probe, probe_image
     from audit.model.capture import capture
     from audit.model.images import normalize

@@ -22,7 +22,7 @@ import torch
 from audit import PerturbationConfig, capture, compute_maps, faithfulness_curves, find_images, load_model
 from audit.maps.attention import ATTENTION_METHODS
 from audit.maps.integrated_gradients import IG_STEPS
-from audit.measure.image_audit import ig_map_input
+from audit.measure.image_audit import input_map
 from audit.model.images import normalize, prepare_image
 
 FILLS = ("grey", "black", "mean", "blur", "road")
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         cap = timed("capture with attention", lambda: capture(model, x, attention=True))
         for method in ATTENTION_METHODS:
             timed(f"{method} (every stage)", lambda: compute_maps(model, cap, methods=[method]))
-        timed("ig@input", lambda: ig_map_input(model, pixel, PerturbationConfig(), loaded.mean, loaded.std,
+        timed("ig@input", lambda: input_map("ig", model, pixel, PerturbationConfig(), loaded.mean, loaded.std,
                                                cap.target, cap.layout))
         cam = compute_maps(model, cap, methods=["cam"], stages=["encoder"])["cam@encoder"].values
         for fill in FILLS:

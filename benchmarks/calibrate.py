@@ -25,7 +25,7 @@ import torch
 
 from audit import PerturbationConfig, find_images, load_model, summarize_audits
 from audit.errors import AuditError
-from audit.maps.paper import DEFAULT_METHODS
+from audit.maps import DEFAULT_METHODS
 from audit.measure.image_audit import ImageAudit, audit_image
 from audit.model.restore import PatchInverse
 from audit.run.inputs import read_labels

@@ -50,8 +50,7 @@ import numpy as np
 import torch
 
 from audit import load_model
-from audit.maps.attention import needs_attention
-from audit.maps.paper import compute_maps
+from audit.maps import compute_maps, needs_attention
 from audit.measure.randomisation import BATCH_IMAGES, randomisation_scores, unit_ranks
 from audit.measure.stats import bootstrap_ci
 from audit.model.capture import capture_batch

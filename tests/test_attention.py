@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from audit import capture
+from audit.maps import compute_maps
 from audit.maps.attention import ATTENTION_METHODS, chefer, rollout
-from audit.maps.paper import compute_maps
 from audit.measure.curves import PerturbationConfig
 from audit.measure.fills import fill_baseline
-from audit.measure.image_audit import ig_map_input
+from audit.measure.image_audit import input_map
 from audit.measure.randomisation import dependency_step
 from audit.model.images import normalize, prepare_image
 
@@ -115,7 +115,7 @@ def test_integrated_gradients_equals_the_reference(fill):
     pixel = torch.rand(3, *input_size_of(model), generator=torch.Generator().manual_seed(5))
     config = PerturbationConfig(fill=fill)
     cap = capture(model, normalize(pixel, MEAN, STD))
-    mine = ig_map_input(model, pixel, config, MEAN, STD, cap.target, cap.layout)
+    mine = input_map("ig", model, pixel, config, MEAN, STD, cap.target, cap.layout)
     expected = reference_ig_map(model, pixel, fill_baseline(pixel, config.fill, MEAN), MEAN, STD, cap.target,
                                 cap.layout.patch_size)
     _close_to_reference(mine, expected, f"ig with fill {fill}")
@@ -125,7 +125,7 @@ def test_integrated_gradients_equals_the_reference_on_the_real_vit_tiny(vit_tiny
     pixel = prepare_image(imagenet_photos[1], vit_tiny.data_config).pixel
     config = PerturbationConfig()
     cap = capture(vit_tiny.model, normalize(pixel, vit_tiny.mean, vit_tiny.std))
-    mine = ig_map_input(vit_tiny.model, pixel, config, vit_tiny.mean, vit_tiny.std, cap.target, cap.layout)
+    mine = input_map("ig", vit_tiny.model, pixel, config, vit_tiny.mean, vit_tiny.std, cap.target, cap.layout)
     expected = reference_ig_map(vit_tiny.model, pixel, fill_baseline(pixel, config.fill, vit_tiny.mean), vit_tiny.mean,
                                 vit_tiny.std, cap.target, cap.layout.patch_size)
     _close_to_reference(mine, expected, "ig on the real ViT-Ti")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from audit import METHODS, capture, compute_maps
-from audit.maps.paper import DEFAULT_METHODS, is_constant
+from audit.maps import DEFAULT_METHODS, is_constant
 
 from conftest import input_size_of, make_tiny
 from reference import ref_forward, ref_maps

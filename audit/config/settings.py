@@ -26,7 +26,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..maps.paper import ACTIVATIONS, METHODS
+from ..maps.registry import ACTIVATIONS
+from ..maps.registry import names as map_names
 from ..measure.curves import AUTO_BATCH, FILL_CONSTANTS, FILL_RECIPES, SCORES, PerturbationConfig
 from ..measure.precision import AMPS
 from ..ranges import (
@@ -164,7 +165,7 @@ OPTIONS: dict[str, tuple[str, str | None]] = {
                    "PATH"),
     "images": ("image file or folder, searched recursively (repeatable)", "PATH"),
     "device": ("cpu, cuda or auto (default cpu)", "DEVICE"),
-    "methods": (f"comma list of maps: {','.join(METHODS)} (default: the built-in policy's "
+    "methods": (f"comma list of maps: {','.join(map_names())} (default: the built-in policy's "
                 f"{','.join(POLICY_METHODS)})", "LIST"),
     "layers": ("stages whose maps get MoRF/LeRF curves: block indices and/or encoder, all, or auto (default: with "
                "gates, only the gated maps and random at their stages; with none, every stage)", "LIST"),
@@ -257,8 +258,8 @@ def _text(text: str) -> str:
 
 def parse_gate(text: str) -> tuple[str, str]:
     method, sep, stage = str(text).partition("@")
-    if not sep or method not in METHODS or not stage:
-        raise ValueError(f"gate: {text!r} is not method@stage with a method from {', '.join(METHODS)}")
+    if not sep or method not in map_names() or not stage:
+        raise ValueError(f"gate: {text!r} is not method@stage with a method from {', '.join(map_names())}")
     return method, stage
 
 
@@ -455,8 +456,8 @@ def _read_limits(value: Any, where: str) -> dict[str, GateLimits]:
     out = {}
     for key, table in value.items():
         method, sep, stage = str(key).partition("@")
-        if not sep or method not in METHODS or not stage:
-            raise ValueError(f"limits: {key!r} is not method@stage with a method from {', '.join(METHODS)}"
+        if not sep or method not in map_names() or not stage:
+            raise ValueError(f"limits: {key!r} is not method@stage with a method from {', '.join(map_names())}"
                              f"{in_file(where)}")
         name = f"limits.{_text(key)}"
         if not isinstance(table, dict):
@@ -475,8 +476,8 @@ def _read_margins(value: Any, where: str) -> dict[str, float | str]:
         raise ValueError(f"margins: expected a table of method@stage = margin, got {show(value)}{in_file(where)}")
     for key, margin in value.items():
         method, sep, stage = str(key).partition("@")
-        if not sep or method not in METHODS or not stage:
-            raise ValueError(f"margins: {key!r} is not method@stage with a method from {', '.join(METHODS)}"
+        if not sep or method not in map_names() or not stage:
+            raise ValueError(f"margins: {key!r} is not method@stage with a method from {', '.join(map_names())}"
                              f"{in_file(where)}")
         try:
             parse_margin(margin, f"margins.{_text(key)}")
@@ -650,10 +651,10 @@ def _validate(s: AuditSettings, origins: dict[str, str] | None = None) -> None:
     if s.device not in DEVICES:
         raise fail("device", f"device: {s.device!r} is not one of {', '.join(DEVICES)}")
     if not s.methods:
-        raise fail("methods", f"methods: expected at least one of {','.join(METHODS)}, got an empty list")
-    unknown = [m for m in s.methods if m not in METHODS]
+        raise fail("methods", f"methods: expected at least one of {','.join(map_names())}, got an empty list")
+    unknown = [m for m in s.methods if m not in map_names()]
     if unknown:
-        raise fail("methods", f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+        raise fail("methods", f"methods: unknown {unknown}; choose from {', '.join(map_names())}")
     if s.act not in ACTIVATIONS:
         raise fail("act", f"act: {s.act!r} is not one of {', '.join(ACTIVATIONS)}")
     if s.amp is not None and s.amp not in AMPS:

@@ -1,10 +1,9 @@
 """Attention-based maps: the explanations practitioners set beside the paper's (README, "Maps").
 
 Notation: A_b (heads x N x N) is block b's attention probabilities (softmax output, eval mode), captured as the model
-runs (:func:`audit.model.capture.capture` with ``attention=True``); dA_b = dy_c/dA_b, the gradient of the explained
-class's
-logit; row 0 is the class token, and a map takes row 0's columns of the patch tokens (prefix tokens dropped), laid
-out on the patch grid.
+runs (:func:`audit.model.capture.capture` with ``attention=True``); dA_b = dy_c/dA_b, the gradient of the
+explained class's logit; row 0 is the class token, and a map takes row 0's columns of the patch tokens (prefix tokens
+dropped), laid out on the patch grid.
 
 - ``attention@b``: m_i = mean_h A_b[h, 0, i].
 - ``rollout@b`` (Abnar & Zuidema 2020): Ã_k = (mean_h A_k + I) / 2; R_b = Ã_b Ã_{b-1} ... Ã_0; m_i = R_b[0, i].
@@ -24,15 +23,11 @@ import torch
 
 from ..model.capture import Capture
 from ..model.layout import MAP_STAGE_ENCODER
+from .registry import MapContext, MapMethod, MapResult, register
 
-__all__ = ["ATTENTION_METHODS", "attention_block", "attention_map", "chefer", "needs_attention", "rollout"]
+__all__ = ["ATTENTION_METHODS", "attention_block", "attention_map", "chefer", "rollout"]
 
 ATTENTION_METHODS = ("attention", "rollout", "chefer", "attn_gradcam")
-
-
-def needs_attention(methods) -> bool:
-    """Whether any of ``methods`` reads the attention (so the capture must keep it)."""
-    return any(method in ATTENTION_METHODS for method in methods)
 
 
 def attention_block(stage: str, depth: int) -> int:
@@ -105,3 +100,20 @@ def attention_map(method: str, cap: Capture, stage: str) -> tuple[torch.Tensor |
         alpha = grad[:, 0, first:].mean(-1)  # per head: the mean gradient over the patch tokens of row 0
         row = (alpha[:, None] * attn[:, 0, :]).mean(0).clamp(min=0)
     return layout.to_grid(row[first:].float()), None
+
+
+def _compute(method: str):
+    def compute(ctx: MapContext, stage: str) -> MapResult:
+        values, reason = attention_map(method, ctx.cap, stage)
+        return MapResult(method, stage, values, reason=reason)
+    return compute
+
+
+_CHEFER = 'Chefer et al. 2021, "Generic Attention-model Explainability"'
+for _name, _summary, _citation, _reads in (
+    ("attention", "the class token's attention to each patch, averaged over heads", "-", "attention"),
+    ("rollout", "attention rollout over blocks 0..b", "Abnar & Zuidema 2020", "attention_up_to"),
+    ("chefer", "gradient-weighted attention relevance over blocks 0..b (rules 5-6)", _CHEFER, "attention_up_to"),
+    ("attn_gradcam", "Grad-CAM on the attention of block b", f"{_CHEFER} (their Grad-CAM baseline)", "attention"),
+):
+    register(MapMethod(_name, "attention", _summary, _citation, _compute(_name), reads=_reads, needs_attention=True))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.layout import MAP_STAGE_INPUT, TokenLayout
-from .paper import MapResult, finish_map
+from .registry import InputContext, MapMethod, MapResult, finish_map, register
 
 __all__ = ["IG_STEPS", "ig_result", "integrated_gradients"]
 
@@ -46,6 +46,15 @@ def integrated_gradients(model: nn.Module, z: torch.Tensor, z0: torch.Tensor, ta
 
 
 def ig_result(values: torch.Tensor) -> MapResult:
-    """The ``ig@input`` map as a checked :class:`~audit.maps.paper.MapResult` (degenerate when constant or not
+    """The ``ig@input`` map as a checked :class:`~audit.maps.registry.MapResult` (degenerate when constant or not
     finite)."""
     return finish_map(MapResult("ig", MAP_STAGE_INPUT, values))
+
+
+def _compute(ctx: InputContext) -> torch.Tensor:
+    return integrated_gradients(ctx.model, ctx.z, ctx.z0, ctx.target, ctx.layout, batch_size=ctx.batch_size)
+
+
+register(MapMethod("ig", "gradient", f"Integrated Gradients from the run's fill image, {IG_STEPS} steps, pooled to "
+                   "the patch grid", "Sundararajan et al. 2017", _compute, stages="input", reads="model",
+                   extra_forwards=3 * (IG_STEPS + 1)))

@@ -20,75 +20,20 @@ stage, ``input``, and is made by :mod:`audit.maps.integrated_gradients` from the
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..model.capture import Capture
-from ..model.layout import MAP_STAGE_ENCODER, normalize_stage
-from .attention import ATTENTION_METHODS, attention_map
+from ..model.layout import MAP_STAGE_ENCODER
+from .registry import MapContext, MapMethod, MapResult, register
 
-__all__ = ["MapResult", "compute_maps", "finish_map", "METHODS", "DEFAULT_METHODS", "PAPER_METHODS", "INPUT_METHODS",
-           "ACTIVATIONS", "is_constant", "map_seed"]
+__all__ = ["map_seed"]
 
-PAPER_METHODS = ("cam", "cam_hidden", "grad", "grad_cls", "random", "center")
-INPUT_METHODS = ("ig",)  # maps of the model input, one stage 'input': audit/maps/integrated_gradients.py
-METHODS = PAPER_METHODS + ATTENTION_METHODS + INPUT_METHODS  # the attention-based maps: audit/maps/attention.py
-DEFAULT_METHODS = PAPER_METHODS
-BASELINES = ("random", "center")
-ACTIVATIONS = {
-    "gelu": lambda t: F.gelu(t),  # exact (erf) GELU, as in the paper's eqs. 3-4
-    "relu": F.relu,
-    "identity": lambda t: t,
-}
-CONSTANT_RTOL = 1e-6
 # A gradient map whose sums are all below this fraction of the size of their terms is float32 rounding noise.
 CANCEL_RTOL = 1e-4
-
-
-@dataclass
-class MapResult:
-    """One map of one image.
-
-    Attributes:
-        method: a name from :data:`METHODS`.
-        stage: ``'0'..'L-1'`` or ``'encoder'``.
-        values: (h, w) float32 map, raw (before any upsampling or rescaling); None when not applicable.
-        degenerate: the map is constant, so it ranks nothing; ``reason`` says why.
-        reason: why the map is degenerate or not applicable; None otherwise.
-    """
-
-    method: str
-    stage: str
-    values: torch.Tensor | None
-    degenerate: bool = False
-    reason: str | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.method}@{self.stage}"
-
-    @property
-    def applicable(self) -> bool:
-        return self.values is not None
-
-    @property
-    def rankable(self) -> bool:
-        """Whether the map can be scored by MoRF/LeRF (applicable and not constant)."""
-        return self.values is not None and not self.degenerate
-
-
-def is_constant(values: torch.Tensor) -> bool:
-    """True when every value equals the others up to float32 rounding (relative 1e-6 of the largest magnitude)."""
-    finite = values[torch.isfinite(values)]
-    if finite.numel() < values.numel():
-        return False
-    spread = float(values.max() - values.min())
-    return spread <= CONSTANT_RTOL * float(values.abs().max()) or spread == 0.0
+PAPER = "Utkin et al. 2024"
 
 
 def map_seed(seed: int, image: str, stage: str) -> int:
@@ -175,88 +120,54 @@ def _center(grid: tuple[int, int]) -> torch.Tensor:
     return torch.exp(-0.5 * ((rows[:, None] / sy) ** 2 + (cols[None, :] / sx) ** 2)).float()
 
 
-def finish_map(result: MapResult) -> MapResult:
-    """Flag a map with non-finite values or constant values as degenerate (it ranks nothing)."""
-    if result.values is not None and not result.degenerate:
-        if not bool(torch.isfinite(result.values).all()):
-            result.degenerate, result.reason = True, "map has non-finite values"
-        elif is_constant(result.values):
-            result.degenerate = True
-            result.reason = f"map is constant ({float(result.values.flatten()[0]):.3g} everywhere)"
-    return result
+def _cam(ctx: MapContext, stage: str) -> MapResult:
+    layout, model = ctx.cap.layout, ctx.model
+    weight = ctx.once("head_weight", lambda: _head_weight(model, ctx.cap.target))
+    values = _head_pre(model, layout.patch_tokens(ctx.cap.tokens[stage])) @ weight
+    return MapResult("cam", stage, layout.to_grid(values.float()))
 
 
-@torch.no_grad()
-def compute_maps(
-    model: nn.Module,
-    cap: Capture,
-    methods: Iterable[str] = DEFAULT_METHODS,
-    stages: Iterable[int | str] | None = None,
-    act: str = "gelu",
-    seed: int = 0,
-    image: str = "",
-) -> dict[str, MapResult]:
-    """Compute maps for a captured image.
-
-    Args:
-        model: the model the capture came from (its head gives w_c).
-        cap: the image's :class:`~audit.model.capture.Capture`.
-        methods: names from :data:`METHODS` (attention-based ones need ``cap`` made with ``attention=True``).
-        stages: block indices and/or ``'encoder'``; default all of them.
-        act: ``'gelu'`` (the paper), ``'relu'`` or ``'identity'``, for ``grad`` and ``grad_cls``.
-        seed: seed of the ``random`` baseline (mixed with ``image`` and the stage by :func:`map_seed`).
-        image: the image's id, so that every image gets its own random map.
-
-    Returns:
-        ``{"<method>@<stage>": MapResult}`` in stage-major order.
-    """
-    methods = list(methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")
-    if act not in ACTIVATIONS:
-        raise ValueError(f"act: unknown {act!r}; choose from {', '.join(ACTIVATIONS)}")
-    activation = ACTIVATIONS[act]
-    layout = cap.layout
-    depth = layout.depth
-    stage_list = cap.map_stages if stages is None else [normalize_stage(s, depth) for s in stages]
-    stage_list = [stage for stage in stage_list if stage in cap.tokens]  # not 'input': no block map is made there
-    target = cap.target
+def _cam_hidden(ctx: MapContext, stage: str) -> MapResult:
+    layout, model = ctx.cap.layout, ctx.model
     side = layout.hidden_patch
-    needs_scores = "cam_hidden" in methods and side is not None and getattr(model, "attn_pool", None) is None
-    scores = _token_scores(model, cap.tokens[MAP_STAGE_ENCODER], target).double() if needs_scores else None
-    weight = _head_weight(model, target)
+    if side is None:
+        return MapResult("cam_hidden", stage, None, reason=(
+            f"not applicable: D / C = {layout.embed_dim} / {layout.in_chans} is not a square"))
+    if getattr(model, "attn_pool", None) is not None:
+        return MapResult("cam_hidden", stage, None,
+                         reason="not applicable: an attention-pooling head has no per-token score")
+    scores = ctx.once("token_scores", lambda: _token_scores(
+        model, ctx.cap.tokens[MAP_STAGE_ENCODER], ctx.cap.target).double())
+    hidden = scores @ ctx.cap.tokens[stage].double()
+    return MapResult("cam_hidden", stage, hidden.reshape(layout.in_chans, side, side).sum(0).float())
 
-    results: dict[str, MapResult] = {}
-    for stage in stage_list:
-        tokens = cap.tokens[stage]
-        for method in methods:
-            if method in INPUT_METHODS:  # not a map of a block: made from the input (audit.measure.image_audit)
-                continue
-            if method == "cam":
-                values = _head_pre(model, layout.patch_tokens(tokens)) @ weight
-                result = MapResult(method, stage, layout.to_grid(values.float()))
-            elif method == "cam_hidden":
-                if side is None:
-                    result = MapResult(method, stage, None, reason=(
-                        f"not applicable: D / C = {layout.embed_dim} / {layout.in_chans} is not a square"))
-                elif scores is None:
-                    result = MapResult(method, stage, None,
-                                       reason="not applicable: an attention-pooling head has no per-token score")
-                else:
-                    hidden = scores @ tokens.double()
-                    result = MapResult(method, stage, hidden.reshape(layout.in_chans, side, side).sum(0).float())
-            elif method == "grad":
-                result = _grad_map(cap, stage, activation, model)
-            elif method == "grad_cls":
-                result = _grad_cls_map(cap, stage, activation)
-            elif method in ATTENTION_METHODS:
-                values, reason = attention_map(method, cap, stage)
-                result = MapResult(method, stage, values, reason=reason)
-            elif method == "random":
-                rng = np.random.default_rng(map_seed(seed, image, stage))
-                result = MapResult(method, stage, torch.from_numpy(rng.random(layout.grid, dtype=np.float64)).float())
-            else:
-                result = MapResult(method, stage, _center(layout.grid))
-            results[result.key] = finish_map(result)
-    return results
+
+def _grad(ctx: MapContext, stage: str) -> MapResult:
+    return _grad_map(ctx.cap, stage, ctx.activation, ctx.model)
+
+
+def _grad_cls(ctx: MapContext, stage: str) -> MapResult:
+    return _grad_cls_map(ctx.cap, stage, ctx.activation)
+
+
+def _random(ctx: MapContext, stage: str) -> MapResult:
+    rng = np.random.default_rng(map_seed(ctx.seed, ctx.image, stage))
+    return MapResult("random", stage, torch.from_numpy(rng.random(ctx.cap.layout.grid, dtype=np.float64)).float())
+
+
+def _centre(ctx: MapContext, stage: str) -> MapResult:
+    return MapResult("center", stage, _center(ctx.cap.layout.grid))
+
+
+register(MapMethod("cam", "paper", "class activation map read per token: w_c . head_pre(T_i)", f"{PAPER}, eqs. 1-2",
+                   _cam, default=True))
+register(MapMethod("cam_hidden", "paper", "class activation map over the hidden dimensions, as the paper's code "
+                   "computes it", f"{PAPER}, eqs. 1-2 (the authors' code)", _cam_hidden, default=True))
+register(MapMethod("grad", "paper", "gradient x token at each patch token: act(sum_j T_ij dy_c/dT_ij)",
+                   f"{PAPER}, eqs. 3-4", _grad, default=True))
+register(MapMethod("grad_cls", "paper", "gradient at the class token x each patch token, as the paper's code "
+                   "computes it", f"{PAPER}, eqs. 3-4 (the authors' code)", _grad_cls, default=True))
+register(MapMethod("random", "baseline", "seeded uniform noise on the patch grid (expected ABPC 0)", "-", _random,
+                   reads="nothing", baseline=True, default=True))
+register(MapMethod("center", "baseline", "a Gaussian centred on the patch grid (a centre-bias baseline)", "-",
+                   _centre, reads="nothing", baseline=True, default=True))

@@ -15,19 +15,18 @@ import torch
 from torch import nn
 
 from ..errors import AuditError, NonFiniteError
-from ..maps.attention import needs_attention
-from ..maps.integrated_gradients import ig_result, integrated_gradients
-from ..maps.paper import DEFAULT_METHODS, MapResult, compute_maps
+from ..maps import DEFAULT_METHODS, MapResult, compute_maps, finish_map, needs_attention, registry
+from ..maps.registry import InputContext
 from ..model.capture import Capture, capture
 from ..model.images import PreparedImage, normalize, prepare_image
-from ..model.layout import TokenLayout, normalize_stage
+from ..model.layout import MAP_STAGE_INPUT, TokenLayout, normalize_stage
 from ..model.load import LoadedModel
 from ..model.restore import PatchInverse, Restoration, restore
 from .curves import Curves, CurveWork, PerturbationConfig, batch_size_for, curve_work, evaluate_curve_work
 from .fills import fill_baseline
 from .stats import N_BOOTSTRAP, Summary, summarize
 
-__all__ = ["ImageAudit", "audit_image", "audit_group", "audit_images", "ig_map_input", "summarize_audits", "one_thread",
+__all__ = ["ImageAudit", "audit_image", "audit_group", "audit_images", "input_map", "summarize_audits", "one_thread",
            "finite_stages", "check_capture_finite"]
 
 
@@ -80,13 +79,14 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def ig_map_input(model: nn.Module, pixel: torch.Tensor, config: PerturbationConfig, mean: tuple[float, ...],
-                 std: tuple[float, ...], target: int, layout: TokenLayout) -> torch.Tensor:
-    """``ig@input`` of a pixel-space image under the run's fill (see :func:`integrated_gradients`)."""
+def input_map(method: str, model: nn.Module, pixel: torch.Tensor, config: PerturbationConfig,
+              mean: tuple[float, ...], std: tuple[float, ...], target: int, layout: TokenLayout) -> torch.Tensor:
+    """An input method's map (``ig@input``) of a pixel-space image, from the run's fill baseline
+    (:func:`audit.measure.fills.fill_baseline`) and the run's batch size for backward passes."""
     z = normalize(pixel, mean, std)
     z0 = normalize(fill_baseline(pixel, config.fill, mean), mean, std)
     batch_size = batch_size_for(config, model, tuple(pixel.shape[-2:]), backward=True)
-    return integrated_gradients(model, z, z0, target, layout, batch_size=batch_size)
+    return registry.get(method).compute(InputContext(model, z, z0, target, layout, batch_size))
 
 
 def audit_image(
@@ -111,7 +111,7 @@ def audit_image(
     Args:
         loaded: from :func:`audit.model.load.load_model`.
         image: a path, a PIL image / uint8 array, or an already :class:`PreparedImage`.
-        methods: maps to compute (names from :data:`audit.maps.paper.METHODS`); computed at every stage (``ig``: at the
+        methods: maps to compute (names from :func:`audit.maps.registry.names`); computed at every stage (``ig``: at the
             input, and always measured).
         stages: the stages whose maps are scored by MoRF/LeRF (block indices and/or ``'encoder'``); default all.
         act: activation of the gradient maps.
@@ -208,9 +208,9 @@ def _start(loaded: LoadedModel, image: Any, *, methods: Sequence[str] = DEFAULT_
         check_capture_finite(cap, prepared.source)
         maps = compute_maps(model, cap, methods=methods, act=act, seed=seed, image=prepared.name)
     measured = set(cap.map_stages if stages is None else (normalize_stage(s, cap.layout.depth) for s in stages))
-    if "ig" in methods:  # one stage, the input: measured whenever the map is asked for
-        values = ig_map_input(model, pixel, config, loaded.mean, loaded.std, cap.target, cap.layout)
-        result = ig_result(values)
+    for method in registry.input_methods(methods):  # one stage, the input: measured whenever the map is asked for
+        values = input_map(method.name, model, pixel, config, loaded.mean, loaded.std, cap.target, cap.layout)
+        result = finish_map(MapResult(method.name, MAP_STAGE_INPUT, values))
         maps[result.key] = result
         measured.add(result.stage)
     scored = {key: m.values for key, m in maps.items()

@@ -34,8 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..maps.attention import needs_attention
-from ..maps.paper import compute_maps
+from ..maps import compute_maps, needs_attention
 from ..model.capture import capture
 from ..model.images import PreparedImage, normalize
 from ..model.load import LoadedModel

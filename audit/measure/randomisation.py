@@ -28,9 +28,8 @@ import torch
 from torch import nn
 
 from ..errors import ImageError
-from ..maps.attention import ATTENTION_METHODS, needs_attention
-from ..maps.integrated_gradients import ig_result, integrated_gradients
-from ..maps.paper import MapResult, compute_maps
+from ..maps import MapResult, compute_maps, finish_map, needs_attention, registry
+from ..maps.registry import InputContext
 from ..model.capture import capture_batch
 from ..model.images import normalize, prepare_image
 from ..model.layout import MAP_STAGE_ENCODER, MAP_STAGE_INPUT
@@ -61,9 +60,6 @@ def cascade_steps(model: nn.Module) -> list[tuple[str, list[nn.Module | nn.Param
     return steps
 
 
-ACCUMULATED_METHODS = ("rollout", "chefer")  # maps that accumulate the attention of blocks 0..k
-
-
 def dependency_step(stage: str, depth: int, method: str | None = None) -> int:
     """The cascade step after which every stage a map at ``stage`` depends on is randomised.
 
@@ -74,13 +70,15 @@ def dependency_step(stage: str, depth: int, method: str | None = None) -> int:
     from the head down to them): step 1 + L - k, and at ``'encoder'`` the last block's (step 2). ``rollout`` and
     ``chefer`` at block k (and at ``'encoder'``) also read the attention of blocks 0 .. k-1, which the top-down
     cascade reaches last: step 1 + L, block 0's. ``ig@input`` reads the whole model: step 2 + L, the embedding's.
+    What a method reads is declared with it (:attr:`audit.maps.registry.MapMethod.reads`).
     """
-    if stage == MAP_STAGE_INPUT:  # Integrated Gradients reads every parameter: the embedding is randomised last
+    reads = registry.get(method).reads if method is not None else "block"
+    if stage == MAP_STAGE_INPUT or reads == "model":  # every parameter: the embedding is randomised last
         return 2 + depth
-    if method in ACCUMULATED_METHODS:  # the attention of every block from 0 up
+    if reads == "attention_up_to":  # the attention of every block from 0 up
         return 1 + depth
     if stage == MAP_STAGE_ENCODER:
-        return 2 if method in ATTENTION_METHODS else 1 + depth
+        return 2 if reads == "attention" else 1 + depth
     return 1 + depth - int(stage)
 
 
@@ -186,8 +184,10 @@ def _maps_of(model: nn.Module, images: Sequence[torch.Tensor], targets: Sequence
         with one_thread():  # small tensors: see audit.measure.image_audit.one_thread
             maps = compute_maps(model, cap, methods=methods, act=act, seed=map_seed, image=f"sanity-{first + offset}")
         if baselines is not None:
-            result = ig_result(integrated_gradients(model, images[offset], baselines[offset], cap.target, cap.layout))
-            maps[result.key] = result
+            for method in registry.input_methods(methods):
+                values = method.compute(InputContext(model, images[offset], baselines[offset], cap.target, cap.layout))
+                result = finish_map(MapResult(method.name, MAP_STAGE_INPUT, values))
+                maps[result.key] = result
         out.append(maps)
     return [cap.target for cap in caps], out
 
@@ -228,14 +228,14 @@ def randomisation_scores(
         seeds: one randomisation per seed.
         act: activation of the gradient maps.
         map_seed: seed of the ``random`` baseline map.
-        baselines: the normalised fill image of each input, for ``ig`` (left out without them).
+        baselines: the normalised fill image of each input, for the input methods (``ig``; left out without them).
     """
     work = copy.deepcopy(model).eval()
     trained_state = {name: value.detach().clone() for name, value in work.state_dict().items()}
     steps = cascade_steps(work)
     labels = ["trained"] + [label for label, _ in steps]
     depth = len(model.blocks)
-    use_ig = "ig" in methods and baselines is not None
+    use_ig = bool(registry.input_methods(methods)) and baselines is not None
     batches = [range(start, min(start + BATCH_IMAGES, len(images))) for start in range(0, len(images), BATCH_IMAGES)]
 
     def maps_of(batch: range, targets: Sequence[int | None], with_ig: bool):
@@ -379,7 +379,7 @@ def randomisation_record(loaded, model_id: str, images: Sequence[tuple[str, str]
     chosen = choose_images(images, settings.randomisation_images, read, class_of)
     inputs = [normalize(pixel, loaded.mean, loaded.std) for _, pixel, _ in chosen]
     baselines = None
-    if "ig" in settings.methods:  # ig's path starts from the fill image
+    if registry.input_methods(settings.methods):  # an input method's path starts from the fill image
         baselines = [normalize(fill_baseline(pixel, config.fill, loaded.mean), loaded.mean, loaded.std)
                      for _, pixel, _ in chosen]
     seeds = randomisation_seeds(settings.seed, settings.randomisation_seeds)

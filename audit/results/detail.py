@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..maps.paper import BASELINES
+from ..maps.registry import names as map_names
 from ..model.layout import stage_order
 
 __all__ = ["DETAILS", "DEFAULT_DETAIL", "GRID_DIGITS", "FLOAT32_DIGITS", "charted_maps", "check_detail", "compact",
@@ -68,7 +68,7 @@ def charted_maps(maps: Mapping[str, Any], gated: Sequence[tuple[str, str]]) -> l
     measured = sorted({str(m["stage"]) for m in entries if m.get("morf_auc") is not None}, key=stage_order)
     stage = measured[-1] if measured else ("encoder" if any(str(k).endswith("@encoder") for k in maps) else None)
     return [(str(m.get("method")), stage) for m in entries
-            if str(m["stage"]) == stage and m.get("method") not in BASELINES]
+            if str(m["stage"]) == stage and m.get("method") not in map_names(baseline=True)]
 
 
 def _trim_map(key: str, entry: Any, detail: str, gated: set[str]) -> Any:

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config.settings import AuditSettings
-from ..maps.integrated_gradients import IG_STEPS
-from ..maps.paper import INPUT_METHODS
+from ..maps import registry
 from ..measure.curves import AUTO_BATCH, PerturbationConfig, amp_context, batch_size_for, max_steps, perturbed_copies
 from ..model.layout import MAP_STAGE_INPUT, normalize_stage, stage_names
 from ..model.load import LoadedModel
@@ -75,11 +74,12 @@ def plan_model(settings: AuditSettings, loaded: LoadedModel) -> ModelPlan:
         keys += [f"random@{s}" for s in gated_stages if "random" in settings.methods]
         keys += [f"{m}@{s}" for m, s in map_keys(settings.methods, depth) if s in explicit]
         curves_for = list(dict.fromkeys(keys))
-    wrong = [f"{m}@{s}" for m, s in gates if (m in INPUT_METHODS) != (s == MAP_STAGE_INPUT)]
+    inputs = registry.names(stages="input")
+    wrong = [f"{m}@{s}" for m, s in gates if (m in inputs) != (s == MAP_STAGE_INPUT)]
     if wrong:
-        raise ValueError(f"gate: {', '.join(wrong)}: 'input' is the one stage of {', '.join(INPUT_METHODS)} and a "
-                         "stage of no other map")
-    if not auto and any(m in INPUT_METHODS for m in settings.methods) and MAP_STAGE_INPUT not in measured:
+        raise ValueError(f"gate: {', '.join(wrong)}: 'input' is the one stage of {', '.join(inputs)} and a stage of "
+                         "no other map")
+    if not auto and registry.input_methods(settings.methods) and MAP_STAGE_INPUT not in measured:
         measured.append(MAP_STAGE_INPUT)  # measured whenever asked for
     missing = [f"{m}@{s}" for m, s in gates if s not in measured]
     if missing:
@@ -94,9 +94,11 @@ def plan_model(settings: AuditSettings, loaded: LoadedModel) -> ModelPlan:
 
 
 def map_keys(methods: list[str], depth: int) -> list[tuple[str, str]]:
-    """(method, stage) of every map of a model of ``depth`` blocks: each block and the encoder (``ig``: the input)."""
-    keys = [(method, stage) for stage in stage_names(depth) for method in methods if method not in INPUT_METHODS]
-    return keys + [(method, MAP_STAGE_INPUT) for method in methods if method in INPUT_METHODS]
+    """(method, stage) of every map of a model of ``depth`` blocks: each block and the encoder (an input method such
+    as ``ig``: the input)."""
+    inputs = registry.names(stages="input")
+    keys = [(method, stage) for stage in stage_names(depth) for method in methods if method not in inputs]
+    return keys + [(method, MAP_STAGE_INPUT) for method in methods if method in inputs]
 
 
 def forwards_per_image(plan: ModelPlan, settings: AuditSettings, depth: int) -> tuple[int, int]:
@@ -109,8 +111,7 @@ def forwards_per_image(plan: ModelPlan, settings: AuditSettings, depth: int) -> 
     keys = [f"{m}@{s}" for m, s in map_keys(settings.methods, depth)
             if s in plan.measured and (plan.curves_for is None or f"{m}@{s}" in plan.curves_for)]
     forwards = 3 + perturbed_copies(len(keys), settings.steps)
-    if any(m in INPUT_METHODS for m in settings.methods):
-        forwards += 3 * (IG_STEPS + 1)
+    forwards += sum(registry.get(m).extra_forwards for m in settings.methods)
     return len(keys), forwards
 
 

@@ -34,8 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..maps.attention import needs_attention
-from ..maps.paper import compute_maps
+from ..maps import compute_maps, needs_attention
 from ..measure.stats import (
     CI_RULE,
     bootstrap_ci,
