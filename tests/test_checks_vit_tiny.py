@@ -15,9 +15,9 @@ pytest_plugins = ["pytester"]
 
 
 def readme_policy_table(column: str = "cats") -> dict[str, tuple[float, str]]:
-    """{"method@stage": (mean ABPC, verdict)} from the README table between the policy markers: the 200 diverse
-    photos' columns (``"diverse"``) or the 41 cats' (``"cats"``)."""
-    text = (ROOT / "README.md").read_text()
+    """{"method@stage": (mean ABPC, verdict)} from the policy table of docs/evidence/calibrations.md, between the policy
+    markers: the 200 diverse photos' columns (``"diverse"``) or the 41 cats' (``"cats"``)."""
+    text = (ROOT / "docs" / "evidence" / "calibrations.md").read_text()
     table = text.split("<!-- policy-table -->")[1]
     cell = r"([+-]\d\.\d{3}) \[[^]]*\] \| \*\*(\w+)\*\*"
     rows = re.findall(rf"^\| `(\w+@\w+)` \| {cell} \| {cell} \|", table, re.MULTILINE)
