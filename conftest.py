@@ -1,3 +1,2 @@
-"""Registers the vit-audit pytest plugin for ``pytest checks`` run from the project root."""
-
-pytest_plugins = ["audit.plugin"]
+"""The project's root conftest. The vit-audit plugin registers itself through its pytest11 entry point (installed
+with the package), so ``pytest checks`` from the project root needs nothing here."""

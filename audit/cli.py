@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import pytest
 
-        # Found without importing anything: pytest imports the plugin and the checks itself, to rewrite their asserts.
-        spec = importlib.util.find_spec("checks")
+        # Found without importing the checks (only the audit package): pytest imports the plugin and the checks
+        # itself, to rewrite their asserts.
+        spec = importlib.util.find_spec("audit.checks")
         if spec is None or not spec.submodule_search_locations:
             print("vit-audit: the checks package is not installed; reinstall vit-audit (pip install -e .)",
                   file=sys.stderr)

@@ -1,8 +1,18 @@
 """The pytest plugin: options, parametrisation, fixtures and the results file. Thin: the work is in the library.
 
-Registered by the project's root ``conftest.py`` (``pytest checks``) and by the ``vit-audit`` command. It only
-acts on runs that collect the packaged checks (the ``checks`` package) or pass a vit-audit option, so a project's
-own test suite is left alone.
+Registered through its ``pytest11`` entry point wherever vit-audit is installed (``-p audit.plugin`` names the same
+plugin). It only acts on runs that collect the packaged checks (:mod:`audit.checks`) or pass a vit-audit option, so a
+project's own test suite is left alone.
+
+The fixtures a check may use (documentation: "Write your own check"):
+
+- ``audit_session`` (session scope): the run's :class:`~audit.run.session.AuditSession`: its settings, models,
+  images and every record and verdict computed once for the run.
+- ``audit_run``: the results record (:class:`RunRecord`) of the test's (model, image), made once for the run.
+- Parametrising fixtures, one test per value: ``audit_model`` (a model id, ``str``), ``audit_case``
+  (:class:`~audit.run.work.Case`), ``audit_map`` and ``audit_model_map`` (every map, or every map but the
+  baselines), ``audit_gate``, ``audit_region``, ``audit_region_pair`` and ``audit_comparison`` (gated maps), all a
+  :class:`~audit.run.work.MapKey`; ``audit_probe`` (:class:`~audit.run.work.ProbeKey`).
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import pytest
 
@@ -24,6 +34,21 @@ from .errors import AuditError, ExecutorError
 from .maps.registry import names as map_names
 from .run.outputs import check_outputs, write_outputs, write_stopped_run
 from .run.progress import Progress, RecordWatcher, make_records
+from .run.work import Case, MapKey, ProbeKey
+
+if TYPE_CHECKING:
+    from .run.session import AuditSession
+
+__all__ = ["Case", "MapKey", "ProbeKey", "RunRecord", "audit_run", "audit_session"]
+
+
+#: The keys of a (model, image) record a check reads most: the results file's ``runs[]`` (every key is described in
+#: ``docs/results-schema.md``). ``class`` is the explained class (the top-1), ``error`` None unless the record failed.
+RunRecord = TypedDict("RunRecord", {
+    "model_id": str, "image_id": str, "model": str, "image": str, "image_name": str, "class": int,
+    "class_name": str, "label": int, "prob": float, "removed_prob": float, "error": "str | None",
+    "maps": "dict[str, dict[str, Any]]", "restorations": "dict[str, Any]", "figures": "dict[str, Any]",
+}, total=False)
 
 SESSION = pytest.StashKey["AuditSession"]()
 STATE = pytest.StashKey["_State"]()
@@ -66,7 +91,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 EMBEDDED_MASKS = "embedded default (the sample images' object masks)"
 
 def _checks_dir() -> Path:
-    import checks
+    import audit.checks as checks
 
     return Path(checks.__file__).resolve().parent
 
@@ -273,15 +298,15 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 @pytest.fixture(scope="session")
-def audit_session(request: pytest.FixtureRequest):
+def audit_session(request: pytest.FixtureRequest) -> AuditSession:
     """The run's :class:`audit.run.session.AuditSession`."""
     return request.config.stash[SESSION]
 
 
 @pytest.fixture
-def audit_run(audit_session, audit_case) -> dict[str, Any]:
+def audit_run(audit_session: AuditSession, audit_case: Case) -> RunRecord:
     """The results record of this test's (model, image), computed once for the whole run."""
-    return audit_session.run(audit_case)
+    return audit_session.run(audit_case)  # type: ignore[return-value]
 
 
 def _outcome(report: pytest.TestReport) -> dict[str, Any] | None:

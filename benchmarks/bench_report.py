@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reports import read_results, render_report
+from audit.reports import read_results, render_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from audit.model.layout import normalize_stage
+from audit.reports import read_results
 from audit.results.detail import DETAILS, trim_run
-from reports import read_results
 
 MB = 1_000_000
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from checks.verdicts import decide
+from .verdicts import decide
 
 
 def test_no_regression(audit_comparison, audit_session, record_property):

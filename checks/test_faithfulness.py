@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from checks.verdicts import decide
+from .verdicts import decide
 
 
 def test_faithfulness(audit_run, audit_session, record_property):

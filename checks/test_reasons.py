@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from checks.verdicts import decide
+from .verdicts import decide
 
 
 def test_looks_at_objects(audit_region, audit_session, record_property):

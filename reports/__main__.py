@@ -1,6 +1,6 @@
 """Render the HTML report again from a results file, without auditing anything.
 
-    python -m reports RESULTS.json REPORT.html [--thumbnail PX] [--max-mb MB]
+    python -m audit.reports RESULTS.json REPORT.html [--thumbnail PX] [--max-mb MB]
 
 For another thumbnail size or size limit than the run used, or a report of a run that wrote only ``--audit-json``.
 Exit status 0 when the report is written, 2 on an unreadable results file or a bad option.
@@ -17,7 +17,7 @@ from .render import read_results, render_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m audit.reports", description=__doc__.strip().splitlines()[0])
     parser.add_argument("results", type=Path, help="a results file written with --audit-json")
     parser.add_argument("report", type=Path, help="where to write the HTML report")
     parser.add_argument("--thumbnail", type=int, default=64, help="longer side of the thumbnails in px (default 64)")

@@ -67,8 +67,8 @@ def _error_lines(result) -> list[str]:
 
 def _guard_writers(monkeypatch, targets) -> list[str]:
     """Make the atomic writer refuse (and record) any write to ``targets``; other writes (the run's records) go on."""
+    import audit.reports.render
     import audit.results.schema
-    import reports.render
 
     original = audit.results.schema.write_text_atomically
     refused = {os.path.abspath(t) for t in targets}
@@ -81,7 +81,7 @@ def _guard_writers(monkeypatch, targets) -> list[str]:
         return original(path, text)
 
     monkeypatch.setattr(audit.results.schema, "write_text_atomically", guarded)
-    monkeypatch.setattr(reports.render, "write_text_atomically", guarded)
+    monkeypatch.setattr(audit.reports.render, "write_text_atomically", guarded)
     return attempts
 
 

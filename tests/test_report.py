@@ -32,9 +32,9 @@ from safetensors.torch import save_file
 from audit.figures import png_data_uri
 from audit.measure.curves import pixel_ranks, removal_counts
 from audit.plugin import _checks_dir
-from reports import charts, overall_verdict, render_report
-from reports.pictures import removal_order, removal_strip
-from reports.render import _fit_images, plans_for
+from audit.reports import charts, overall_verdict, render_report
+from audit.reports.pictures import removal_order, removal_strip
+from audit.reports.render import _fit_images, plans_for
 
 from conftest import HtmlTags, make_tiny
 
@@ -407,12 +407,12 @@ def test_render_report_checks_its_arguments_and_writes_atomically(audit_run, tmp
     with pytest.raises(TypeError, match="results: expected a dict"):
         render_report([], target)
     target.write_text("the previous report")
-    import reports.render
+    import audit.reports.render
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(reports.render.os, "replace", broken)
+    monkeypatch.setattr(audit.reports.render.os, "replace", broken)
     with pytest.raises(OSError, match="disk full"):
         render_report(audit_run["results"], target)
     assert target.read_text() == "the previous report" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]

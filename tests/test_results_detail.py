@@ -18,9 +18,9 @@ import pytest
 
 from audit.config.settings import resolve_settings
 from audit.plugin import _checks_dir
+from audit.reports import render_report
 from audit.results.detail import DETAILS, charted_maps, compact, trim_comparison, trim_run
 from audit.zoo import EMBEDDED_MODEL, embedded_checkpoint, embedded_images
-from reports import render_report
 
 from conftest import nested_audit
 

@@ -180,9 +180,9 @@ def test_a_range_error_from_a_file_names_the_file(tmp_path):
 
 
 def test_render_report_and_the_settings_share_the_ranges_of_the_report_options(monkeypatch):
-    import reports.render
+    import audit.reports.render
     from audit.config.settings import RANGES
-    from reports.render import render_report
+    from audit.reports.render import render_report
 
     class Accepted(Exception):
         pass
@@ -190,7 +190,7 @@ def test_render_report_and_the_settings_share_the_ranges_of_the_report_options(m
     def accepted():
         raise Accepted
 
-    monkeypatch.setattr(reports.render, "_environment", accepted)  # past the argument check: the value was taken
+    monkeypatch.setattr(audit.reports.render, "_environment", accepted)  # past the argument check: the value was taken
 
     def renderer_takes(**kwargs) -> bool:
         try:

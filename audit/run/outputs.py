@@ -11,7 +11,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..config.settings import input_paths, output_settings
 from .cache import check_cache_dir
@@ -126,7 +126,8 @@ def write_outputs(results: dict[str, Any], audit_json: str | None, report: str |
     for name, target in (("results", audit_json), ("report", report)):
         source = input_at(target, protected or []) if target else None
         if source is not None:
-            outcomes.append((name, target, None, f"{target!r} is the {source[0]} file this run reads: not written"))
+            outcomes.append((name, cast(str, target), None,
+                             f"{target!r} is the {source[0]} file this run reads: not written"))
     done = {target for _, target, _, _ in outcomes}
     audit_json = None if audit_json in done else audit_json
     report = None if report in done else report
@@ -141,7 +142,7 @@ def write_outputs(results: dict[str, Any], audit_json: str | None, report: str |
     if report:
         start = time.perf_counter()
         try:
-            from reports import render_report
+            from ..reports import render_report
 
             if audit_json and _same_file(audit_json, report):
                 raise OSError(f"{report!r} is the same file as the results file")

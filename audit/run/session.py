@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -42,16 +42,16 @@ from ..verdicts.gates import apply_holm, evaluate_gate, gate_inputs
 from ..verdicts.margins import margin_for
 from ..verdicts.reasons import compare_probe, compare_regions, probe_limits, record_localisation, region_gate
 from .assemble import assemble_results
-from .cache import run_key
+from .cache import RunCache, run_key
 from .executors import executor_for
 from .inputs import checkpoint_for_workers, collect_images, load_models, load_named, model_id_for, read_labels
 from .plan import ModelPlan, map_keys, plan_lines, plan_model
 from .records import MADE_HOW, Item, RecordMaker, made_how
 from .regions import ImageRegionsError, load_regions, token_regions
 from .store import RecordStore
-from .work import Case, RemoteTask
+from .work import Case, MapKey, ProbeKey, RemoteTask
 
-__all__ = ["AuditSession", "Case", "model_id_for"]
+__all__ = ["AuditSession", "Case", "MapKey", "ProbeKey", "model_id_for"]
 
 BASELINE_PREFIX = "baseline-"  # the id of a baseline model audited in this run: baseline-<its model id>
 
@@ -78,7 +78,7 @@ class AuditSession:
         self.settings = settings = replace(settings, amp=self.precision.amp)
         # A model that cannot be loaded does not stop the others: its error is kept for its check to report. With
         # no model loaded there is nothing to audit, and the first error stops the run.
-        loaded = load_models(settings.model, settings.checkpoint)
+        loaded: LoadedModels | LoadedModel = load_models(settings.model, settings.checkpoint)
         self.models, self.model_errors, self.model_ids = loaded.models, loaded.errors, loaded.ids
         self.image_set = collect_images(settings.images, keep_duplicates=settings.keep_duplicate_images)
         self.labels = read_labels(settings.labels) if settings.labels else None
@@ -104,6 +104,7 @@ class AuditSession:
     def _audited_baseline(self) -> Baseline:
         """The released model audited in this run, with the same recipe, images and gates as the candidates."""
         s = self.settings
+        assert s.baseline_model is not None and s.baseline_checkpoint is not None  # given together (settings)
         loaded = load_named(s.baseline_model, s.baseline_checkpoint)
         model_id = f"{BASELINE_PREFIX}{model_id_for(s.baseline_model, s.baseline_checkpoint)}"
         self.baseline_model = loaded
@@ -118,10 +119,11 @@ class AuditSession:
                         model_record(loaded, model_id), compute_runs=runs)
 
     def _model(self, model_id: str) -> LoadedModel:
-        return self.models[model_id] if model_id in self.models else self.baseline_model
+        return self.models[model_id] if model_id in self.models else cast(LoadedModel, self.baseline_model)
 
     def _baseline(self) -> Baseline:
         """The baseline results file, checked against every model's recipe and gates (a usage error otherwise)."""
+        assert self.settings.baseline is not None  # called only with --baseline
         baseline = load_baseline(self.settings.baseline)
         for loaded in self.models.values():
             check_recipe(baseline, self.config.describe(), asdict(self.settings), loaded)
@@ -160,14 +162,14 @@ class AuditSession:
     def cases(self) -> list[Case]:
         return [Case(model_id, image_id, path) for model_id in self.models for image_id, path in self.images]
 
-    def map_keys(self) -> list[tuple[str, str, str]]:
+    def map_keys(self) -> list[MapKey]:
         """(model id, method, stage) for every map of every model (``ig``: its one stage, the input)."""
-        return [(model_id, method, stage) for model_id, loaded in self.models.items()
+        return [MapKey(model_id, method, stage) for model_id, loaded in self.models.items()
                 for method, stage in map_keys(self.settings.methods, loaded.layout.depth)]
 
-    def gate_keys(self) -> list[tuple[str, str, str]]:
+    def gate_keys(self) -> list[MapKey]:
         """(model id, method, stage) of every gated map of the audited models (a baseline audited here has none)."""
-        return [(model_id, method, stage) for model_id, gates in self.gates.items() if model_id in self.models
+        return [MapKey(model_id, method, stage) for model_id, gates in self.gates.items() if model_id in self.models
                 for method, stage in gates]
 
     def is_gated(self, model_id: str, method: str, stage: str) -> bool:
@@ -193,7 +195,7 @@ class AuditSession:
             failed = {case.key for case, record in zip(todo, records) if not isinstance(record, dict)}
             for case, record in zip(todo, records):
                 if case.key not in failed:
-                    self.keep_run(case, record)
+                    self.keep_run(case, cast("dict[str, Any]", record))  # not failed: a record
             cases = [case for case in cases if case.key not in failed]  # left for their checks to make and report
         for case in cases:
             self.run(case)
@@ -220,7 +222,7 @@ class AuditSession:
             return None
         cache = self.records.cache
         key = run_key(s, loaded, plan, device, sha256, label) if cache is not None else None
-        cached = cache.get(key) if key is not None else None
+        cached = cast(RunCache, cache).get(key) if key is not None else None  # a key only with a cache
         if cached is not None:
             cached.update(image=case.path, image_name=case.image_id)
             self.keep_run(case, cached)
@@ -244,7 +246,7 @@ class AuditSession:
             record = {**error_run_record(self.models[case.model_id].name, case.path, record["worker_error"]),
                       **made_how(seconds, inverse, plan)}
         elif task.key is not None and not record.get("error"):
-            self.records.cache.put(task.key, record)
+            cast(RunCache, self.records.cache).put(task.key, record)  # a key only with a cache (remote_task)
         self.keep_run(case, record)
 
     def image_batch(self, model_id: str) -> int:
@@ -327,7 +329,7 @@ class AuditSession:
                                 for probe in self.probes}
 
     # -- right for the right reasons: regions, probes, classes -----------------------------------------------------
-    def region_keys(self) -> list[tuple[str, str, str]]:
+    def region_keys(self) -> list[MapKey]:
         """(model id, method, stage) of every gated map whose relevance on the regions is gated (``--regions``)."""
         return self.gate_keys() if self.regions is not None else []
 
@@ -350,9 +352,9 @@ class AuditSession:
                                                margin=s.region_margin, min_images=s.min_images, seed=s.seed)
         return record
 
-    def probe_keys(self) -> list[tuple[str, str]]:
+    def probe_keys(self) -> list[ProbeKey]:
         """(model id, probe) of every probe of every audited model."""
-        return [(model_id, probe.spec) for model_id in self.models for probe in self.probes]
+        return [ProbeKey(model_id, probe.spec) for model_id in self.models for probe in self.probes]
 
     def probe(self, model_id: str, spec: str) -> dict[str, Any]:
         """A probe's record: the attraction and the stamp's mass, paired with the baseline where there is one, and
@@ -366,7 +368,7 @@ class AuditSession:
         record = probe_limits(runs, spec, keys, loaded.num_classes, max_attraction=s.max_attraction,
                               max_stamp_mass=s.max_stamp_mass, min_images=s.min_images, seed=s.seed)
         record.update(model_id=model_id, model=loaded.name)
-        entries = [(run.get("probes") or {}).get(spec) for run in runs if not run.get("error")]
+        entries: list[Any] = [(run.get("probes") or {}).get(spec) for run in runs if not run.get("error")]
         entries = [e for e in entries if e is not None]
         record["attraction"] = attraction([e["clean_class"] for e in entries], [e["stamped_class"] for e in entries],
                                           loaded.num_classes)
@@ -388,6 +390,7 @@ class AuditSession:
 
     def _compute_classes(self, model_id: str) -> dict[str, Any]:
         digests = {entry.id: entry.sha256 for entry in self.image_set.entries}
+        assert self.baseline is not None  # the class gate is collected only with a baseline
         both, _ = paired_runs(self.runs_of(model_id), digests, self.baseline.runs)
         pairs = [(int(other["class"]), other.get("class_name"), int(run["class"])) for run, other in both
                  if other.get("class") is not None]
@@ -437,7 +440,7 @@ class AuditSession:
         self.store.write("gates", (model_id, record["method"], record["stage"]), record)
         return record
 
-    def comparison_keys(self) -> list[tuple[str, str, str]]:
+    def comparison_keys(self) -> list[MapKey]:
         """(model id, method, stage) of every gated map compared with the baseline (none without a baseline)."""
         return self.gate_keys() if self.baseline is not None else []
 
@@ -476,6 +479,7 @@ class AuditSession:
         """Before the run: each compared map's margin and where it came from, and, from a baseline results file, the
         power to plan with (:func:`audit.verdicts.compare.planning_power`)."""
         digests = [entry.sha256 for entry in self.image_set.entries]
+        assert self.baseline is not None  # called only with a baseline (the plugin's header)
         lines = []
         for method, stage in self.settings.gated():
             gate = f"{method}@{stage}"
@@ -489,6 +493,7 @@ class AuditSession:
         loaded, s = self.models[model_id], self.settings
         digests = {entry.id: entry.sha256 for entry in self.image_set.entries}
         margin, source = self.margin(f"{written[0]}@{written[1]}")
+        assert self.baseline is not None  # comparisons are made only with a baseline
         return compare_map(self.runs_of(model_id), digests, self.baseline, method, stage,
                            baseline_stage(self.baseline, written[1]), model_id=model_id, model_name=loaded.name,
                            input_size=loaded.input_size, margin=margin, margin_source=source,

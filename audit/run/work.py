@@ -5,9 +5,30 @@ records made (:class:`RecordWork`). :class:`audit.run.session.AuditSession` impl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-__all__ = ["Case", "RecordWork", "RemoteTask"]
+__all__ = ["Case", "MapKey", "ProbeKey", "RecordWork", "RemoteTask"]
+
+
+class MapKey(NamedTuple):
+    """One map of one model: what ``audit_map``, ``audit_model_map``, ``audit_gate``, ``audit_region``,
+    ``audit_region_pair`` and ``audit_comparison`` are parametrised by (a tuple: ``model_id, method, stage = key``)."""
+
+    model_id: str
+    method: str
+    stage: str
+
+    @property
+    def key(self) -> str:
+        """``method@stage``, as gates and the results file write it."""
+        return f"{self.method}@{self.stage}"
+
+
+class ProbeKey(NamedTuple):
+    """One probe of one model: what ``audit_probe`` is parametrised by (``model_id, probe = key``)."""
+
+    model_id: str
+    probe: str
 
 
 class Case:

@@ -34,8 +34,8 @@ def options_table() -> str:
         default = defaults.get(name)
         shown = "" if default in (None, [], {}) else f"`{','.join(default) if isinstance(default, list) else default}`"
         rows.append(f"| `{flag}` | `{name.replace('_', '-')}` | {_cell(shown)} | {_cell(help_text)} |")
-    rows.append("| `--audit-config TOML` | | | TOML file of vit-audit options (its [tool.vit-audit] table, or the whole "
-                "file) |")
+    rows.append("| `--audit-config TOML` | | | TOML file of vit-audit options (its [tool.vit-audit] table, or the "
+                "whole file) |")
     return "\n".join(rows)
 
 
