@@ -1,9 +1,9 @@
-"""The report's comparison with the baseline (a run audited with ``--baseline``): the baseline's facts, one verdict
-row per compared map, its paired scatter, and the images whose ABPC dropped most, both models' maps side by side.
+"""The report's comparison with the baseline (a run audited with ``--baseline``): the baseline's facts, one verdict row
+per compared map, its paired scatter, and the images whose ABPC dropped most, both models' maps side by side.
 
 Reads the results dict's ``baseline`` and ``comparisons`` (``audit.verdicts.compare.compare_map``) leniently, like
-:mod:`reports.summary`; the maps are drawn by the report's picture builder (:mod:`reports.render`), over the input
-picture of the candidate's run of the same image, at the report's thumbnail size.
+:mod:`audit.reports.run_sections`; the maps are drawn by the report's picture builder (:mod:`audit.reports.render`),
+over the input picture of the candidate's run of the same image, at the report's thumbnail size.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from . import charts
-from .summary import compared
+from .run_sections import compared
 from .values import _dict, _list, _num, _records, fill_text, fmt, fmt_ci
 
 __all__ = ["comparison_section"]

@@ -1,12 +1,11 @@
 """The report's "right for the right reasons" section: where the gated maps look, and what moves the model.
 
 Faithfulness asks whether a map describes what the model uses; this section shows whether the model uses the right
-thing. It reads, leniently like :mod:`reports.summary`, the results dict's ``regions`` (the regions gates of
+thing. It reads, leniently like :mod:`audit.reports.run_sections`, the results dict's ``regions`` (the regions gates of
 :func:`audit.verdicts.reasons.region_gate`, ``paired`` with a baseline by
-:func:`audit.verdicts.reasons.compare_regions`), ``probes``
-(:func:`audit.verdicts.reasons.probe_limits` with the attraction, ``paired`` by
-:func:`audit.verdicts.reasons.compare_probe`),
-``classes`` (:func:`audit.verdicts.classes.class_agreement`), the comparisons' per-class rows
+:func:`audit.verdicts.reasons.compare_regions`), ``probes`` (:func:`audit.verdicts.reasons.probe_limits` with the
+attraction, ``paired`` by :func:`audit.verdicts.reasons.compare_probe`), ``classes``
+(:func:`audit.verdicts.classes.class_agreement`), the comparisons' per-class rows
 (:func:`audit.verdicts.classes.class_table`), and the runs' ``regions``, ``localisation`` and ``probes``. Four parts:
 
 - regions: the regions gate table, and the images whose objects get the least of the first gated map's relevance,
@@ -19,9 +18,9 @@ thing. It reads, leniently like :mod:`reports.summary`, the results dict's ``reg
 clustered
   per predicted class when the report is rendered, each cluster's size, mean map, where it sits and exemplars.
 
-A run without any of these has no such section (:func:`reports.summary.reasoned`). The pictures are drawn under a
-:class:`reports.plans.ReasonsPlan`, which :mod:`reports.render` steps down to fit the size limit; the clustering is
-made once, whatever the plan.
+A run without any of these has no such section (:func:`audit.reports.run_sections.reasoned`). The pictures are drawn
+under a :class:`audit.reports.sizing.ReasonsPlan`, which :mod:`audit.reports.render` steps down to fit the size limit;
+the clustering is made once, whatever the plan.
 """
 
 from __future__ import annotations
@@ -35,9 +34,9 @@ import numpy as np
 from audit.measure.spray import N_EXEMPLARS, spray_by_class
 
 from . import pictures
-from .plans import ReasonsPlan, describe_reasons_cuts
+from .run_sections import reasoned
 from .sections import SectionBuilder, _encoded
-from .summary import reasoned
+from .sizing import ReasonsPlan, describe_reasons_cuts
 from .values import _dict, _list, _num, _records, fmt, fmt_ci
 
 __all__ = ["ATTRACTION_ROWS", "CLASS_ROWS", "SPRAY_CLASSES", "ReasonsSection"]

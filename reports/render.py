@@ -1,15 +1,16 @@
 """The HTML report: one self-contained file rendered from a results file (schema ``vit-audit/1``).
 
-Reads nothing but the results dict: pictures are PNG data URIs, charts inline SVG, styles inline; no script, no
-request to the network or to any other file. It renders whatever the run produced (failed or erroring checks, runs
-with ``error`` set, missing gates, null fields). To stay under ``max_mb`` it draws the per-image figures smaller,
-with fewer colours, and then leaves whole figure families out, image by image, and says so in the report.
+Reads nothing but the results dict: pictures are PNG data URIs, charts inline SVG, styles inline; no script, no request
+to the network or to any other file. It renders whatever the run produced (failed or erroring checks, runs with
+``error`` set, missing gates, null fields). To stay under ``max_mb`` it draws the per-image figures smaller, with fewer
+colours, and then leaves whole figure families out, image by image, and says so in the report.
 
 This module fits the per-image sections to the size limit and writes the page. The sections are drawn by
-:mod:`reports.sections` under the size plans of :mod:`reports.plans`; the run-level sections are
-:mod:`reports.summary`'s, the lenient readers and number formats :mod:`reports.values`'. The "right for the right
-reasons" section (:mod:`reports.reasons`) is fitted first: it may take :data:`reports.plans.REASONS_SHARE` of the
-room the page leaves for pictures, stepping its own plans down to tables alone; the image sections share the rest.
+:mod:`audit.reports.sections` under the size plans of :mod:`audit.reports.sizing`; the run-level sections are
+:mod:`audit.reports.run_sections`'s, the lenient readers and number formats :mod:`audit.reports.values`'. The "right for
+the right reasons" section (:mod:`audit.reports.reasons`) is fitted first: it may take
+:data:`audit.reports.sizing.REASONS_SHARE` of the room the page leaves for pictures, stepping its own plans down to
+tables alone; the image sections share the rest.
 """
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ from audit.results.schema import write_text_atomically
 
 from . import pictures
 from .comparison import comparison_section
-from .plans import REASONS_SHARE, Plan, describe_cuts, plans_for, reasons_plans
 from .reasons import ReasonsSection
+from .run_sections import aggregates, gate_rows, header, overall_verdict
 from .sections import SectionBuilder
-from .summary import aggregates, gate_rows, header, overall_verdict
+from .sizing import REASONS_SHARE, Plan, describe_cuts, plans_for, reasons_plans
 from .values import fmt, fmt_ci
 
 __all__ = ["Plan", "overall_verdict", "read_results", "render_report"]

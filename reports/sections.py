@@ -1,5 +1,5 @@
 """The report's image sections: each run of a results dict as its section's context (maps, curves, removal strips,
-restorations), its figures drawn under a :class:`reports.plans.Plan`."""
+restorations), its figures drawn under a :class:`audit.reports.sizing.Plan`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from PIL import Image
 from audit.results.detail import charted_maps
 
 from . import charts, pictures
-from .plans import Plan, describe_cuts
-from .summary import _perturbation_text
+from .run_sections import _perturbation_text
+from .sizing import Plan, describe_cuts
 from .values import _dict, _list, _num, _records, _sorted_stages, _stage_title, fmt
 
 __all__ = ["MB", "STRIP_FRAMES", "SectionBuilder"]

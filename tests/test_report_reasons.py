@@ -20,7 +20,7 @@ from audit.figures import png_data_uri
 from audit.measure.probes import attraction
 from audit.reports import overall_verdict, render_report
 from audit.reports.pictures import heat_map, region_overlay
-from audit.reports.plans import describe_reasons_cuts, reasons_plans
+from audit.reports.sizing import describe_reasons_cuts, reasons_plans
 from audit.verdicts.classes import class_agreement
 from audit.verdicts.reasons import compare_probe, compare_regions, probe_limits, record_localisation, region_gate
 

@@ -1,7 +1,7 @@
 """The report's run-level sections: the verdict and header, the gates, and the charts over the image set.
 
-Each function reads the results dict (leniently, see :mod:`reports.values`) and returns the template's context for
-its section; the per-image sections are :mod:`reports.render`'s.
+Each function reads the results dict (leniently, see :mod:`audit.reports.values`) and returns the template's context for
+its section; the per-image sections are :mod:`audit.reports.render`'s.
 """
 
 from __future__ import annotations
