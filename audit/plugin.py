@@ -166,7 +166,7 @@ def pytest_configure(config: pytest.Config) -> None:
             session.executor.start()
         config.stash[SESSION] = session
     except (ValueError, AuditError) as err:
-        if owns:
+        if owns and workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
         message = str(err)
         if workerinput is None and not collect_only:  # the controller writes what the run has: the error
@@ -258,8 +258,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         keys = session.region_keys() if session.baseline is not None else []
         metafunc.parametrize("audit_region_pair", keys, ids=[f"{m}-{method}@{stage}" for m, method, stage in keys])
     if "audit_probe" in names:
-        keys = session.probe_keys()
-        metafunc.parametrize("audit_probe", keys, ids=[f"{m}-{spec}" for m, spec in keys])
+        probes = session.probe_keys()
+        metafunc.parametrize("audit_probe", probes, ids=[f"{m}-{spec}" for m, spec in probes])
     if "audit_comparison" in names:
         keys = session.comparison_keys()
         baseline = session.baseline.model.get("id") if session.baseline is not None else "baseline"
@@ -315,8 +315,8 @@ def _outcome(report: pytest.TestReport) -> dict[str, Any] | None:
         if report.skipped and isinstance(report.longrepr, tuple):
             message = str(report.longrepr[2])
         elif report.failed:
-            message = getattr(report.longrepr, "reprcrash", None)
-            message = message.message if message is not None else str(report.longrepr)
+            crash = getattr(report.longrepr, "reprcrash", None)
+            message = crash.message if crash is not None else str(report.longrepr)
         outcome = "error" if report.when == "setup" and report.failed else report.outcome
         return {"nodeid": report.nodeid, "outcome": outcome, "when": report.when, "message": message,
                 "duration": report.duration}

@@ -104,6 +104,7 @@ def test_attention_maps_equal_the_reference_on_random_init_models(key):
     _check_against_references(model, x, [str(k) for k in range(len(model.blocks))] + ["encoder"])
 
 
+@pytest.mark.shared
 def test_attention_maps_equal_the_reference_on_the_real_vit_tiny(vit_tiny, imagenet_photos):
     x = normalize(prepare_image(imagenet_photos[0], vit_tiny.data_config).pixel, vit_tiny.mean, vit_tiny.std)[None]
     _check_against_references(vit_tiny.model, x, ["0", "5", "11", "encoder"])
@@ -121,6 +122,7 @@ def test_integrated_gradients_equals_the_reference(fill):
     _close_to_reference(mine, expected, f"ig with fill {fill}")
 
 
+@pytest.mark.shared
 def test_integrated_gradients_equals_the_reference_on_the_real_vit_tiny(vit_tiny, imagenet_photos):
     pixel = prepare_image(imagenet_photos[1], vit_tiny.data_config).pixel
     config = PerturbationConfig()

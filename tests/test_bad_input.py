@@ -63,6 +63,7 @@ def _checkpoint(path: Path, change) -> Path:
 
 
 # -- 1. image identity ------------------------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_an_image_listed_twice_is_audited_and_counted_once(pytester, samples):
     folder = _folder(pytester.path / "photos", {p.name: p for p in samples[:4]})
     result = _run(pytester, "--images", str(folder), "--images", str(folder), "--images", str(folder / samples[0].name),
@@ -76,6 +77,7 @@ def test_an_image_listed_twice_is_audited_and_counted_once(pytester, samples):
     assert "5 image file(s) left out" in result.stdout.str()
 
 
+@pytest.mark.e2e
 def test_images_whose_names_clash_get_their_own_ids_and_records(pytester, samples):
     folder = _folder(pytester.path / "photos", {"x.png": samples[0], "a b.png": samples[2], "a_b.png": samples[3],
                                                 "sub/x.png": samples[4], "y.png": samples[5]})
@@ -99,6 +101,7 @@ def test_image_ids_are_unique_and_readable():
     assert image_ids([Path("a/b/c.png"), Path("z/b/c.png")]) == ["a/b/c.png", "z/b/c.png"]
 
 
+@pytest.mark.e2e
 def test_identical_bytes_under_other_names_count_once_unless_kept(pytester, samples, tmp_path):
     folder = _folder(pytester.path / "photos", {"one.png": samples[0], "copy-of-one.png": samples[0],
                                                 "two.png": samples[1]})
@@ -118,6 +121,7 @@ def test_identical_bytes_under_other_names_count_once_unless_kept(pytester, samp
 
 
 # -- 3. models whose numbers mean nothing ---------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_a_single_class_head_is_inconclusive_and_says_why(pytester, samples, tmp_path):
     def one_class(state):
         state["head.weight"], state["head.bias"] = state["head.weight"][:1], state["head.bias"][:1]
@@ -144,6 +148,7 @@ def test_a_head_whose_size_does_not_match_the_label_names_borrows_no_names(tmp_p
 
 
 # -- 5. non-finite weights and activations --------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_non_finite_weights_fail_that_model_alone(pytester, samples, tmp_path):
     def nan(state):
         state["blocks.2.mlp.fc1.weight"][0, 0] = float("nan")
@@ -161,6 +166,7 @@ def test_non_finite_weights_fail_that_model_alone(pytester, samples, tmp_path):
     assert (pytester.path / "r.html").stat().st_size > 0
 
 
+@pytest.mark.e2e
 def test_non_finite_activations_fail_each_image_cleanly(pytester, samples, tmp_path):
     def overflow(state):
         state["blocks.2.mlp.fc1.weight"] *= 1e37
@@ -188,6 +194,7 @@ EDITS = st.lists(st.tuples(st.one_of(st.integers(0, 63), st.integers(0, 10_000))
                  min_size=1, max_size=6)
 
 
+@pytest.mark.e2e
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fmt=st.sampled_from(sorted(FORMATS)), edits=EDITS, keep=st.one_of(st.none(), st.integers(0, 100)))
 # A BMP whose header claims 2^31-1 x 2^31-1 pixels: Pillow refuses it as a decompression bomb (not an OSError).

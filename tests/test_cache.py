@@ -54,6 +54,7 @@ def _cached(folder: Path) -> list[Path]:
     return sorted(p for p in (folder / "runs").glob("*.json") if not p.name.startswith("."))
 
 
+@pytest.mark.e2e
 def test_a_second_run_reuses_every_record_and_writes_the_same_results(pytester, files):
     first = pytester.runpytest(*_args(files, "--audit-json", "a.json", "--cache", "store"))
     assert first.ret == pytest.ExitCode.OK
@@ -67,6 +68,7 @@ def test_a_second_run_reuses_every_record_and_writes_the_same_results(pytester, 
     assert a == b
 
 
+@pytest.mark.e2e
 def test_the_default_cache_folder_and_no_cache(pytester, files):
     pytester.runpytest(*_args(files, "--audit-json", "a.json"))
     assert len(_cached(pytester.path / ".vit-audit-cache")) == len(PHOTOS)
@@ -75,6 +77,7 @@ def test_the_default_cache_folder_and_no_cache(pytester, files):
     assert json.loads((pytester.path / "b.json").read_text())["settings"]["no_cache"] is True
 
 
+@pytest.mark.e2e
 def test_a_record_made_with_another_recipe_is_never_served(pytester, files):
     pytester.runpytest(*_args(files, "--audit-json", "a.json", "--cache", "store"))
     result = pytester.runpytest(*_args(files, "--audit-json", "b.json", "--cache", "store", "--steps", "9"))
@@ -117,6 +120,7 @@ def test_every_setting_that_changes_a_record_changes_its_key(change):
     assert run_key(settings, no_digest, plan, "cpu", "b" * 64, None) is None
 
 
+@pytest.mark.e2e
 def test_a_record_of_another_checkpoint_is_never_served(pytester, files, tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
@@ -132,6 +136,7 @@ def test_a_record_of_another_checkpoint_is_never_served(pytester, files, tmp_pat
     assert f"cache: 0 record(s) reused, {len(PHOTOS)} computed" in result.stdout.str()
 
 
+@pytest.mark.e2e
 def test_one_image_added_computes_only_that_one(pytester, files, tmp_path):
     some = tmp_path / "some"
     some.mkdir()
@@ -144,6 +149,7 @@ def test_one_image_added_computes_only_that_one(pytester, files, tmp_path):
     assert f"cache: {len(PHOTOS) - 1} record(s) reused, 1 computed" in result.stdout.str()
 
 
+@pytest.mark.e2e
 def test_a_corrupt_entry_is_ignored_with_a_warning_and_recomputed(pytester, files):
     pytester.runpytest(*_args(files, "--audit-json", "a.json", "--cache", "store"))
     entries = _cached(pytester.path / "store")
@@ -160,6 +166,7 @@ def test_a_corrupt_entry_is_ignored_with_a_warning_and_recomputed(pytester, file
     json.loads(entries[0].read_text())  # rewritten whole
 
 
+@pytest.mark.e2e
 def test_a_cache_that_is_a_file_or_cannot_be_made_is_a_usage_error(pytester, files):
     (pytester.path / "plain").write_text("x")
     for target, expected in (("plain", "cache: 'plain' is not a folder; give --cache a folder (or --no-cache)"),
@@ -188,6 +195,7 @@ def test_an_unreadable_entry_warns_and_counts_as_computed(tmp_path):
     assert (cache.hits, cache.misses) == (1, 2)
 
 
+@pytest.mark.e2e
 def test_a_killed_run_resumes_without_recomputing_and_gives_the_same_results(pytester, files):
     """SIGKILL a run once some records are on disk; the rerun computes only the rest, and its results file equals
     that of a run that was never stopped."""

@@ -56,6 +56,8 @@ def _policy_run(pytester, monkeypatch, images, expected):
     return results, gates
 
 
+@pytest.mark.shared
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_gate_verdicts_on_the_41_photos_match_the_readme(pytester, monkeypatch):
     """About 3.5 minutes on 2 CPU cores (README's table, reproduced): run with `pytest tests -m slow`."""
@@ -64,6 +66,8 @@ def test_gate_verdicts_on_the_41_photos_match_the_readme(pytester, monkeypatch):
     assert sum(run["class"] == 283 for run in results["runs"]) == 39  # Persian cat
 
 
+@pytest.mark.shared
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_gate_verdicts_on_the_200_diverse_photos_match_the_readme(pytester, monkeypatch):
     """About 12 minutes on 2 CPU cores: run with `pytest tests -m slow`."""

@@ -126,6 +126,7 @@ def _run(pytester, data, *extra, checkpoint=None, images=None, recipe=RECIPE):
                               *recipe, *extra)
 
 
+@pytest.mark.e2e
 def test_the_released_model_against_itself_passes_with_no_difference_and_full_agreement(pytester, data):
     result = _run(pytester, data, "--baseline", str(data["baseline"]), "--audit-json", "r.json", "--margin", "0.05",
                   "--min-map-agreement", "0.9", "--junitxml", "junit.xml")
@@ -143,6 +144,7 @@ def test_the_released_model_against_itself_passes_with_no_difference_and_full_ag
     assert outcomes["passed"] >= 4  # two comparisons x (no regression, map agreement)
 
 
+@pytest.mark.e2e
 def test_a_degraded_candidate_fails_with_the_statistic_margin_both_means_and_the_largest_drops(pytester, data):
     result = _run(pytester, data, "--baseline", str(data["baseline"]), "-k", "compare", "--margin", "0.05",
                   checkpoint=data["degraded"])
@@ -167,6 +169,7 @@ def test_a_degraded_candidate_fails_with_the_statistic_margin_both_means_and_the
         assert c["margin"] == pytest.approx(0.5 * max(0.0, c["baseline_abpc"])) and c["margin_rule"] == "50%"
 
 
+@pytest.mark.e2e
 def test_map_drift_gated_by_min_map_agreement(pytester, data):
     result = _run(pytester, data, "--baseline", str(data["baseline"]), "-k", "map_agreement", "--margin", "1",
                   "--min-map-agreement", "0.99", checkpoint=data["degraded"])
@@ -174,6 +177,7 @@ def test_map_drift_gated_by_min_map_agreement(pytester, data):
     assert "the explanations point at other evidence" in result.stdout.str()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("extra, message", [
     (["--steps", "5"], "steps 10 (baseline) vs 5 (this run)"),
     (["--seed", "3"], "seed 0 (baseline) vs 3 (this run)"),
@@ -189,12 +193,14 @@ def test_a_baseline_made_with_another_recipe_is_a_usage_error_naming_what_differ
     assert len(errors) == 1 and "was audited with another recipe" in errors[0] and message in errors[0], errors
 
 
+@pytest.mark.e2e
 def test_a_gated_map_the_baseline_did_not_measure_is_a_usage_error(pytester, data):
     recipe = ["--methods", "cam,grad,random", "--layers", "0,encoder", "--steps", "10", "--gate", "grad@0"]
     result = _run(pytester, data, "--baseline", str(data["baseline"]), recipe=recipe)
     assert result.ret == 4 and "has no curves for grad@0" in result.stderr.str()
 
 
+@pytest.mark.e2e
 def test_images_only_in_one_run_are_listed_and_too_few_pairs_are_inconclusive(pytester, data):
     few = pytester.path / "few"
     few.mkdir()
@@ -215,6 +221,7 @@ def test_images_only_in_one_run_are_listed_and_too_few_pairs_are_inconclusive(py
     assert results["comparisons"][0]["unpaired_images"] == {f"new-{other.stem}": "not in the baseline"}
 
 
+@pytest.mark.e2e
 def test_a_baseline_from_the_previous_schema_version_is_paired_by_hashing_its_files(pytester, data, tmp_path):
     old = json.loads(data["baseline"].read_text())
     for image in old["images"]:
@@ -232,6 +239,7 @@ def test_a_baseline_from_the_previous_schema_version_is_paired_by_hashing_its_fi
     assert gone.runs == {} and len(gone.unhashed) == 10
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("content, message", [
     (lambda text: text[: len(text) // 2], "is not a readable results file ("),
     (lambda text: "not json", "is not a readable results file (Expecting value"),
@@ -250,11 +258,13 @@ def test_a_baseline_that_is_not_a_usable_results_file_is_one_line_and_nothing_el
     assert (pytester.path / "r.html").stat().st_size > 0
 
 
+@pytest.mark.e2e
 def test_without_a_baseline_the_comparison_checks_are_not_collected(pytester, data):
     result = _run(pytester, data, "--collect-only", "-q")
     assert "test_compare.py" not in result.stdout.str() and result.ret == 0
 
 
+@pytest.mark.e2e
 def test_xdist_gives_the_same_comparison(pytester, data):
     args = [*nested_audit(), "--model", EMBEDDED_MODEL, "--checkpoint", str(data["degraded"]), "--images",
             str(data["photos"]), *RECIPE, "--baseline", str(data["baseline"]), "--margin", "1"]
@@ -266,6 +276,7 @@ def test_xdist_gives_the_same_comparison(pytester, data):
         [(c["statistic"], c["ci95"], c["drift"]["statistic"]) for c in two]
 
 
+@pytest.mark.e2e
 def test_a_baseline_model_audited_in_the_same_run_gives_the_numbers_of_its_results_file(pytester, data):
     from_file = _run(pytester, data, "--baseline", str(data["baseline"]), "-k", "compare", "--margin", "1",
                      "--audit-json", "file.json", checkpoint=data["degraded"])
@@ -281,6 +292,7 @@ def test_a_baseline_model_audited_in_the_same_run_gives_the_numbers_of_its_resul
     assert two["baseline"]["source"].endswith("audited in this run") and len(two["runs"]) == 10  # candidate's only
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("extra, message", [
     (["--baseline", "x.json", "--baseline-model", EMBEDDED_MODEL, "--baseline-checkpoint", "y"],
      "baseline: give either --baseline"),
@@ -295,6 +307,7 @@ def test_baseline_model_usage_errors(pytester, data, extra, message):
     assert len(errors) == 1 and message in errors[0], errors
 
 
+@pytest.mark.e2e
 def test_a_baseline_of_the_same_architecture_with_another_data_config_is_a_usage_error(pytester, data, tmp_path):
     other = json.loads(data["baseline"].read_text())
     other["models"][0]["data_config"]["mean"] = [0.5]
@@ -323,6 +336,7 @@ def test_comparison_options_out_of_range_are_one_line_naming_the_option(cli, mes
     assert str(err.value) == message
 
 
+@pytest.mark.e2e
 def test_a_baseline_path_that_is_missing_a_folder_or_several_models_is_one_line(data, tmp_path):
     with pytest.raises(ValueError, match=r"^baseline: '.*missing\.json' not found: pass the results file"):
         load_baseline(tmp_path / "missing.json")
@@ -399,6 +413,7 @@ def test_an_undecided_comparison_says_how_many_pairs_would_decide_it():
         np.std([c - b for c, b in zip(cand, base)], ddof=1))
 
 
+@pytest.mark.e2e
 def test_the_results_file_of_the_baseline_is_never_written_over(pytester, data):
     """``--audit-json`` naming the baseline (directly, through a link or another spelling) is a usage error, and the
     stopped run writes nothing over it."""
@@ -419,6 +434,7 @@ def test_the_results_file_of_the_baseline_is_never_written_over(pytester, data):
     assert labels.read_text() == "file,class_index\n"
 
 
+@pytest.mark.e2e
 def test_a_baseline_that_shares_no_image_or_has_no_finite_abpc_is_a_usage_error(pytester, data):
     other = pytester.path / "other"
     other.mkdir()

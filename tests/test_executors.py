@@ -139,6 +139,7 @@ def _cached(folder: Path) -> list[Path]:
     return sorted(p for p in (folder / "runs").glob("*.json") if not p.name.startswith("."))
 
 
+@pytest.mark.e2e
 def test_records_made_as_ray_tasks_equal_a_local_run_and_stream_into_the_cache(pytester, files, cluster, reference):
     result = pytester.runpytest(*_args(files, "--executor", "ray", "--ray-address", cluster.address,
                                        "--audit-json", "ray.json", "--cache", "store"))
@@ -174,6 +175,7 @@ def _running_tasks(parent: int) -> list[int]:
     return pids
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Ray's worker processes in /proc (Linux)")
 def test_a_worker_killed_mid_run_loses_no_record(pytester, files, cluster, reference):
     raylet = cluster.head_node.all_processes["raylet"][0].process.pid
@@ -203,6 +205,7 @@ def test_a_worker_killed_mid_run_loses_no_record(pytester, files, cluster, refer
     _check_equal(json.loads((pytester.path / "ray.json").read_text()), reference)
 
 
+@pytest.mark.e2e
 def test_a_cluster_lost_mid_run_is_one_line_and_a_usage_error_that_keeps_the_finished_records(pytester, files,
                                                                                                monkeypatch):
     from audit.errors import ExecutorError
@@ -251,6 +254,7 @@ def _usage_error(result) -> str:
     return errors[0]
 
 
+@pytest.mark.e2e
 def test_executor_ray_without_ray_installed_is_one_line_and_a_usage_error(pytester, files, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray: ImportError
     pytester.runpytest(*_args(files, "--audit-json", "first.json", "--cache", "store", "-k",
@@ -263,6 +267,7 @@ def test_executor_ray_without_ray_installed_is_one_line_and_a_usage_error(pytest
     assert len(_cached(pytester.path / "store")) == 1  # what an earlier run made is kept
 
 
+@pytest.mark.e2e
 def test_a_ray_address_that_cannot_be_reached_is_one_line_and_a_usage_error(pytester, files):
     _ray()
     with socket.socket() as bound:  # a port bound but never listened on: a connection there is refused

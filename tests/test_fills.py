@@ -58,6 +58,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 # ROAD against the reference
 
 
+@pytest.mark.peer
 @reference_warnings
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("name", ["astronaut", "chelsea"])
@@ -141,6 +142,7 @@ MASKS = {
 }
 
 
+@pytest.mark.peer
 @reference_warnings
 @pytest.mark.parametrize("kind", list(MASKS))
 def test_road_matches_reference_on_special_masks(kind):
@@ -151,6 +153,7 @@ def test_road_matches_reference_on_special_masks(kind):
     assert _max_diff(ours, _reference(pixel, mask)) < 1e-5
 
 
+@pytest.mark.peer
 @reference_warnings
 def test_road_noise_matches_reference_with_the_same_seed():
     """Same noise convention: std ``noise``, one (C, N) standard-normal draw, removed pixels in row-major order."""
@@ -164,6 +167,7 @@ def test_road_noise_matches_reference_with_the_same_seed():
     assert _max_diff(ours, fill_image(pixel, mask, "road", noise=0)) > 0.02  # the noise is there
 
 
+@pytest.mark.peer
 @reference_warnings
 def test_nothing_removed_returns_the_image_like_the_reference():
     pixel = _photo("astronaut")

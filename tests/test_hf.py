@@ -88,6 +88,7 @@ def _block_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
     return logits, states
 
 
+@pytest.mark.peer
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_a_saved_transformers_model_loads_with_the_same_logits_and_hidden_states(name, tmp_path):
     hf = _hf_model(name)
@@ -115,6 +116,7 @@ def test_a_saved_transformers_model_loads_with_the_same_logits_and_hidden_states
     assert ("pooler" in notes and "mask_token" in notes) == (name == "vit-pooler-mask-token")
 
 
+@pytest.mark.peer
 def test_sharded_safetensors_and_a_pickled_bin_load_the_same_weights(tmp_path):
     hf = _hf_model("vit")
     sharded = tmp_path / "sharded"
@@ -132,6 +134,7 @@ def test_sharded_safetensors_and_a_pickled_bin_load_the_same_weights(tmp_path):
     assert load_hf_model(sharded).checkpoint_sha256 != load_hf_model(pickled).checkpoint_sha256
 
 
+@pytest.mark.peer
 def test_a_pickled_bin_that_would_run_code_is_refused(tmp_path):
     hf = _hf_model("vit")
     hf.config.save_pretrained(tmp_path)
@@ -171,6 +174,7 @@ PROCESSORS = {
 }
 
 
+@pytest.mark.peer
 @pytest.mark.parametrize("key", list(PROCESSORS))
 def test_preprocessing_equals_the_transformers_image_processor(key, photos, tmp_path):
     settings = dict(PROCESSORS[key])
@@ -192,6 +196,7 @@ def test_preprocessing_equals_the_transformers_image_processor(key, photos, tmp_
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
 
 
+@pytest.mark.peer
 def test_without_a_preprocessor_config_the_defaults_used_are_recorded(tmp_path):
     folder = tmp_path / "bare"
     _hf_model("vit").save_pretrained(folder)
@@ -217,6 +222,7 @@ def _as_hf_folder(loaded, folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.shared
 def test_the_real_vit_tiny_as_a_hf_folder_gives_the_timm_originals_maps_and_aucs(vit_tiny, tmp_path):
     hf = load_hf_model(_as_hf_folder(vit_tiny, tmp_path / "vit-tiny-hf"))
     assert hf.class_names == vit_tiny.class_names and hf.input_size == vit_tiny.input_size
@@ -306,6 +312,7 @@ BAD = {  # case -> (error, the file named, words of what to do)
 }
 
 
+@pytest.mark.peer
 @pytest.mark.parametrize("case", list(BAD))
 def test_a_bad_folder_is_one_line_naming_the_file_and_what_to_do(case, tmp_path):
     folder = _broken(tmp_path, case)
@@ -319,6 +326,7 @@ def test_a_bad_folder_is_one_line_naming_the_file_and_what_to_do(case, tmp_path)
         assert "shape mismatch (vit.embeddings.cls_token: checkpoint (1, 1, 48) vs model (1, 1, 64)" in message
 
 
+@pytest.mark.peer
 def test_a_folder_is_detected_and_a_timm_name_with_it_is_refused(tmp_path):
     folder = str(_good(tmp_path))
     assert is_hf_folder(folder) and not is_hf_folder(tmp_path / "missing")
@@ -349,6 +357,7 @@ def embedded_as_hf(tmp_path):
     return _as_hf_folder(load_model(EMBEDDED_MODEL, embedded_checkpoint()), tmp_path / "fmnist-hf")
 
 
+@pytest.mark.e2e
 def test_an_audit_of_the_hf_folder_gives_the_timm_models_numbers(pytester, monkeypatch, embedded_as_hf):
     monkeypatch.chdir(pytester.path)
     images = sorted(embedded_images().glob("*.png"))[:12]
@@ -375,6 +384,8 @@ def test_an_audit_of_the_hf_folder_gives_the_timm_models_numbers(pytester, monke
     assert abs(gates["fmnist-hf"]["statistic"] - gates[timm_record["id"]]["statistic"]) < 1e-6
 
 
+@pytest.mark.e2e
+@pytest.mark.peer
 def test_a_bad_folder_fails_its_own_load_check_and_alone_is_a_usage_error(pytester, monkeypatch, tmp_path):
     monkeypatch.chdir(pytester.path)
     bad = _broken(tmp_path, "std of zero")

@@ -94,6 +94,7 @@ def _runs(path: Path) -> list[dict]:
     return json.loads(path.read_text())["runs"]
 
 
+@pytest.mark.e2e
 def test_a_run_in_image_groups_gives_the_numbers_of_a_run_image_by_image(pytester, files, monkeypatch):
     monkeypatch.chdir(pytester.path)
     photos = pytester.path / "photos"

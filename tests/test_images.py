@@ -39,6 +39,7 @@ SMALL = {"input_size": (3, 32, 32), "interpolation": "bilinear", "crop_pct": 1.0
 # --- prepare_image ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.shared
 def test_chelsea_becomes_a_3x224x224_float_picture_in_unit_range(vit_tiny, chelsea):
     prepared = prepare_image(chelsea, vit_tiny.data_config)
     pixel = prepared.pixel
@@ -49,6 +50,7 @@ def test_chelsea_becomes_a_3x224x224_float_picture_in_unit_range(vit_tiny, chels
     assert prepared.source == "<array (300, 451, 3)>"
 
 
+@pytest.mark.shared
 def test_prepared_picture_after_normalize_equals_timms_own_eval_transform(vit_tiny, chelsea):
     config = vit_tiny.data_config
     expected = create_transform(**config)(Image.fromarray(chelsea))
@@ -60,6 +62,7 @@ def test_prepared_picture_after_normalize_equals_timms_own_eval_transform(vit_ti
     assert not torch.allclose(normalize(pixel, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD), expected, atol=1e-2)
 
 
+@pytest.mark.shared
 def test_prepared_chelsea_is_classified_as_an_egyptian_cat(vit_tiny, chelsea):
     pixel = prepare_image(chelsea, vit_tiny.data_config).pixel
     with torch.no_grad():
@@ -68,6 +71,7 @@ def test_prepared_chelsea_is_classified_as_an_egyptian_cat(vit_tiny, chelsea):
     assert probs[285] > 0.5
 
 
+@pytest.mark.shared
 def test_path_pil_image_and_array_give_the_same_picture(tmp_path, vit_tiny, chelsea):
     path = tmp_path / "chelsea.png"
     Image.fromarray(chelsea).save(path)
@@ -82,6 +86,7 @@ def test_path_pil_image_and_array_give_the_same_picture(tmp_path, vit_tiny, chel
     assert torch.equal(from_pil.pixel, from_array.pixel)
 
 
+@pytest.mark.shared
 def test_one_channel_config_reads_the_image_in_L_mode(vit_tiny, chelsea):
     gray = prepare_image(chelsea, one_channel(vit_tiny.data_config)).pixel
     rgb = prepare_image(chelsea, vit_tiny.data_config).pixel
@@ -96,6 +101,7 @@ def test_one_channel_config_reads_the_image_in_L_mode(vit_tiny, chelsea):
     assert torch.equal(gray, expected)
 
 
+@pytest.mark.shared
 def test_one_channel_config_accepts_a_2d_uint8_array(vit_tiny, chelsea):
     gray = np.asarray(Image.fromarray(chelsea).convert("L"))
     assert gray.ndim == 2
@@ -103,6 +109,7 @@ def test_one_channel_config_accepts_a_2d_uint8_array(vit_tiny, chelsea):
     assert pixel.shape == (1, 224, 224)
 
 
+@pytest.mark.shared
 def test_four_channel_model_input_is_refused(vit_tiny, chelsea):
     config = {**vit_tiny.data_config, "input_size": (4, 224, 224)}
     with pytest.raises(ImageError, match=r"^model input has 4 channels; vit-audit reads images for 1- or 3-channel"):
@@ -135,6 +142,7 @@ def _empty_file(path: Path) -> Path:
     return path
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize("make", [_random_bytes, _text_as_jpeg, _truncated_jpeg, _empty_file],
                          ids=["random-bytes", "text-as-jpeg", "truncated-jpeg", "empty"])
 def test_unreadable_image_file_raises_image_error_naming_it(tmp_path, vit_tiny, make):
@@ -144,12 +152,14 @@ def test_unreadable_image_file_raises_image_error_naming_it(tmp_path, vit_tiny, 
         prepare_image(path, vit_tiny.data_config)
 
 
+@pytest.mark.shared
 def test_missing_image_file_raises_image_error_naming_it(tmp_path, vit_tiny):
     path = tmp_path / "absent.jpg"
     with pytest.raises(ImageError, match=rf"^image {quoted(path)} not found: pass an existing image file or folder$"):
         prepare_image(path, vit_tiny.data_config)
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize("shape", [(224,), (2, 32, 32, 3), ()], ids=["1d", "4d", "scalar"])
 def test_uint8_array_of_the_wrong_ndim_raises_image_error(vit_tiny, shape):
     array = np.zeros(shape, dtype=np.uint8)
@@ -159,17 +169,20 @@ def test_uint8_array_of_the_wrong_ndim_raises_image_error(vit_tiny, shape):
         prepare_image(array, vit_tiny.data_config)
 
 
+@pytest.mark.shared
 def test_float_array_raises_image_error_naming_the_dtype(vit_tiny, chelsea):
     with pytest.raises(ImageError, match=r"uint8 array, got \(300, 451, 3\) float64$"):
         prepare_image(chelsea / 255.0, vit_tiny.data_config)
 
 
+@pytest.mark.shared
 def test_single_channel_hw1_array_is_read_like_its_hw_squeeze(vit_tiny, chelsea):
     gray = np.asarray(Image.fromarray(chelsea).convert("L"))
     squeezed = prepare_image(gray, vit_tiny.data_config).pixel
     assert torch.equal(prepare_image(gray[:, :, None], vit_tiny.data_config).pixel, squeezed)
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize("shape", [(32, 32, 5), (0, 0)], ids=["five-channels", "empty"])
 def test_uint8_array_of_an_unusable_shape_raises_image_error(vit_tiny, shape):
     with pytest.raises(ImageError, match=rf"^image '<array {re.escape(str(shape))}>'"):

@@ -316,6 +316,7 @@ def _ours(metric: str, a: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.array([np.nan if (x := SINGLE[metric](ai, si)) is None else x for ai, si in zip(a, s)])
 
 
+@pytest.mark.peer
 @pytest.mark.parametrize("shape", [(6, 6), (7, 5)])
 def test_quantus_mass_and_auroc_agree_on_positive_part(shape):
     quantus = pytest.importorskip("quantus")
@@ -326,6 +327,7 @@ def test_quantus_mass_and_auroc_agree_on_positive_part(shape):
         np.testing.assert_allclose(_quantus(quantus.AUC, a, s), _ours("auroc", a, s), atol=1e-9)
 
 
+@pytest.mark.peer
 def test_quantus_rank_accuracy_agrees_without_ties_at_the_kth_value():
     quantus = pytest.importorskip("quantus")
     a, s = _binary_batch(20, 300, (6, 6))
@@ -341,6 +343,7 @@ def test_quantus_rank_accuracy_agrees_without_ties_at_the_kth_value():
                                atol=1e-9)
 
 
+@pytest.mark.peer
 def test_quantus_pointing_game_agrees_with_a_unique_positive_maximum():
     quantus = pytest.importorskip("quantus")
     a, s = _binary_batch(30, 300, (6, 6))
@@ -348,6 +351,7 @@ def test_quantus_pointing_game_agrees_with_a_unique_positive_maximum():
     np.testing.assert_allclose(_quantus(quantus.PointingGame, a, s), _ours("pointing", a, s), atol=1e-9)
 
 
+@pytest.mark.peer
 def test_quantus_mass_on_a_signed_map_is_no_fraction():
     # Quantus scores the map as given: sum a s / sum a = 3 / (3 - 2 + 1 + 0) = 1.5 by default (abs=False; its
     # default normalise=True divides by the max |a|, which leaves the ratio), and |a| counts the negative evidence
@@ -360,6 +364,7 @@ def test_quantus_mass_on_a_signed_map_is_no_fraction():
     assert _quantus(quantus.RelevanceMassAccuracy, np.maximum(a, 0), s)[0] == pytest.approx(0.75)
 
 
+@pytest.mark.peer
 def test_quantus_rank_accuracy_ties_depend_on_token_order():
     # [[1, 1], [0.5, 0.25]], K = 1, tokens 0 and 1 tied at the top: Quantus takes the first in np.argsort's order,
     # so the two mirrored regions (one token each) score 0 and 1 between them; the expected value is 1/2 for both
@@ -371,6 +376,7 @@ def test_quantus_rank_accuracy_ties_depend_on_token_order():
     assert relevance_rank_accuracy(a[0], s[0]) == relevance_rank_accuracy(a[1], s[1]) == 0.5
 
 
+@pytest.mark.peer
 def test_quantus_pointing_game_counts_any_tied_maximum_and_empty_regions():
     quantus = pytest.importorskip("quantus")
     # tied maxima at tokens 0 and 1: Quantus hits both one-token regions (any tied maximum inside); shared: 1/2
@@ -392,6 +398,7 @@ def test_quantus_pointing_game_counts_any_tied_maximum_and_empty_regions():
     assert pointing_game(a[0], s[0]) is None
 
 
+@pytest.mark.peer
 def test_quantus_auroc_on_a_signed_map_ranks_the_negatives():
     # [[2, -1], [-3, 0.5]], region = the -1 token. Quantus ranks the raw values: -1 beats -3 only: 1/3.
     # On r+ = [2, 0, 0, 0.5] the region's 0 ties the 0 (1/2) and loses to 2 and 0.5: 1/6, as Quantus gives on r+.

@@ -82,6 +82,7 @@ def assert_one_line(err: pytest.ExceptionInfo) -> str:
 # --- the real ViT-Ti checkpoint from ../shared/models ------------------------------------------------------------
 
 
+@pytest.mark.shared
 def test_real_checkpoint_infers_1000_classes_and_keeps_its_own_preprocessing(vit_tiny):
     assert vit_tiny.num_classes == 1000
     assert vit_tiny.model.head.out_features == 1000
@@ -98,18 +99,21 @@ def test_real_checkpoint_infers_1000_classes_and_keeps_its_own_preprocessing(vit
     assert vit_tiny.mean != tuple(IMAGENET_DEFAULT_MEAN) and vit_tiny.std != tuple(IMAGENET_DEFAULT_STD)
 
 
+@pytest.mark.shared
 def test_real_checkpoint_records_its_path_and_sha256(vit_tiny):
     assert vit_tiny.checkpoint == str(VIT_TINY_FILE)
     assert vit_tiny.checkpoint_sha256 == VIT_TINY_SHA256
     assert sha256_of(VIT_TINY_FILE) == VIT_TINY_SHA256
 
 
+@pytest.mark.shared
 def test_real_checkpoint_is_in_eval_mode_with_a_class_token_layout(vit_tiny):
     assert not vit_tiny.model.training
     layout = vit_tiny.layout
     assert (layout.num_prefix_tokens, layout.grid, layout.patch_size) == (1, (14, 14), (16, 16))
 
 
+@pytest.mark.shared
 def test_real_checkpoint_names_imagenet_classes(vit_tiny):
     assert vit_tiny.class_name(285) == "Egyptian cat"
     assert len(vit_tiny.class_names) == 1000

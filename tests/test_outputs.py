@@ -86,6 +86,7 @@ def _guard_writers(monkeypatch, targets) -> list[str]:
 
 
 # -- SIGTERM ---------------------------------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_sigterm_writes_what_is_done_marks_it_interrupted_and_removes_the_temporary_folder(tiny_files, tmp_path):
     command = shutil.which("vit-audit")
     assert command, "the vit-audit console script is not installed: pip install -e '.[test]'"
@@ -124,6 +125,7 @@ def test_sigterm_writes_what_is_done_marks_it_interrupted_and_removes_the_tempor
 
 
 # -- output targets --------------------------------------------------------------------------------------------------
+@pytest.mark.e2e
 @pytest.mark.parametrize("option", ["--audit-json", "--report"])
 @pytest.mark.parametrize("link", [False, True], ids=["fifo", "link-to-fifo"])
 def test_an_output_target_that_is_not_a_regular_file_is_a_usage_error_and_is_left_alone(
@@ -144,6 +146,7 @@ def test_an_output_target_that_is_not_a_regular_file_is_a_usage_error_and_is_lef
     assert sorted(p.name for p in pytester.path.iterdir()) == sorted(["pipe"] + (["link"] if link else []))
 
 
+@pytest.mark.e2e
 def test_dev_null_is_refused_before_anything_is_written(pytester, tiny_files, monkeypatch):
     attempts = _guard_writers(monkeypatch, ["/dev/null"])  # never replace the system's /dev/null, even on a bug
     result = pytester.runpytest(*_args(tiny_files, "--audit-json", "/dev/null", "--report", "/dev/null"))
@@ -155,6 +158,7 @@ def test_dev_null_is_refused_before_anything_is_written(pytester, tiny_files, mo
     assert os.path.exists("/dev/null") and stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
 
+@pytest.mark.e2e
 def test_the_same_path_for_both_outputs_is_a_usage_error(pytester, tiny_files):
     pytester.mkdir("sub")
     result = pytester.runpytest(*_args(tiny_files, "--audit-json", "out.html", "--report", "sub/../out.html"))
@@ -179,6 +183,7 @@ def test_the_writer_refuses_a_target_that_became_not_a_regular_file(tmp_path):
 
 
 # -- failed writes ---------------------------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_a_results_file_that_cannot_be_written_at_the_end_makes_the_exit_status_4(pytester, tiny_files, monkeypatch):
     import audit.results.schema
 
@@ -207,6 +212,7 @@ def _snapshot(root: Path) -> dict[str, int]:
     return entries
 
 
+@pytest.mark.e2e
 def test_vit_audit_writes_nothing_beside_the_installed_package(tiny_files, tmp_path):
     command = shutil.which("vit-audit")
     assert command, "the vit-audit console script is not installed: pip install -e '.[test]'"
@@ -215,8 +221,9 @@ def test_vit_audit_writes_nothing_beside_the_installed_package(tiny_files, tmp_p
     install = tmp_path / "install"
     install.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("audit", "checks", "reports"):
-        shutil.copytree(ROOT / name, install / name, ignore=ignore)
+    # laid out as pip installs it: the checks and the report under the audit namespace
+    for name, target in (("audit", "audit"), ("checks", "audit/checks"), ("reports", "audit/reports")):
+        shutil.copytree(ROOT / name, install / target, ignore=ignore)
     for name in ("conftest.py", "pyproject.toml"):
         shutil.copy(ROOT / name, install / name)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(install)], check=True)
@@ -247,6 +254,7 @@ def test_the_command_turns_pytest_s_cache_off_unless_asked_and_then_keeps_it_in_
     assert cli._cache_args(args) == [a.replace("<cwd>", cache) for a in expected]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flag", ["--collect-only", "--co"])
 def test_collect_only_writes_nothing(pytester, tiny_files, flag):
     (pytester.path / "r.json").write_bytes(b'{"schema": "vit-audit/1", "mine": 1}')

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import audit.checks
 import audit.reports
 
@@ -37,6 +39,7 @@ def test_checks_and_reports_are_under_the_audit_namespace():
     assert Path(audit.reports.__file__).resolve().parent == ROOT / "reports"
 
 
+@pytest.mark.e2e
 def test_a_users_own_checks_and_reports_packages_do_not_shadow_them(tmp_path):
     for name in ("checks", "reports"):
         (tmp_path / name).mkdir()

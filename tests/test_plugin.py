@@ -49,6 +49,7 @@ def _args(files, *extra, images=None):
             "--checkpoint", str(files["checkpoint"]), "--images", str(images or files["photos"]), *FAST, *extra]
 
 
+@pytest.mark.e2e
 def test_checks_are_parametrised_with_readable_ids(pytester, tiny_files):
     result = pytester.runpytest(*_args(tiny_files, "--gate", "cam@encoder", "--collect-only", "-q"))
     out = result.stdout.str()
@@ -60,6 +61,7 @@ def test_checks_are_parametrised_with_readable_ids(pytester, tiny_files):
     assert "param" not in out
 
 
+@pytest.mark.e2e
 def test_gates_pass_and_exit_0_with_a_reachable_threshold(pytester, tiny_files):
     json_path = pytester.path / "results.json"
     result = pytester.runpytest(*_args(tiny_files, "--gate", "cam@encoder", "--threshold", "-1",
@@ -87,6 +89,7 @@ def test_gates_pass_and_exit_0_with_a_reachable_threshold(pytester, tiny_files):
     assert gate["statistic"] == pytest.approx(np.mean(abpc))
 
 
+@pytest.mark.e2e
 def test_failing_gate_exits_1_with_statistic_ci_threshold_and_worst_images(pytester, tiny_files):
     result = pytester.runpytest(*_args(tiny_files, "--gate", "cam@encoder", "--threshold", "1"))
     assert result.ret == 1
@@ -96,6 +99,7 @@ def test_failing_gate_exits_1_with_statistic_ci_threshold_and_worst_images(pytes
     assert "below the threshold +1.000" in out and "images that pulled it down most:" in out
 
 
+@pytest.mark.e2e
 def test_inconclusive_gate_is_skipped_and_fails_with_strict(pytester, tiny_files):
     images = [str(tiny_files["photos"] / f"{name}.png") for name in PHOTOS[:3]]
     args = _args(tiny_files, "--gate", "cam@encoder", "--images", images[1], "--images", images[2],
@@ -108,6 +112,7 @@ def test_inconclusive_gate_is_skipped_and_fails_with_strict(pytester, tiny_files
     assert "inconclusive (--strict)" in strict.stdout.str()
 
 
+@pytest.mark.e2e
 def test_degenerate_gated_map_fails_with_the_reason(pytester, tiny_files):
     result = pytester.runpytest(*_args(tiny_files, "--gate", "grad@encoder", "-k", "informative and grad"))
     assert result.ret == 1
@@ -115,6 +120,7 @@ def test_degenerate_gated_map_fails_with_the_reason(pytester, tiny_files):
                                  "encoder output: the head reads only the class token*"])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("extra, message", [
     (["--model", "not_a_model", "--checkpoint", "x.safetensors", "--images", "."], "model 'not_a_model' is not a timm"),
     (["--model", "test_vit", "--checkpoint", "missing.safetensors", "--images", "."],
@@ -141,6 +147,7 @@ def test_usage_errors_exit_4_with_one_line_naming_the_option(pytester, tiny_file
     assert len(errors) == 1 and message in errors[0], result.stderr.str()
 
 
+@pytest.mark.e2e
 def test_checkpoint_that_does_not_fit_is_a_usage_error(pytester, tiny_files):
     result = pytester.runpytest(*nested_audit(), "--model", "test_vit2", "--checkpoint",
                                 str(tiny_files["checkpoint"]), "--images", str(tiny_files["photos"]))
@@ -148,6 +155,7 @@ def test_checkpoint_that_does_not_fit_is_a_usage_error(pytester, tiny_files):
     assert "does not fit model 'test_vit2'" in result.stderr.str()
 
 
+@pytest.mark.e2e
 def test_a_usage_error_still_writes_the_results_file_and_the_report_with_the_error(pytester, tiny_files):
     result = pytester.runpytest(*_args(tiny_files, "--steps", "0", "--audit-json", "r.json", "--report", "r.html"))
     assert result.ret == 4
@@ -167,6 +175,7 @@ def test_a_usage_error_still_writes_the_results_file_and_the_report_with_the_err
     assert stopped in (pytester.path / "out/policy.html").read_text()
 
 
+@pytest.mark.e2e
 def test_a_model_that_does_not_load_fails_its_check_and_the_other_models_are_audited(pytester, tiny_files):
     checkpoint = str(tiny_files["checkpoint"])
     result = pytester.runpytest(*nested_audit(), "--model", "test_vit", "--checkpoint", checkpoint, "--model",
@@ -186,6 +195,7 @@ def test_a_model_that_does_not_load_fails_its_check_and_the_other_models_are_aud
     assert 'class="verdict verdict-fail"' in html and "Not loaded, not audited: checkpoint" in html
 
 
+@pytest.mark.e2e
 def test_no_images_found_is_a_usage_error(pytester, tiny_files):
     empty = pytester.mkdir("empty")
     result = pytester.runpytest(*_args(tiny_files, images=empty))
@@ -193,6 +203,7 @@ def test_no_images_found_is_a_usage_error(pytester, tiny_files):
     assert "images: no image files" in result.stderr.str()
 
 
+@pytest.mark.e2e
 def test_pyproject_policy_and_audit_config_file_with_command_line_precedence(pytester, tiny_files):
     pytester.makepyprojecttoml("""
         [tool.vit-audit]
@@ -215,6 +226,7 @@ def test_pyproject_policy_and_audit_config_file_with_command_line_precedence(pyt
     assert result.ret == 4 and "unknown key 'treshold'" in result.stderr.str()
 
 
+@pytest.mark.e2e
 def test_corrupt_image_fails_its_own_checks_and_the_rest_goes_on(pytester, tiny_files):
     json_path = pytester.path / "results.json"
     result = pytester.runpytest(*_args(tiny_files, "--gate", "cam@encoder", "--threshold", "-1",
@@ -231,6 +243,7 @@ def test_corrupt_image_fails_its_own_checks_and_the_rest_goes_on(pytester, tiny_
     assert len(failed) == 3 and all("corrupt" in c["nodeid"] for c in failed)
 
 
+@pytest.mark.e2e
 def test_xdist_gives_the_same_results_and_one_merged_file(pytester, tiny_files):
     serial, parallel = pytester.path / "serial.json", pytester.path / "parallel.json"
     args = _args(tiny_files, "--gate", "cam@encoder", "--threshold", "-1")
@@ -250,6 +263,7 @@ def test_xdist_gives_the_same_results_and_one_merged_file(pytester, tiny_files):
     assert sorted(p.name for p in pytester.path.glob("*.json")) == ["parallel.json", "serial.json"]
 
 
+@pytest.mark.e2e
 def test_plugin_leaves_other_test_runs_alone(pytester):
     pytester.makepyfile(test_plain="def test_one():\n    assert True\n")
     result = pytester.runpytest("-p", "audit.plugin")
@@ -259,6 +273,7 @@ def test_plugin_leaves_other_test_runs_alone(pytester):
     assert "vit-audit" not in "\n".join(output)
 
 
+@pytest.mark.e2e
 def test_vit_audit_command_runs_the_packaged_checks_from_any_folder(tiny_files, tmp_path):
     import shutil
     import subprocess

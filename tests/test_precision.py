@@ -134,6 +134,7 @@ def test_the_session_resolves_auto_before_the_recipe_the_cache_key_and_the_resul
         check_recipe(baseline, session.config.describe(), asdict(session.settings), loaded)
 
 
+@pytest.mark.e2e
 def test_a_run_says_its_choice_in_the_header_and_the_results_file(pytester, monkeypatch):
     monkeypatch.chdir(pytester.path)  # the nested run's policy is its own folder's
     images = sorted(embedded_images().glob("*.png"))[:2]

@@ -74,6 +74,7 @@ def _progress_lines(text: str) -> list[tuple[str, str]]:
     return [m.group(1, 2) for m in LINE.finditer(text)]
 
 
+@pytest.mark.e2e
 def test_an_audit_prints_progress_before_the_checks_and_nothing_under_quiet(pytester, files):
     result = pytester.runpytest(*_args(files))
     out = result.stdout.str()
@@ -85,12 +86,14 @@ def test_an_audit_prints_progress_before_the_checks_and_nothing_under_quiet(pyte
     assert _progress_lines(quiet.stdout.str()) == []
 
 
+@pytest.mark.e2e
 def test_only_the_records_the_selected_checks_read_are_made(pytester, files):
     pytester.runpytest(*_args(files, "-k", "faithfulness and not gate and chelsea", "--audit-json", "r.json"))
     results = json.loads((pytester.path / "r.json").read_text())
     assert [run["image_id"] for run in results["runs"]] == ["chelsea"]
 
 
+@pytest.mark.e2e
 def test_with_xdist_the_controller_reports_the_workers_records(pytester, files):
     result = pytester.runpytest(*_args(files, "-n", "2"))
     assert ("3", "3") in _progress_lines(result.stdout.str())

@@ -27,6 +27,7 @@ def _labels(folder: Path, images: list[Path]) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_attention_maps_with_the_black_fill_and_the_top1_score_against_labels(pytester, monkeypatch):
     monkeypatch.chdir(pytester.path)
     images = sorted(embedded_images().glob("*.png"))[:12]
@@ -61,6 +62,7 @@ def test_attention_maps_with_the_black_fill_and_the_top1_score_against_labels(py
     assert "top-1 is the label (1/0)" in html  # the curves' y axis
 
 
+@pytest.mark.e2e
 def test_the_road_fill_runs_and_is_recorded(pytester, monkeypatch):
     monkeypatch.chdir(pytester.path)
     images = sorted(embedded_images().glob("*.png"))[:4]
@@ -100,6 +102,7 @@ def test_a_labels_file_saved_with_a_byte_order_mark_is_read(tmp_path):
     assert read_labels(path).class_of("x.png", 10) == 3
 
 
+@pytest.mark.e2e
 def test_a_bad_fill_or_score_is_a_usage_error(pytester, monkeypatch):
     monkeypatch.chdir(pytester.path)
     base = [*nested_audit(), "--images", str(embedded_images())]
@@ -112,6 +115,7 @@ def test_a_bad_fill_or_score_is_a_usage_error(pytester, monkeypatch):
     assert "labels: 'missing.csv' is not a file" in json.loads((pytester.path / "r.json").read_text())["error"]
 
 
+@pytest.mark.e2e
 def test_integrated_gradients_is_measured_at_the_input_gated_and_randomised(pytester, monkeypatch):
     monkeypatch.chdir(pytester.path)
     images = sorted(embedded_images().glob("*.png"))[:6]

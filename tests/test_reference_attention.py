@@ -357,6 +357,7 @@ def test_ig_is_zero_when_the_image_is_the_fill(models):
     np.testing.assert_array_equal(got.numpy(), np.zeros((4, 4)))
 
 
+@pytest.mark.peer
 @pytest.mark.parametrize("key", ["vit", "reg4"])
 def test_ig_matches_captum(models, key):
     # captum's riemann_trapezoid with n_steps=33 evaluates at linspace(0, 1, 33) = k / 32, our points, but with

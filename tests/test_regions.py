@@ -382,6 +382,7 @@ def test_polygons_fill_by_the_even_odd_rule(tmp_path):
     assert found.object[0, 0] == found.object[18, 10] == 0
 
 
+@pytest.mark.peer
 def test_coco_rle_masks_are_decoded_with_pycocotools(tmp_path):
     pytest.importorskip("pycocotools")
     mask = np.zeros((4, 6), bool)

@@ -81,6 +81,7 @@ def test_a_registered_method_is_read_by_options_plan_maps_and_randomisation(toy_
     assert list(maps) == [f"{TOY}@encoder"] and torch.equal(maps[f"{TOY}@encoder"].values, expected)
 
 
+@pytest.mark.e2e
 def test_a_toy_method_audits_end_to_end(toy_method, pytester, monkeypatch):
     """One module's registration is all it takes: the nested run gates the toy map, checks its randomisation, and
     writes it into the results file and the report."""

@@ -93,6 +93,7 @@ def audit_run(tmp_path_factory) -> dict[str, Any]:
             "results": json.loads(results.read_text()), "root": root}
 
 
+@pytest.mark.e2e
 def test_a_failing_run_still_writes_a_report_that_shows_the_failures_and_the_error(audit_run):
     assert audit_run["returncode"] == 1, audit_run["stdout"][-3000:]
     assert f"report: {audit_run['report']}" in audit_run["stdout"]
@@ -113,6 +114,7 @@ def test_a_failing_run_still_writes_a_report_that_shows_the_failures_and_the_err
         assert f"{_escape(worst['image'])}</a> ({worst['abpc']:+.3f})" in html
 
 
+@pytest.mark.e2e
 def test_hostile_names_from_the_run_and_the_results_are_escaped(audit_run, tmp_path):
     html = audit_run["report"].read_text()
     assert any(HOSTILE_IMAGE in run["image"] for run in audit_run["results"]["runs"])
@@ -163,6 +165,7 @@ def _page_requests(netlog: Path) -> list[str]:
     return urls
 
 
+@pytest.mark.e2e
 def test_report_opens_offline_in_chromium_with_every_picture_decoded_and_no_console_error(audit_run, tmp_path):
     results = _hostile(audit_run["results"])
     report = render_report(results, tmp_path / "report.html")
@@ -255,6 +258,7 @@ def _nulls(value: Any) -> Any:
     return value
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("cut", ["empty", "no-gates-no-checks", "errors-only", "nulls", "no-summaries", "garbage"])
 def test_partial_results_still_render(audit_run, tmp_path, cut):
     results = copy.deepcopy(audit_run["results"])
@@ -365,6 +369,7 @@ def test_an_older_results_file_renders_as_before_and_the_new_keys_change_only_th
 
 
 # -- limits -------------------------------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_size_limit_shrinks_then_leaves_figures_out_and_says_what(audit_run, tmp_path):
     results = audit_run["results"]
     roomy = render_report(results, tmp_path / "roomy.html")
@@ -378,6 +383,7 @@ def test_size_limit_shrinks_then_leaves_figures_out_and_says_what(audit_run, tmp
     assert sizes == {64}  # map cells at the default thumbnail size
 
 
+@pytest.mark.e2e
 def test_pictures_smaller_than_their_box_are_shown_enlarged_not_redrawn(audit_run, tmp_path):
     results = audit_run["results"]
     html = render_report(results, tmp_path / "big.html", thumbnail=200, max_mb=50).read_text()
@@ -398,6 +404,7 @@ def test_pictures_smaller_than_their_box_are_shown_enlarged_not_redrawn(audit_ru
     assert all(" restoration at " in alt for alt in enlarged)
 
 
+@pytest.mark.e2e
 def test_render_report_checks_its_arguments_and_writes_atomically(audit_run, tmp_path, monkeypatch):
     target = tmp_path / "report.html"
     with pytest.raises(ValueError, match="thumbnail: expected an integer number of pixels in 8..512, got 0"):
@@ -530,6 +537,7 @@ def test_sections_fit_the_budget_unless_an_image_is_down_to_the_smallest_plan(da
         assert chosen == [0] * count  # room for every image at the fullest plan, seen from every image
 
 
+@pytest.mark.e2e
 def test_python_m_reports_renders_a_results_file_again(audit_run, tmp_path):
     source = tmp_path / "results.json"
     source.write_text(json.dumps(audit_run["results"]))
@@ -790,6 +798,7 @@ def test_paired_chart_draws_the_points_the_diagonal_and_the_margin_band_in_data_
     assert len(charts.paired_chart("t", [(0.3, 0.3, "a")], 0.05).series) == 4
 
 
+@pytest.mark.e2e
 def test_the_comparison_section_opens_offline_in_chromium_with_every_picture_decoded(tmp_path):
     report = render_report(_compared("fail", rename={"img5": HOSTILE_ID}), tmp_path / "report.html")
     probe = tmp_path / "probe.html"

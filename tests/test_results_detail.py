@@ -75,6 +75,7 @@ def _maps(results: dict):
             yield run["image_id"], key, entry
 
 
+@pytest.mark.e2e
 def test_full_keeps_every_grid_curve_and_picture(files):
     full = _read(files["full"])
     assert full["settings"]["results_detail"] == "full"
@@ -88,6 +89,7 @@ def test_full_keeps_every_grid_curve_and_picture(files):
                    for entry in stages.values() if entry["shape"])
 
 
+@pytest.mark.e2e
 def test_curves_keeps_every_curve_and_the_gated_grids_and_drops_the_other_grids_and_the_pictures(files):
     full, curves = _read(files["full"]), _read(files["curves"])
     assert curves["settings"]["results_detail"] == "curves"
@@ -111,6 +113,7 @@ def test_curves_keeps_every_curve_and_the_gated_grids_and_drops_the_other_grids_
                 assert {**entry, "png": None} == {**one["restorations"][reading][stage], "png": None}
 
 
+@pytest.mark.e2e
 def test_summary_keeps_every_auc_and_no_grid_curve_or_picture(files):
     full, summary = _read(files["full"]), _read(files["summary"])
     full_maps = {(image, key): m for image, key, m in _maps(full)}
@@ -127,6 +130,7 @@ def test_summary_keeps_every_auc_and_no_grid_curve_or_picture(files):
                 assert {**entry, "png": None} == {**one["restorations"][reading][stage], "png": None}
 
 
+@pytest.mark.e2e
 def test_every_level_has_the_same_gates_summaries_and_checks_and_the_sizes_shrink(files):
     levels = {level: _without(_read(files[level])) for level in DETAILS}
     for results in levels.values():
@@ -138,6 +142,7 @@ def test_every_level_has_the_same_gates_summaries_and_checks_and_the_sizes_shrin
     assert sizes[0] > 4 * sizes[1] and sizes[1] > sizes[2], sizes  # the pictures are most of a record
 
 
+@pytest.mark.e2e
 def test_each_level_holds_the_full_runs_trimmed_as_benchmarks_bench_results_size_measures_them(files):
     full = _read(files["full"])
     for level in DETAILS:
@@ -145,6 +150,7 @@ def test_each_level_holds_the_full_runs_trimmed_as_benchmarks_bench_results_size
         assert [trim_run(run, level, [("cam", "encoder")]) for run in full["runs"]] == runs, level
 
 
+@pytest.mark.e2e
 def test_a_record_from_the_cache_and_a_computed_one_give_the_same_file(files):
     served, computed = _without(_read(files["full"])), _without(_read(files["computed"]))
     for results in (served, computed):
@@ -154,6 +160,7 @@ def test_a_record_from_the_cache_and_a_computed_one_give_the_same_file(files):
     assert served == computed
 
 
+@pytest.mark.e2e
 def test_compact_grids_are_the_float32_maps_to_1e_6_relative_and_keep_their_shape(files):
     # the cache keeps whole records: every grid as float32 exactly (9 significant digits)
     cached = [json.loads(path.read_text())["record"] for path in (files["root"] / "cache" / "runs").glob("*.json")]
@@ -176,6 +183,7 @@ def test_compact_grids_are_the_float32_maps_to_1e_6_relative_and_keep_their_shap
     assert text == json.dumps(json.loads(text), separators=(",", ":"))  # without the optional spaces
 
 
+@pytest.mark.e2e
 def test_the_default_level_file_renders_a_report_and_is_a_baseline(files, pytester, monkeypatch):
     monkeypatch.chdir(pytester.path)
     default = files["computed"]
@@ -194,6 +202,7 @@ def test_the_default_level_file_renders_a_report_and_is_a_baseline(files, pytest
     assert comparison["drift"]["statistic"] == pytest.approx(1.0) and comparison["drift"]["verdict"] == "pass"
 
 
+@pytest.mark.e2e
 def test_a_summary_file_renders_a_report_that_says_what_was_not_kept(files, tmp_path):
     html = render_report(_read(files["summary"]), tmp_path / "summary.html").read_text()
     assert "could not be drawn" not in html
@@ -204,6 +213,7 @@ def test_a_summary_file_renders_a_report_that_says_what_was_not_kept(files, tmp_
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.e2e
 def test_a_summary_file_as_a_baseline_is_a_one_line_usage_error(files, pytester, monkeypatch):
     monkeypatch.chdir(pytester.path)
     result = pytester.runpytest(*nested_audit(), "--model", EMBEDDED_MODEL, "--checkpoint", str(embedded_checkpoint()),
@@ -233,6 +243,7 @@ def test_a_bad_results_detail_is_a_one_line_error_naming_the_levels(tmp_path, cl
     assert resolve_settings({}).results_detail == "full"
 
 
+@pytest.mark.e2e
 def test_a_bad_results_detail_on_the_command_line_stops_the_run_with_exit_4(pytester, monkeypatch):
     monkeypatch.chdir(pytester.path)
     result = pytester.runpytest(*nested_audit(), "--results-detail", "all")

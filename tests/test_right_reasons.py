@@ -64,6 +64,7 @@ def _run(pytester, photos, baseline_results, *extra):
                               "--audit-json", "r.json", "-k", "reasons or compare", *extra)
 
 
+@pytest.mark.e2e
 def test_the_run_measures_regions_and_the_probe_on_every_image(baseline):
     runs = [r for r in baseline["runs"] if not r["error"]]
     assert len(runs) == 10
@@ -84,6 +85,7 @@ def test_the_run_measures_regions_and_the_probe_on_every_image(baseline):
     assert baseline["regions"][0]["verdict"] == "not gated"
 
 
+@pytest.mark.e2e
 def test_the_released_model_against_itself_passes_every_new_gate(pytester, photos, baseline):
     result = _run(pytester, photos, baseline)
     out = result.stdout.str()
@@ -100,6 +102,7 @@ def test_the_released_model_against_itself_passes_every_new_gate(pytester, photo
     assert "class agreement with the baseline 100%" in out
 
 
+@pytest.mark.e2e
 def test_a_candidate_that_the_stamp_moves_that_looks_away_and_drops_a_class_fails_each_gate(pytester, photos,
                                                                                             baseline):
     """The same model against a doctored baseline: one the stamp never moved and whose maps never looked at it,
@@ -131,6 +134,7 @@ def test_a_candidate_that_the_stamp_moves_that_looks_away_and_drops_a_class_fail
     assert (row["class_name"], row["n"], row["top1_agreement"]) == ("Shirt", 10, pytest.approx(0.1))
 
 
+@pytest.mark.e2e
 def test_a_baseline_made_without_the_probe_is_a_usage_error(pytester, photos, baseline):
     stripped = copy.deepcopy(baseline)
     stripped["settings"]["probe"] = []

@@ -24,12 +24,14 @@ def chelsea_capture(vit_tiny, chelsea):
     return capture(vit_tiny.model, normalize(chelsea.pixel, vit_tiny.mean, vit_tiny.std))
 
 
+@pytest.mark.shared
 def test_chelsea_is_an_egyptian_cat(vit_tiny, chelsea_capture):
     assert chelsea_capture.target == EGYPTIAN_CAT
     assert vit_tiny.class_name(chelsea_capture.target) == "Egyptian cat"
     assert chelsea_capture.prob == pytest.approx(0.813, abs=0.005)
 
 
+@pytest.mark.shared
 def test_grad_is_degenerate_at_the_last_block_and_encoder(vit_tiny, chelsea_capture):
     maps = compute_maps(vit_tiny.model, chelsea_capture, methods=["grad"])
     for stage, where in (("11", "block 11"), ("encoder", "the encoder output")):
@@ -40,6 +42,7 @@ def test_grad_is_degenerate_at_the_last_block_and_encoder(vit_tiny, chelsea_capt
     assert not any(maps[f"grad@{k}"].degenerate for k in range(10))
 
 
+@pytest.mark.shared
 def test_every_map_agrees_with_the_reference(vit_tiny, chelsea, chelsea_capture):
     x = normalize(chelsea.pixel, vit_tiny.mean, vit_tiny.std)
     ref = ref_maps(vit_tiny.model, ref_forward(vit_tiny.model, x))
@@ -53,6 +56,7 @@ def test_every_map_agrees_with_the_reference(vit_tiny, chelsea, chelsea_capture)
         np.testing.assert_allclose(got.values.numpy() / scale, expected / scale, atol=1e-5, err_msg=got.key)
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize("key", ["cam@encoder", "grad@6", "cam_hidden@encoder", "grad_cls@3"])
 def test_morf_lerf_curves_agree_with_the_reference(vit_tiny, chelsea, key):
     result = audit_image(vit_tiny, chelsea, methods=[key.split("@")[0]], stages=[key.split("@")[1]])
@@ -65,6 +69,7 @@ def test_morf_lerf_curves_agree_with_the_reference(vit_tiny, chelsea, key):
         assert getattr(result.curves[key], f"{order}_auc") == pytest.approx(ref_auc(expected), abs=2e-5)
 
 
+@pytest.mark.shared
 def test_restorations_of_the_real_model(vit_tiny, chelsea):
     result = audit_image(vit_tiny, chelsea, methods=["random"], stages=["encoder"])
     paper = result.restorations["paper"]

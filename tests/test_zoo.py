@@ -155,6 +155,7 @@ def test_missing_data_files_are_reported_with_how_to_rebuild_them(monkeypatch):
         embedded_checkpoint()
 
 
+@pytest.mark.e2e
 def test_load_model_registers_the_embedded_model_lazily_without_training_code():
     code = ("import sys, audit; before = 'audit.zoo' in sys.modules; import timm; "
             "loaded = audit.load_model(audit.zoo.EMBEDDED_MODEL if 'audit.zoo' in sys.modules else "
@@ -186,6 +187,7 @@ def test_idx_reader_rejects_truncated_and_foreign_files(tmp_path):
         zoo_train.read_idx(tmp_path / "png")
 
 
+@pytest.mark.e2e
 def test_training_script_writes_loadable_weights_test_samples_and_a_truthful_card(tmp_path, synthetic):
     data, arrays = synthetic
     out = tmp_path / "out"
@@ -235,6 +237,7 @@ def test_training_with_the_same_seed_gives_identical_weights_and_another_seed_di
     assert not all(torch.equal(first[key], other[key]) for key in first)
 
 
+@pytest.mark.e2e
 def test_a_planted_shortcut_stamps_only_the_chosen_classes_and_is_said_in_the_card(tmp_path, synthetic):
     _, arrays = synthetic
     images, labels = arrays["train_images"][:20], arrays["train_labels"][:20]

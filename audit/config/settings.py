@@ -362,7 +362,7 @@ def _as_list(name: str, value: Any, where: str | None = None) -> list[str]:
         if not all(isinstance(item, str) for item in items):
             raise ValueError(f"{name}: expected a string or a list of strings, got {show(value)}{in_file(where)}")
         return [item.strip() for item in items if item.strip()]
-    out = []
+    out: list[str] = []
     for item in items:
         # A layer may be written as an integer; a bool is not one, nor an integer too long to be a block index.
         if isinstance(item, bool) or not isinstance(item, (str, int)) or (isinstance(item, int) and
@@ -582,6 +582,7 @@ def output_settings(
     out: dict[str, Any] = {"audit_json": None, "report": None, "report_thumbnail": defaults.report_thumbnail,
                            "report_max_mb": defaults.report_max_mb}
     tables: list[dict[str, Any]] = []
+    table: str | dict[str, Any] | None  # a table's name, then a table
     for path, table, option in ((pyproject, "tool.vit-audit", "pyproject"), (config_file, None, "audit-config")):
         if path is not None:
             try:
@@ -632,7 +633,7 @@ INPUT_OPTIONS = ("baseline", "labels", "checkpoint", "baseline_checkpoint", "ima
 def run_inputs(settings: AuditSettings, config_file: str | Path | None = None,
                pyproject: str | Path | None = None) -> list[tuple[str, str]]:
     """(option, path) of every file a run reads (the policy files included), for the outputs' check."""
-    out = []
+    out: list[tuple[str, str]] = []
     for name in INPUT_OPTIONS:
         value = getattr(settings, name)
         out.extend((flag(name), path) for path in (value if isinstance(value, list) else [value]) if path)

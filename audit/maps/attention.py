@@ -60,6 +60,7 @@ def _accumulated_rows(method: str, cap: Capture) -> list[torch.Tensor]:
     stage's R extends the previous one's), kept on the capture for the other stages."""
     key = f"{method}_rows"
     if key not in cap.memo:
+        assert cap.attentions is not None  # attention_map's only caller checked it
         size = cap.attentions[0].shape[-1]
         eye = torch.eye(size, dtype=torch.float64, device=cap.attentions[0].device)
         result, rows = eye, []
@@ -67,6 +68,7 @@ def _accumulated_rows(method: str, cap: Capture) -> list[torch.Tensor]:
             if method == "rollout":
                 result = ((attn.double().mean(0) + eye) / 2) @ result
             else:
+                assert cap.attention_grads is not None  # capture_batch sets it with the attentions
                 weighted = (cap.attention_grads[k].double() * attn.double()).clamp(min=0).mean(0)
                 result = result + weighted @ result
             rows.append(result[0])
@@ -96,6 +98,7 @@ def attention_map(method: str, cap: Capture, stage: str) -> tuple[torch.Tensor |
     elif method in ("rollout", "chefer"):  # the same products as rollout() and chefer(), shared across stages
         row = _accumulated_rows(method, cap)[block]
     else:
+        assert cap.attention_grads is not None  # capture_batch sets it with the attentions
         attn, grad = cap.attentions[block].double(), cap.attention_grads[block].double()
         alpha = grad[:, 0, first:].mean(-1)  # per head: the mean gradient over the patch tokens of row 0
         row = (alpha[:, None] * attn[:, 0, :]).mean(0).clamp(min=0)

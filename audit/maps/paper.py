@@ -20,6 +20,7 @@ stage, ``input``, and is made by :mod:`audit.maps.integrated_gradients` from the
 from __future__ import annotations
 
 import zlib
+from typing import cast
 
 import numpy as np
 import torch
@@ -43,25 +44,25 @@ def map_seed(seed: int, image: str, stage: str) -> int:
 
 def _head_weight(model: nn.Module, target: int) -> torch.Tensor:
     """w_c: the classifier row of the class; the mean of both heads for a distilled model."""
-    weight = model.head.weight[target]
+    weight = cast(nn.Linear, model.head).weight[target]
     if getattr(model, "head_dist", None) is not None:
-        weight = 0.5 * (weight + model.head_dist.weight[target])
+        weight = 0.5 * (weight + cast(nn.Linear, model.head_dist).weight[target])
     return weight
 
 
 def _head_pre(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """What the head applies to each token taken alone before its linear layer: (N, D) -> (N, D')."""
     if getattr(model, "attn_pool", None) is not None:
-        tokens = model.attn_pool(tokens.unsqueeze(1))  # pooling over a single token
-    return model.fc_norm(tokens)
+        tokens = cast(nn.Module, model.attn_pool)(tokens.unsqueeze(1))  # pooling over a single token
+    return cast(nn.Module, model.fc_norm)(tokens)
 
 
 def _token_scores(model: nn.Module, tokens: torch.Tensor, target: int) -> torch.Tensor:
     """Per-token class score head(T_i)[c] with bias, for every token (cam_hidden's s)."""
     pre = _head_pre(model, tokens)
-    score = model.head(pre)[:, target]
+    score = cast(nn.Linear, model.head)(pre)[:, target]
     if getattr(model, "head_dist", None) is not None:
-        score = 0.5 * (score + model.head_dist(pre)[:, target])
+        score = 0.5 * (score + cast(nn.Linear, model.head_dist)(pre)[:, target])
     return score
 
 

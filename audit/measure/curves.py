@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from torch import nn
 
 from ..model.images import normalize
 from .fills import blur_sigma, fill_image, gaussian_blur
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 __all__ = ["PerturbationConfig", "Curves", "faithfulness_curves", "auc", "removal_counts", "pixel_ranks",
            "max_steps", "road_seed", "ORDERS", "SCORE_DIRECTION", "SCORES", "FILL_CONSTANTS", "FILL_RECIPES",
@@ -228,7 +232,8 @@ def activation_bytes(model: nn.Module, size: tuple[int, int], amp: str | None = 
     embedding, a 4 D wide MLP and heads of 64 channels: a block keeps about 6 N x D values and 2 N x 4D of its MLP
     (2 bytes each under ``amp``, else 4), and 2 N x N float32 attention scores per head.
     """
-    proj = model.patch_embed.proj
+    model = cast("VisionTransformer", model)  # a loaded model: check_supported let it through
+    proj: nn.Conv2d = model.patch_embed.proj
     patch = proj.kernel_size if isinstance(proj.kernel_size, tuple) else (proj.kernel_size,) * 2
     width = int(proj.out_channels)
     tokens = (size[0] // patch[0]) * (size[1] // patch[1]) + 8
@@ -470,7 +475,7 @@ def faithfulness_curves(
     config = config or PerturbationConfig()
     device = next(model.parameters()).device
     work = curve_work(pixel, maps, target, mean, std, patch, grid, config, seed, label, device)
-    batch_size = batch_size_for(config, model, tuple(pixel.shape[1:]))
+    batch_size = batch_size_for(config, model, cast("tuple[int, int]", tuple(pixel.shape[1:])))
     evaluate_curve_work(model, [work], batch_size, progress)
     curves, shared = work.curves()
     return curves, {**shared, "batch_size": batch_size}

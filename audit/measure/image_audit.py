@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -85,7 +85,7 @@ def input_map(method: str, model: nn.Module, pixel: torch.Tensor, config: Pertur
     (:func:`audit.measure.fills.fill_baseline`) and the run's batch size for backward passes."""
     z = normalize(pixel, mean, std)
     z0 = normalize(fill_baseline(pixel, config.fill, mean), mean, std)
-    batch_size = batch_size_for(config, model, tuple(pixel.shape[-2:]), backward=True)
+    batch_size = batch_size_for(config, model, cast("tuple[int, int]", tuple(pixel.shape[-2:])), backward=True)
     return registry.get(method).compute(InputContext(model, z, z0, target, layout, batch_size))
 
 
@@ -169,8 +169,8 @@ def audit_group(
             started.append(err)
     live = [s for s in started if isinstance(s, _Started)]
     if not live:
-        return started
-    batch_size = batch_size_for(config, loaded.model, tuple(live[0].pixel.shape[1:]))
+        return cast("list[ImageAudit | Exception]", started)  # every one an Exception
+    batch_size = batch_size_for(config, loaded.model, cast("tuple[int, int]", tuple(live[0].pixel.shape[1:])))
     evaluate_curve_work(loaded.model, [s.work for s in live], batch_size, progress)
     done: list[ImageAudit | Exception] = []
     for item in started:
@@ -213,7 +213,7 @@ def _start(loaded: LoadedModel, image: Any, *, methods: Sequence[str] = DEFAULT_
         result = finish_map(MapResult(method.name, MAP_STAGE_INPUT, values))
         maps[result.key] = result
         measured.add(result.stage)
-    scored = {key: m.values for key, m in maps.items()
+    scored = {key: cast(torch.Tensor, m.values) for key, m in maps.items()  # rankable: values not None
               if m.stage in measured and m.rankable and (curves_for is None or key in curves_for)}
     work = curve_work(pixel, scored, cap.target, loaded.mean, loaded.std, patch=cap.layout.patch_size,
                       grid=cap.layout.grid, config=config, seed=seed, label=label, device=device)

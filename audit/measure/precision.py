@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import platform
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["AMPS", "AUTO_AMP", "CpuInfo", "NATIVE_BF16", "Precision", "SLOWDOWN", "cpu_info", "resolve_amp"]
 
@@ -100,7 +103,7 @@ def _torch_flags() -> frozenset[str] | None:
     probes = [getattr(torch.cpu, name, None) for name in TORCH_PROBES.values()]
     if not all(callable(probe) for probe in probes):
         return None
-    return frozenset(flag for flag, probe in zip(TORCH_PROBES, probes) if probe())
+    return frozenset(flag for flag, probe in zip(TORCH_PROBES, probes) if cast("Callable[[], bool]", probe)())
 
 
 @dataclass(frozen=True)

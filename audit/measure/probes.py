@@ -29,7 +29,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -127,7 +127,8 @@ def _text_stamp(word: str, size: int) -> np.ndarray:
         font = ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: one bitmap size
         font = ImageFont.load_default()
-    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), word, font=font)
+    left, top, right, bottom = cast("tuple[int, int, int, int]",  # whole pixels from the origin (0, 0)
+                                    ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), word, font=font))
     width, height = right - left + 2 * TEXT_PAD, bottom - top + 2 * TEXT_PAD
     picture = Image.new("RGB", (width, height), (0, 0, 0))
     ImageDraw.Draw(picture).text((TEXT_PAD - left, TEXT_PAD - top), word, fill=(255, 255, 255), font=font)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from .fills import fill_baseline
 from .image_audit import one_thread
 from .stats import bootstrap_ci, spearman
 
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
 __all__ = ["RandomisationScores", "cascade_steps", "choose_images", "dependency_step", "map_verdict",
            "randomisation_record", "randomisation_scores", "randomisation_seeds", "round_robin", "spearman",
            "summarise_map", "unit_ranks"]
@@ -45,6 +48,7 @@ __all__ = ["RandomisationScores", "cascade_steps", "choose_images", "dependency_
 
 def cascade_steps(model: nn.Module) -> list[tuple[str, list[nn.Module | nn.Parameter]]]:
     """The cascade, top down: (label, parts randomised at this step). Step 0 (trained) is not listed."""
+    model = cast("VisionTransformer", model)  # a loaded model (or its copy): check_supported let it through
     depth = len(model.blocks)
     head = [model.head, model.norm, model.fc_norm]
     head += [m for m in (getattr(model, "head_dist", None), getattr(model, "attn_pool", None)) if m is not None]
@@ -234,7 +238,7 @@ def randomisation_scores(
     trained_state = {name: value.detach().clone() for name, value in work.state_dict().items()}
     steps = cascade_steps(work)
     labels = ["trained"] + [label for label, _ in steps]
-    depth = len(model.blocks)
+    depth = len(cast("VisionTransformer", model).blocks)  # a loaded model: check_supported let it through
     use_ig = bool(registry.input_methods(methods)) and baselines is not None
     batches = [range(start, min(start + BATCH_IMAGES, len(images))) for start in range(0, len(images), BATCH_IMAGES)]
 
@@ -251,7 +255,7 @@ def randomisation_scores(
     keys = [key for key, result in trained[0].items() if result.values is not None] if trained else []
     maps_info = {key: (trained[0][key].method, trained[0][key].stage,
                        dependency_step(trained[0][key].stage, depth, trained[0][key].method)) for key in keys}
-    ranked = [{key: unit_ranks(maps[key].values) if maps[key].rankable else None for key in keys}
+    ranked = [{key: unit_ranks(cast(torch.Tensor, maps[key].values)) if maps[key].rankable else None for key in keys}
               for maps in trained]
     rho = {key: np.full((len(images), len(seeds), len(labels)), np.nan) for key in keys}
     for key in keys:
@@ -368,6 +372,7 @@ def randomisation_record(loaded, model_id: str, images: Sequence[tuple[str, str]
     def read(image_id: str, path: str) -> torch.Tensor:
         return prepare_image(path, loaded.data_config, name=image_id).pixel.to(device)
 
+    class_of: Callable[[str, torch.Tensor], int]
     if labels is not None:
         def class_of(path: str, _pixel: torch.Tensor) -> int:
             return labels(path, loaded.num_classes)

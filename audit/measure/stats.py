@@ -38,7 +38,7 @@ _MEAN_FLOOR = 1e-9  # relative distance below which such a resample's mean is th
 
 
 def bootstrap_ci(
-    values: Sequence[float], seed: int = 0, n_boot: int = N_BOOTSTRAP, level: float = CI_LEVEL,
+    values: Sequence[float] | np.ndarray, seed: int = 0, n_boot: int = N_BOOTSTRAP, level: float = CI_LEVEL,
     statistic: str = "mean", method: str | None = None,
 ) -> tuple[float, float]:
     """Bootstrap CI of the mean (or median), resampling the values with replacement.
@@ -542,6 +542,8 @@ def summarize(
     The same seed is used for every statistic of a group, so the three CIs resample the same images.
     """
     groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    morf: float | np.ndarray  # a record's value, then a group's values
+    lerf: float | np.ndarray
     for method, stage, morf, lerf in records:
         groups.setdefault((method, stage), []).append((float(morf), float(lerf)))
     out = []

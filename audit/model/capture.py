@@ -11,11 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from .layout import MAP_STAGE_ENCODER, TokenLayout, layout_of, stage_names
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 __all__ = ["Capture", "capture", "capture_batch", "attention_modules", "explicit_attention", "STAGE_PATCH_EMBED",
            "STAGE_EMBED"]
@@ -76,7 +80,8 @@ def _eval_mode(model: nn.Module):
 
 
 def _module_outputs(model: nn.Module) -> dict[str, nn.Module]:
-    modules = {STAGE_PATCH_EMBED: model.patch_embed, STAGE_EMBED: model.pos_drop}
+    model = cast("VisionTransformer", model)  # checked by layout_of in capture_batch
+    modules: dict[str, nn.Module] = {STAGE_PATCH_EMBED: model.patch_embed, STAGE_EMBED: model.pos_drop}
     modules.update({str(k): block for k, block in enumerate(model.blocks)})
     modules[MAP_STAGE_ENCODER] = model.norm
     return modules
@@ -84,12 +89,13 @@ def _module_outputs(model: nn.Module) -> dict[str, nn.Module]:
 
 def attention_modules(model: nn.Module) -> tuple[list[nn.Module], str | None]:
     """Each block's timm ``Attention`` (whose explicit path computes the probabilities), or ([], why not)."""
+    model = cast("VisionTransformer", model)  # checked by layout_of in capture_batch
     modules = [getattr(block, "attn", None) for block in model.blocks]
     for index, module in enumerate(modules):
         if not (hasattr(module, "fused_attn") and isinstance(getattr(module, "attn_drop", None), nn.Dropout)):
             return [], (f"block {index}'s attention ({type(module).__name__}) does not expose its probabilities "
                         "(vit-audit reads timm's Attention)")
-    return modules, None
+    return cast("list[nn.Module]", modules), None  # none is None: each has fused_attn
 
 
 @contextmanager
@@ -101,7 +107,7 @@ def explicit_attention(modules: list[nn.Module]):
     fused = [module.fused_attn for module in modules]
     try:
         for module in modules:
-            module.fused_attn = False
+            module.fused_attn = False  # type: ignore[assignment]  # a bool attribute: nn.Module types Tensor | Module
         yield
     finally:
         for module, flag in zip(modules, fused):
@@ -167,8 +173,9 @@ def capture_batch(model: nn.Module, x: torch.Tensor, targets: Sequence[int | Non
     try:
         for stage, module in _module_outputs(model).items():
             handles.append(module.register_forward_hook(keep(stage)))
-        for module in modules:
-            handles.append(module.attn_drop.register_forward_hook(lambda _m, _i, output: attn_outputs.append(output)))
+        for module in modules:  # each attn_drop an nn.Dropout (attention_modules)
+            handles.append(cast(nn.Dropout, module.attn_drop).register_forward_hook(
+                lambda _m, _i, output: attn_outputs.append(output)))
         with _eval_mode(model), torch.enable_grad(), explicit_attention(modules):
             x_in = x.detach().clone().requires_grad_(True)
             logits = model(x_in)

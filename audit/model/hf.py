@@ -31,13 +31,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError, ModelLoadError
 from .load import MAX_LISTED, LoadedModel, _check_finite, fit_report, read_state_dict, sha256_of
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 __all__ = ["HF_MODEL", "SUPPORTED_TYPES", "HFArchitecture", "is_hf_folder", "load_hf_model", "read_hf_config",
            "architecture_of", "build_timm_model", "from_hf_state_dict", "to_hf_state_dict", "hf_config_for",
@@ -641,12 +644,13 @@ def hf_config_for(model: nn.Module, class_names: list[str] | None = None) -> tup
     from timm.models.deit import VisionTransformerDistilled
 
     teacher = isinstance(model, VisionTransformerDistilled)
+    model = cast("VisionTransformer", model)  # a timm ViT (its global_pool and tokens are read below)
     prefix_tokens = int(model.num_prefix_tokens)
     if getattr(model, "cls_token", None) is None or model.global_pool != "token" or prefix_tokens > 2:
         raise ValueError(f"{type(model).__name__} with these tokens has no Hugging Face ViT/DeiT counterpart")
     model_type = "deit" if prefix_tokens == 2 else "vit"
     architecture = ("DeiTForImageClassificationWithTeacher" if teacher else SUPPORTED_TYPES[model_type][0])
-    block = model.blocks[0]
+    block: Any = model.blocks[0]  # a timm Block: its submodules are typed Tensor | Module
     act = {"GELU": "gelu_pytorch_tanh" if getattr(block.mlp.act, "approximate", "none") == "tanh" else "gelu",
            "ReLU": "relu", "SiLU": "silu"}.get(type(block.mlp.act).__name__)
     if act is None:

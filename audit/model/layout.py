@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from ..errors import UnsupportedModelError
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 __all__ = ["TokenLayout", "check_supported", "layout_of", "stage_names", "stage_order", "MAP_STAGE_ENCODER",
            "MAP_STAGE_INPUT"]
@@ -107,6 +111,7 @@ class TokenLayout:
 def layout_of(model: nn.Module, input_size: tuple[int, int]) -> TokenLayout:
     """Read the token layout of ``model`` for an input of ``input_size`` = (H, W)."""
     check_supported(model)
+    model = cast("VisionTransformer", model)  # what check_supported lets through
     grid = tuple(int(g) for g in model.patch_embed.dynamic_feat_size(tuple(input_size)))
     patch = model.patch_embed.patch_size
     patch = (patch, patch) if isinstance(patch, int) else tuple(int(p) for p in patch)
@@ -114,7 +119,7 @@ def layout_of(model: nn.Module, input_size: tuple[int, int]) -> TokenLayout:
         num_prefix_tokens=int(model.num_prefix_tokens),
         has_class_token=getattr(model, "cls_token", None) is not None,
         grid=grid,  # type: ignore[arg-type]
-        patch_size=patch,  # type: ignore[arg-type]
+        patch_size=patch,
         embed_dim=int(model.embed_dim),
         in_chans=int(model.patch_embed.proj.in_channels),
         depth=len(model.blocks),

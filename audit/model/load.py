@@ -13,13 +13,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError, ModelLoadError
 from .layout import TokenLayout, check_supported, layout_of
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 __all__ = ["LoadedModel", "fit_report", "load_model", "read_state_dict", "sha256_of"]
 
@@ -232,6 +235,7 @@ def _data_config(model: nn.Module, name: str, overrides: dict[str, Any] | None) 
     from timm.data import resolve_model_data_config
 
     config = dict(resolve_model_data_config(model))
+    model = cast("VisionTransformer", model)  # load_model checked it
     in_chans = int(model.patch_embed.proj.in_channels)
     size = model.patch_embed.img_size
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -317,6 +321,7 @@ def load_model(
             "the network: pass a local checkpoint file instead"
         ) from None
     check_supported(model, name)
+    model = cast("VisionTransformer", model)  # what check_supported lets through
 
     if state_dict is not None:
         problem = fit_report(model.state_dict(), state_dict)

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from .capture import STAGE_EMBED, STAGE_PATCH_EMBED, Capture
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 __all__ = ["Restoration", "restore", "restore_paper", "restore_inverse", "psnr", "READINGS", "PatchInverse"]
 
@@ -73,7 +77,8 @@ class PatchInverse:
     """Least-squares inverse of a model's patch projection, computed once (float64 pseudo-inverse)."""
 
     def __init__(self, model: nn.Module):
-        proj = model.patch_embed.proj
+        model = cast("VisionTransformer", model)  # a loaded model: check_supported let it through
+        proj: nn.Conv2d = model.patch_embed.proj
         weight = proj.weight.detach().double()
         self.kernel = tuple(int(k) for k in weight.shape[1:])  # (C, ph, pw)
         self.matrix = weight.reshape(weight.shape[0], -1)  # (D, C*ph*pw)

@@ -49,7 +49,7 @@ def clean(value: Any) -> Any:
     return value
 
 
-def environment_record(device: str, seed: int, **extra: Any) -> dict[str, Any]:
+def environment_record(device: str, seed: int | None, **extra: Any) -> dict[str, Any]:
     import timm
 
     return clean({"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
@@ -107,7 +107,7 @@ def run_record(
     for reading, stages in result.restorations.items():
         restorations[reading] = {}
         for stage, r in stages.items():
-            entry = {"shape": list(r.image.shape) if r.image is not None else None, "reason": r.reason,
+            entry: dict[str, Any] = {"shape": list(r.image.shape) if r.image is not None else None, "reason": r.reason,
                      "finite": bool(torch.isfinite(r.image).all()) if r.image is not None else None}
             if reading == "inverse":
                 entry.update(psnr=r.psnr, exact=r.psnr == math.inf, max_abs_error=r.max_abs_error)
@@ -131,6 +131,7 @@ def run_record(
     }
     cap = result.capture
     if cap is not None:
+        assert result.image is not None  # an image that was captured was prepared
         record["input_shape"] = [1, *result.image.pixel.shape]
         record["token_shapes"] = {stage: [1, *cap.tokens[stage].shape] for stage in cap.stages}
         finite = finite_stages(cap)

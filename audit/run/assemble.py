@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -41,7 +41,8 @@ def assemble_results(session: AuditSession, checks: list[dict[str, Any]] | None 
         "images": session.image_set.record(),
         "images_left_out": session.image_set.left_out,
         **({"labels": {"path": labels.path, "sha256": labels.sha256}} if labels else {}),
-        "runs": [trim_run(run, s.results_detail, session.gates.get(run.get("model_id"), [])) for run in runs],
+        "runs": [trim_run(run, s.results_detail, session.gates.get(cast(str, run.get("model_id")), []))
+                 for run in runs],
         "gates": session.gate_records(),
         "summaries": _summaries(session, runs),
         "randomisation": session.store.read_all("sanity"),

@@ -126,7 +126,7 @@ class RunCache:
             Path(temporary).unlink(missing_ok=True)
             raise
 
-    def _ignore(self, path: Path, problem: str) -> None:
+    def _ignore(self, path: Path, problem: str) -> dict[str, Any] | None:  # None: what get returns for it
         message = f"cache: entry {os.fspath(path)!r} {problem}; ignored and recomputed"
         warnings.warn(message, CacheWarning, stacklevel=3)
         self.ignored.append(message)

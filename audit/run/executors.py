@@ -129,6 +129,7 @@ class RayExecutor:
         if not ray.is_initialized():
             endpoint = parse_ray_address(self.address) if self.address else None
             if endpoint is not None:
+                assert self.address is not None  # an endpoint is parsed from the address
                 _check_reachable(*endpoint, self.address)
             if self.address and self.address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
                 raise ExecutorError(f"ray-address: {self.address!r} is reached through Ray Client, which is not "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -132,7 +133,7 @@ def auto_image_batch(plan: ModelPlan, settings: AuditSettings, loaded: LoadedMod
 def time_forwards(model: torch.nn.Module, input_size: tuple[int, int], channels: int, device: str,
                   batch_size: int | str, amp: str | None, seconds: float = 0.5) -> float:
     """Forward passes per second of ``model`` on batches like the curves' (after one warm-up batch)."""
-    batch = 16 if batch_size == AUTO_BATCH else max(1, min(batch_size, 16))
+    batch = 16 if batch_size == AUTO_BATCH else max(1, min(cast(int, batch_size), 16))  # a number unless auto
     images = torch.zeros(batch, channels, *input_size, device=device)
     done, start = 0, None
     with torch.inference_mode(), amp_context(torch.device(device), amp):

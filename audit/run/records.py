@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 from ..config.settings import AuditSettings
 from ..errors import AuditError
@@ -92,12 +92,13 @@ class RecordMaker:
         start = time.perf_counter()
         s = self.settings
         out: list[dict[str, Any] | Exception | None] = [None] * len(items)
-        todo: list[tuple[int, Any, int | None, str | None]] = []  # (index, prepared image, label, cache key)
+        todo: list[tuple[int, Any, int | None, dict[str, Any] | None]] = []  # (index, prepared image, label, cache key)
+        record: dict[str, Any] | Exception | None  # a cached record, a made one, then each image's entry
         for index, (path, image_id, sha256, data) in enumerate(items):
             try:
                 label = label_of(path, loaded.num_classes) if label_of else None
                 key = run_key(s, loaded, plan, self.device, sha256, label) if self.cache is not None else None
-                record = self.cache.get(key) if key is not None else None
+                record = cast(RunCache, self.cache).get(key) if key is not None else None  # a key only with a cache
                 if record is None:
                     prepared = prepare_image(path if data is None else data, loaded.data_config, name=image_id,
                                              source=path)
@@ -124,12 +125,12 @@ class RecordMaker:
                     record = run_record(loaded, result, thumbnail=max(s.report_thumbnail, 64))
                 record.update(made_how(share + time.perf_counter() - own, inverse, plan, images=len(todo)))
                 if key is not None:
-                    self.cache.put(key, record)  # on disk as soon as it is done
+                    cast(RunCache, self.cache).put(key, record)  # on disk as soon as it is done
                 out[index] = record
         for (path, image_id, _, _), record in zip(items, out):
             if isinstance(record, dict):
                 record.update(image=path, image_name=image_id)  # the same bytes may be found under another name
-        return out
+        return cast("list[dict[str, Any] | Exception]", out)  # every image's entry is filled in
 
     @staticmethod
     def _error(loaded: LoadedModel, path: str, err: AuditError, start: float, inverse: PatchInverse,

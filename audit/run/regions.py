@@ -40,7 +40,7 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -424,7 +424,7 @@ def _read_voc(path: Path, roles: Mapping[str, str]) -> ImageRegions:
         if any(text is None for text in texts):
             raise RegionsError(f"regions {source!r}: {where} lacks a <bndbox> with xmin, ymin, xmax and ymax; fix "
                                "the file")
-        xmin, ymin, xmax, ymax = (_parse_number(t, source, where, tag)
+        xmin, ymin, xmax, ymax = (_parse_number(cast(str, t), source, where, tag)  # none is None (above)
                                   for t, tag in zip(texts, ("xmin", "ymin", "xmax", "ymax")))
         shapes.append(Shape(label=label, role=roles.get(label, "object"), where=where,
                             box=(xmin - 1, ymin - 1, xmax, ymax)))
@@ -860,6 +860,7 @@ def _decode_rle(item: Shape, regions: ImageRegions, image: str, frame: tuple[int
     """A COCO RLE mask as an (H, W) bool array the size of the picture it annotates."""
     from pycocotools import mask as coco_mask
 
+    assert item.rle is not None  # only an RLE shape is decoded (_shape_samples)
     height, width = item.rle["size"]
     problem = f"regions for image {image!r}: {item.where} in {regions.source!r}"
     if (width, height) != frame:
@@ -885,6 +886,7 @@ def _mask_values(regions: ImageRegions, image: str, frame: tuple[int, int]) -> n
     """A PNG label mask's values, (H, W)."""
     from PIL import Image
 
+    assert regions.mask is not None  # read only for regions with a mask (_sample)
     try:
         with Image.open(regions.mask) as handle:
             handle.load()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -51,6 +51,9 @@ from .regions import ImageRegionsError, load_regions, token_regions
 from .store import RecordStore
 from .work import Case, MapKey, ProbeKey, RemoteTask
 
+if TYPE_CHECKING:
+    from .inputs import LoadedModels
+
 __all__ = ["AuditSession", "Case", "MapKey", "ProbeKey", "model_id_for"]
 
 BASELINE_PREFIX = "baseline-"  # the id of a baseline model audited in this run: baseline-<its model id>
@@ -78,7 +81,8 @@ class AuditSession:
         self.settings = settings = replace(settings, amp=self.precision.amp)
         # A model that cannot be loaded does not stop the others: its error is kept for its check to report. With
         # no model loaded there is nothing to audit, and the first error stops the run.
-        loaded: LoadedModels | LoadedModel = load_models(settings.model, settings.checkpoint)
+        loaded: LoadedModels | LoadedModel  # the models, then each one
+        loaded = load_models(settings.model, settings.checkpoint)
         self.models, self.model_errors, self.model_ids = loaded.models, loaded.errors, loaded.ids
         self.image_set = collect_images(settings.images, keep_duplicates=settings.keep_duplicate_images)
         self.labels = read_labels(settings.labels) if settings.labels else None
@@ -500,13 +504,13 @@ class AuditSession:
                            min_images=s.min_images, min_map_agreement=s.min_map_agreement, seed=s.seed)
 
     def comparison_records(self) -> list[dict[str, Any]]:
-        order = {key: i for i, key in enumerate(self.comparison_keys())}
+        order: dict[tuple[str, str, str], int] = {key: i for i, key in enumerate(self.comparison_keys())}
         records = self.store.read_all("comparisons")
         return sorted(records, key=lambda r: order.get((r["model_id"], r["method"], r["stage"]), len(order)))
 
     def gate_records(self) -> list[dict[str, Any]]:
         """Every gate evaluated so far (by any process), in the order of :meth:`gate_keys`."""
-        order = {key: i for i, key in enumerate(self.gate_keys())}
+        order: dict[tuple[str, str, str], int] = {key: i for i, key in enumerate(self.gate_keys())}
         gates = self.store.read_all("gates")
         return sorted(gates, key=lambda g: order.get((g["model_id"], g["method"], g["stage"]), len(order)))
 

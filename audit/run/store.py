@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from filelock import FileLock
 
@@ -22,6 +22,7 @@ from ..results.schema import clean, write_json
 __all__ = ["RecordStore", "file_name"]
 
 KINDS = ("runs", "sanity", "gates", "comparisons")
+_Record = TypeVar("_Record", dict[str, Any], list[dict[str, Any]])  # a record, or a family of records
 READABLE_CHARS = 60
 
 
@@ -44,7 +45,7 @@ class RecordStore:
     def path(self, kind: str, key: tuple[str, ...]) -> Path:
         return self.workdir / kind / file_name(key)
 
-    def once(self, kind: str, key: tuple[str, ...], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def once(self, kind: str, key: tuple[str, ...], compute: Callable[[], _Record]) -> _Record:
         """The record of ``key``: computed by the first process that asks, read by the others."""
         path = self.path(kind, key)
         with FileLock(str(path) + ".lock"):

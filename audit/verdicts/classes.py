@@ -114,7 +114,7 @@ def class_agreement(pairs: list[tuple[int, str | None, int]], floor: float | Non
     for base, name, cand in pairs:
         by_class[base].append(int(cand == base))
         names[base] = name
-    rows = []
+    rows: list[dict[str, Any]] = []
     for cls, hits in by_class.items():
         n, agree = len(hits), int(sum(hits))
         p = float(binom.cdf(agree, n, floor)) if floor is not None else float("nan")

@@ -28,7 +28,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 import torch
@@ -85,6 +85,7 @@ class Baseline:
     @property
     def runs(self) -> dict[str, dict[str, Any]]:
         if self._runs is None:
+            assert self._compute_runs is not None  # no runs are given only with compute_runs (__init__)
             self._runs = self._compute_runs()
         return self._runs
 
@@ -222,7 +223,7 @@ def check_measured(baseline: Baseline, gates: list[tuple[str, str]]) -> None:
                          "or curves")
 
 
-def _finite_abpc(entry: dict[str, Any] | None) -> bool:
+def _finite_abpc(entry: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
     if not isinstance(entry, dict):
         return False
     morf, lerf = entry.get("morf_auc"), entry.get("lerf_auc")
@@ -306,6 +307,8 @@ def map_agreement(baseline_grid: list | None, candidate_grid: list | None, input
     ``input_size``; nan when either is missing or constant."""
     if baseline_grid is None or candidate_grid is None:
         return float("nan")
+    one: np.ndarray | torch.Tensor  # the grids, or both upsampled to the input
+    other: np.ndarray | torch.Tensor
     one, other = np.asarray(baseline_grid, dtype=np.float64), np.asarray(candidate_grid, dtype=np.float64)
     if one.shape != other.shape:
         one, other = _on_input(baseline_grid, input_size), _on_input(candidate_grid, input_size)
@@ -318,7 +321,7 @@ def paired_runs(candidate_runs: list[dict[str, Any]], digests: dict[str, str | N
     image -> why the others are not paired ("not in the baseline", "could not be audited (candidate)")."""
     pairs, unpaired = [], {}
     for run in candidate_runs:
-        image = run.get("image_id")
+        image = cast(str, run.get("image_id"))  # a candidate run: the session sets it
         digest = digests.get(image)
         other = baseline_runs.get(digest) if digest else None
         if other is None:
@@ -368,7 +371,7 @@ def compare_map(
     both, unpaired = paired_runs(candidate_runs, image_digests, baseline.runs)
     pairs, grids, flat = [], {}, []
     for run, other in both:
-        image = run.get("image_id")
+        image = cast(str, run.get("image_id"))  # a candidate run: the session sets it
         digest = image_digests.get(image)
         mine, theirs = (run.get("maps") or {}).get(key) or {}, (other.get("maps") or {}).get(base_key) or {}
         if mine.get("morf_auc") is None or theirs.get("morf_auc") is None:

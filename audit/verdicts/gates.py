@@ -17,6 +17,7 @@ from __future__ import annotations
 import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -143,8 +144,9 @@ def power_record(values: Sequence[float], distance: float | None = None, min_ima
     ``min_images``)."""
     data = np.asarray(values, dtype=np.float64)
     sd = float(data.std(ddof=1)) if data.size > 1 else float("nan")
-    record = {"sd": sd, "n": int(data.size), "power": POWER,
-              "detectable": detectable_difference(sd, int(data.size), power=POWER) if data.size > 1 else float("nan")}
+    record: dict[str, float | None] = {
+        "sd": sd, "n": int(data.size), "power": POWER,
+        "detectable": detectable_difference(sd, int(data.size), power=POWER) if data.size > 1 else float("nan")}
     if distance is not None:
         record["distance"] = distance
         record["images_needed"] = (max(min_images, images_needed(sd, distance, power=POWER))
@@ -204,7 +206,7 @@ def evaluate_gate(
     flat = sorted(set(data.flat) & set(data.images))
     distance = abs(stat.mean - threshold) if np.isfinite(stat.mean) else None
     power = power_record(abpc, distance, min_images)
-    record = {
+    record: dict[str, Any] = {
         "model": model, "method": method, "stage": stage, "statistic": stat.mean, "ci95": list(stat.ci),
         "threshold": threshold, "n_images": n,
         "morf_auc": morf.mean, "morf_auc_ci95": list(morf.ci), "lerf_auc": lerf.mean, "lerf_auc_ci95": list(lerf.ci),

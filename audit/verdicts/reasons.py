@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -59,7 +59,7 @@ def record_localisation(maps: dict[str, Any], regions: dict[str, Any], keys: Seq
     out = {}
     for key in keys:
         grid = (maps.get(key) or {}).get("grid")
-        entry = {}
+        entry: dict[str, dict[str, float | None] | None] = {}
         for role in ("object", "artefact"):
             fractions = regions.get(role)
             if grid is None or fractions is None or not np.asarray(fractions).any():
@@ -168,7 +168,7 @@ def compare_regions(candidate_runs: list[dict[str, Any]], digests: dict[str, str
                     min_images: int, seed: int = 0, n_boot: int = N_BOOTSTRAP) -> dict[str, Any]:
     """The paired regions gate of one map: object mass non-inferior at -margin, artefact mass at most +margin."""
     pairs, unpaired = paired_runs(candidate_runs, digests, baseline_runs)
-    parts = {}
+    parts: dict[str, dict[str, Any]] = {}
     for role, above in (("object", True), ("artefact", False)):
         d, images = [], []
         for mine, theirs in pairs:
@@ -240,8 +240,8 @@ def compare_probe(candidate_runs: list[dict[str, Any]], digests: dict[str, str |
     for mine, theirs in pairs:
         one, other = (mine.get("probes") or {}).get(spec), (theirs.get("probes") or {}).get(spec)
         if one is None or other is None:
-            unpaired[mine.get("image_id")] = f"not probed with {spec} in the " + ("candidate" if one is None
-                                                                                   else "baseline")
+            unpaired[cast(str, mine.get("image_id"))] = f"not probed with {spec} in the " + ("candidate" if one is None
+                                                                                             else "baseline")
             continue
         kept.append((mine, theirs, one, other))
     n = len(kept)
@@ -283,7 +283,7 @@ def compare_probe(candidate_runs: list[dict[str, Any]], digests: dict[str, str |
                   "ci95": [low, high],
                   "margin": attraction_margin, "verdict": verdict, "reason": reason,
                   "flip_rate": flips[0], "baseline_flip_rate": flips[1]}
-    masses = {}
+    masses: dict[str, dict[str, Any]] = {}
     for key, base_key in keys:
         d, cand_m, base_m = [], [], []
         for _, _, one, other in kept:
@@ -331,7 +331,7 @@ def probe_limits(runs: list[dict[str, Any]], spec: str, keys: Sequence[str], num
     n = len(entries)
     clean = np.asarray([e["clean_class"] for e in entries], dtype=np.int64)
     stamped = np.asarray([e["stamped_class"] for e in entries], dtype=np.int64)
-    parts = []
+    parts: list[dict[str, Any]] = []
     if max_attraction is not None:
         value = _max_attraction(clean, stamped, num_classes) if n else math.nan
         low, high = resampled_statistic_ci(lambda i: _max_attraction(clean[i], stamped[i], num_classes), n,

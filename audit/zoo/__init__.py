@@ -18,10 +18,13 @@ from __future__ import annotations
 import os
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+if TYPE_CHECKING:
+    from importlib.abc import Traversable
 
 __all__ = [
     "CLASS_NAMES", "EMBEDDED_MODEL", "MEAN", "STD", "embedded_card", "embedded_checkpoint", "embedded_images",
@@ -34,6 +37,14 @@ CARD_FILE = "MODEL_CARD.md"
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"  # one PNG mask per sample image, by file stem: 1 on the garment (pixels above 0), 0 elsewhere
 DATA_DIR = "fashion_mnist"
+
+
+class _Resources(Protocol):
+    """What :func:`importlib.resources.files` gives for this package: Python 3.10's ``Traversable`` stub takes one
+    part in ``joinpath``, the paths it returns (``pathlib.Path``, ``zipfile.Path``) take several, as 3.11's does."""
+
+    def joinpath(self, *parts: str) -> Traversable: ...
+
 
 #: Fashion-MNIST's classes, in label order.
 CLASS_NAMES = (
@@ -123,7 +134,7 @@ default_cfgs = generate_default_cfgs({
         "first_conv": "patch_embed.proj",
         "classifier": "head",
         "label_names": CLASS_NAMES,
-        "file": str(files(__name__).joinpath(DATA_DIR, WEIGHTS_FILE)),
+        "file": str(cast(_Resources, files(__name__)).joinpath(DATA_DIR, WEIGHTS_FILE)),
         "license": "apache-2.0",
         "origin_url": "https://github.com/zalandoresearch/fashion-mnist",
         "paper_ids": "arXiv:1708.07747",

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -202,6 +203,8 @@ def sample_indices(labels: np.ndarray, per_class: int = SAMPLES_PER_CLASS) -> li
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay: list[torch.nn.Parameter]
+    no_decay: list[torch.nn.Parameter]
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if param.ndim <= 1 or name in ("pos_embed", "cls_token") else decay).append(param)
@@ -237,7 +240,9 @@ def train(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = timm.create_model(EMBEDDED_MODEL, pretrained=False).to(device)
-    for block in model.blocks:  # the fused CPU kernel is slow backwards (bf16 and float32 alike); same attention
+    block: Any  # a timm Block: its submodules are typed Tensor | Module
+    # the fused CPU kernel is slow backwards (bf16 and float32 alike); same attention
+    for block in cast(torch.nn.Sequential, model.blocks):
         block.attn.fused_attn = False
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     pixels = torch.from_numpy(images).unsqueeze(1)
