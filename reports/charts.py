@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 __all__ = ["PALETTE", "Chart", "Series", "curves_chart", "paired_chart", "profile_chart", "randomisation_chart"]
 
@@ -60,7 +61,7 @@ class Chart:
     legend: list[tuple[float, float, Series]] = field(default_factory=list)  # (x, y, series) of each entry
 
 
-def _finite(value: float | None) -> bool:
+def _finite(value: float | None) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -149,6 +150,7 @@ def curves_chart(
     chart.x_ticks = [(frame.x(v), _label(v)) for v in (0, 0.25, 0.5, 0.75, 1)]
     chart.y_ticks = [(frame.y(v), _label(v)) for v in (0, 0.25, 0.5, 0.75, 1)]
     for label, values, colour, dash in drawn:
+        assert values is not None  # drawn keeps only the curves with values
         steps = max(1, len(values) - 1)
         chart.series.append(frame.line(label, colour, [k / steps for k in range(len(values))], values, dash))
     return _finish(chart)

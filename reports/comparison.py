@@ -86,6 +86,7 @@ def _drift(drift: dict[str, Any]) -> dict[str, Any]:
 
 
 def _curves(pair: dict[str, Any]) -> charts.Chart | None:
+    lines: list[tuple[str, Any, str, str | None]]
     lines = [(f"candidate {name}, AUC {fmt(pair.get(f'candidate_{order}_auc'))}", pair.get(f"candidate_{order}"),
               colour, None) for order, name, colour in (("morf", "MoRF", charts.MORF), ("lerf", "LeRF", charts.LERF))]
     lines += [(f"baseline {name}, AUC {fmt(pair.get(f'baseline_{order}_auc'))}", pair.get(f"baseline_{order}"),

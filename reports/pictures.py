@@ -13,6 +13,7 @@ import base64
 import binascii
 import io
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -130,6 +131,7 @@ def map_overlay(base: Image.Image, grid: Sequence[Sequence[float | None]] | None
         return None
     scaled = _unit_range(array)
     width, height = base.size
+    upsampled: Image.Image | np.ndarray
     upsampled = Image.fromarray(np.nan_to_num(scaled, nan=0.5).astype(np.float32), mode="F")
     upsampled = np.asarray(upsampled.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float64)
     colours = colourise(np.clip(upsampled, 0.0, 1.0))
@@ -276,7 +278,7 @@ def removal_order(array: np.ndarray, order: str, size: tuple[int, int], count: i
     """
     if order not in ORDERS:
         raise ValueError(f"order: expected one of {ORDERS}, got {order!r}")
-    key = upsample_map(array, size).reshape(-1)
+    key = cast(np.ndarray, upsample_map(array, size)).reshape(-1)
     key = -key if order == "morf" else key  # ascending key; ties keep their index order below
     count = int(min(max(count, 0), key.size))
     if count == 0:

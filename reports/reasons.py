@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -283,16 +283,17 @@ class ReasonsSection:
             clean_grid = _dict(_dict(run.get("maps")).get(key)).get("grid") if key else None
             figure = entry.get("figure")
             at = _list(entry.get("at"))
-            pics = {"clean": None, "clean_map": None, "stamped": None, "stamped_map": None}
+            pics: dict[str, dict[str, Any] | None] = {"clean": None, "clean_map": None, "stamped": None,
+                                                      "stamped_map": None}
             if size:
                 pics = {"clean": self.builder.thumbnail_of(index, run, size, colours),
-                        "clean_map": self.builder.overlay(index, run, key, size, colours)
+                        "clean_map": self.builder.overlay(index, run, cast(str, key), size, colours)
                         if clean_grid is not None else None,
                         "stamped": self.builder.picture_with_map(index, figure, None, size, colours, ("probe", spec)),
                         "stamped_map": self.builder.picture_with_map(index, figure, grid, size, colours,
                                                                      ("probe", spec, key)) if grid is not None
                         else None}
-            stamped = entry.get("stamped_class")
+            stamped: Any = entry.get("stamped_class")
             strips.append({
                 "image": str(run.get("image_id")), "anchor": self.builder.anchors.get((model_id, run.get("image_id"))),
                 "key": key or "no gated map", "flipped": bool(entry.get("flipped")), **pics,
@@ -356,7 +357,7 @@ class ReasonsSection:
     def _class_record(self, record: dict[str, Any]) -> dict[str, Any]:
         rows = _records(record, "classes")
         rows.sort(key=lambda r: (_num(r.get("agreement")) if _num(r.get("agreement")) is not None else math.inf,
-                                 -(r.get("n") if isinstance(r.get("n"), int) else 0), str(r.get("class"))))
+                                 -(cast(int, r.get("n")) if isinstance(r.get("n"), int) else 0), str(r.get("class"))))
         worst = _dict(record.get("worst")) or (rows[0] if rows else {})
         shown = []
         for row in rows[:CLASS_ROWS]:

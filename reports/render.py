@@ -157,6 +157,7 @@ def render_report(
     env = _environment()
     builder = SectionBuilder(results, thumbnail, float(max_mb))
     page = env.get_template("report.html.j2")
+    context: dict[str, Any]
     context = {"header": header(results), "gates": gate_rows(results, builder.anchors),
                "comparison": comparison_section(results, builder),
                "aggregates": aggregates(results), "caption": builder.caption, "max_mb": builder.max_mb,

@@ -101,6 +101,9 @@ def _right_reasons(results: dict[str, Any]) -> tuple[list[str], list[str], list[
               [_dict(r.get("paired")).get("verdict") for r in regions if r.get("paired") is not None]),
              ("probe limit(s)", [p.get("verdict") for p in probes], []),
              ("probe(s)", [], [_dict(p.get("paired")).get("verdict") for p in probes if p.get("paired") is not None])]
+    failed: list[str]
+    undecided: list[str]
+    passed: list[str]
     failed, undecided, passed = [], [], []
     for what, absolute, paired in kinds:
         name = "regions" if what.startswith("regions") else "a probe"

@@ -3,7 +3,7 @@ restorations), its figures drawn under a :class:`audit.reports.sizing.Plan`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from PIL import Image
 
@@ -13,6 +13,9 @@ from . import charts, pictures
 from .run_sections import _perturbation_text
 from .sizing import Plan, describe_cuts
 from .values import _dict, _list, _num, _records, _sorted_stages, _stage_title, fmt
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["MB", "STRIP_FRAMES", "SectionBuilder"]
 
@@ -164,6 +167,7 @@ class SectionBuilder:
             picture = pictures.decode_data_uri(uri)
             if picture is None:
                 return None
+            base: Image.Image | None
             base = pictures.fit(picture, size)
             shown = pictures.scaled_size(picture.size, size)
             if grid is not None:
@@ -216,7 +220,8 @@ class SectionBuilder:
             fill = self.perturbation.get("fill", 127 / 255)
             if fill == "mean":  # the model's normalisation mean
                 fill = _dict(model.get("data_config")).get("mean") or 127 / 255
-            picture = pictures.draw_strip(full, *self._cache[key], fill=fill, size=plan.strips)
+            picture = pictures.draw_strip(  # the cached removal_plan: not None here
+                full, *cast("tuple[np.ndarray, list[int]]", self._cache[key]), fill=fill, size=plan.strips)
             frame = pictures.scaled_size(full.size, plan.strips)  # a frame as shown; the strip is enlarged alike
             scale = frame[1] / picture.size[1]
             return _encoded(picture, plan.colours, (round(picture.size[0] * scale), frame[1]))
@@ -291,7 +296,7 @@ class SectionBuilder:
                                for method in methods if f"{method}@encoder" in maps] if plan.strips else [])
         # Restorations.
         restorations = _dict(run.get("restorations"))
-        rows = []
+        rows: list[dict[str, Any]] = []
         if plan.restorations:
             for reading in ("paper", "inverse"):
                 entries = _dict(restorations.get(reading))
@@ -354,17 +359,19 @@ class SectionBuilder:
                          stage: str, plan: Plan, drawn: set[str]) -> dict[str, Any]:
         key, baseline_key = f"{method}@{stage}", f"random@{stage}"
         entry, baseline = maps.get(key, {}), maps.get(baseline_key, {})
-        lines = [
-            (f"{method} MoRF, AUC {fmt(entry.get('morf_auc'))}", entry.get("morf"), charts.MORF, None),
-            (f"{method} LeRF, AUC {fmt(entry.get('lerf_auc'))}", entry.get("lerf"), charts.LERF, None),
+        lines: list[tuple[str, Any, str, str | None]] = [
+            (f"{method} MoRF, AUC {fmt(entry.get('morf_auc'))}", _list(entry.get("morf")), charts.MORF, None),
+            (f"{method} LeRF, AUC {fmt(entry.get('lerf_auc'))}", _list(entry.get("lerf")), charts.LERF, None),
         ]
-        if method != "random":
-            lines += [(f"random MoRF, AUC {fmt(baseline.get('morf_auc'))}", baseline.get("morf"), charts.MORF, "4 3"),
-                      (f"random LeRF, AUC {fmt(baseline.get('lerf_auc'))}", baseline.get("lerf"), charts.LERF, "4 3")]
+        if method != "random":  # a curve that is not a list (a malformed file) is not drawn
+            lines += [(f"random MoRF, AUC {fmt(baseline.get('morf_auc'))}", _list(baseline.get("morf")), charts.MORF,
+                       "4 3"),
+                      (f"random LeRF, AUC {fmt(baseline.get('lerf_auc'))}", _list(baseline.get("lerf")), charts.LERF,
+                       "4 3")]
         class_text = f"class {run.get('class')} ({run.get('class_name')})"
         y_label = "top-1 is the label (1/0)" if self.perturbation.get("score") == "top1" else "probability of the class"
         chart = (charts.curves_chart(f"MoRF/LeRF of {key}, {class_text}", lines, y_label=y_label)
-                 if entry.get("morf") else None)
+                 if _list(entry.get("morf")) else None)
         strips, shown_before = [], None
         no_input = self.detail != "full" and not _dict(run.get("figures")).get("input")  # strips are drawn on it
         if plan.strips and not no_input:

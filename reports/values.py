@@ -75,7 +75,7 @@ def fill_text(fill: Any) -> str:
 _stage_order = stage_order
 
 
-def _sorted_stages(stages: Iterable[str]) -> list[str]:
+def _sorted_stages(stages: Iterable[object]) -> list[str]:
     return sorted(dict.fromkeys(str(s) for s in stages), key=_stage_order)
 
 

@@ -259,7 +259,8 @@ def _nulls(value: Any) -> Any:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("cut", ["empty", "no-gates-no-checks", "errors-only", "nulls", "no-summaries", "garbage"])
+@pytest.mark.parametrize("cut", ["empty", "no-gates-no-checks", "errors-only", "nulls", "no-summaries", "garbage",
+                                 "curves-not-lists"])
 def test_partial_results_still_render(audit_run, tmp_path, cut):
     results = copy.deepcopy(audit_run["results"])
     if cut == "empty":
@@ -280,9 +281,15 @@ def test_partial_results_still_render(audit_run, tmp_path, cut):
         run["figures"]["input"] = "data:image/png;base64,???"
         results["gates"][0]["worst_images"] = "nobody"
         results["checks"].append({"nodeid": None})
+    elif cut == "curves-not-lists":  # every featured map's curves, and the random baseline's, of the wrong type
+        for run in results["runs"]:
+            for entry in (run.get("maps") or {}).values():
+                entry["morf"], entry["lerf"] = 1, True
     html = render_report(results, tmp_path / "r.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     assert "verdict verdict-" in html
+    if cut == "curves-not-lists":  # each image's section is drawn (without the curves), not replaced by its error
+        assert "TypeError" not in html
 
 
 @pytest.mark.parametrize("gates, checks, expected", [

@@ -460,8 +460,10 @@ def faithfulness_curves(
         pixel: (C, H, W) image in [0, 1] before normalisation.
         maps: ``{key: (h, w) map}``; any h, w (upsampled to H x W, or resized to the grid for ``unit='patch'``).
         target: the class whose probability is tracked.
-        mean, std: the model's normalisation.
-        patch, grid: the model's patch size and grid for this input (``unit='patch'``).
+        mean: the model's normalisation mean.
+        std: the model's normalisation standard deviation.
+        patch: the model's patch size (``unit='patch'``).
+        grid: the model's patch grid for this input (``unit='patch'``).
         config: the recipe; defaults to :class:`PerturbationConfig()`.
         progress: called with (images done, images total) after each batch.
         seed: seeds the ``road`` fill's noise, together with the removal mask (:func:`road_seed`), so an image's
