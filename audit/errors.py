@@ -33,3 +33,8 @@ class NonFiniteError(AuditError, ValueError):
 
 class ExecutorError(AuditError, ValueError):
     """An executor that cannot start (Ray missing, a cluster that cannot be reached) or that lost its cluster."""
+
+
+def one_line(err: BaseException) -> str:
+    """An error's text on one line, without a closing full stop, or its type where it has none."""
+    return " ".join(str(err).split()).rstrip(".") or type(err).__name__

@@ -5,21 +5,19 @@ Example (the README's bound on the AMP error and its speed-up)::
     python benchmarks/bench_amp.py --checkpoint ../shared/models/vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors \
         --images ../shared/images/imagenet-diverse-200 --out amp.json --markdown
 
-Audits every image twice with the same model, maps, stages, recipe and seed: once with the MoRF/LeRF forwards in
-float32 and once under ``--amp`` autocast (bfloat16 by default), timing each ``audit_image`` call (even images
-float32 first, odd images AMP first; ``--warmup`` untimed rounds on the first image before any timing). AMP only
-changes the perturbation forwards: the capture (forward + backward), the maps and the restorations are float32 in
-both runs, so the two runs rank pixels identically and every difference comes from the scoring of perturbed images.
-The speed-up is that of the whole ``audit_image`` call, so the perturbation alone speeds up by more.
+Audits every image twice with the same model, maps, stages, recipe and seed: once with the MoRF/LeRF forwards in float32
+and once under ``--amp`` autocast (bfloat16 by default), timing each ``audit_image`` call (even images float32 first,
+odd images AMP first; ``--warmup`` untimed rounds on the first image before any timing). AMP only changes the
+perturbation forwards: the capture (forward + backward), the maps and the restorations are float32 in both runs, so the
+two runs rank pixels identically and every difference comes from the scoring of perturbed images. The speed-up is that
+of the whole ``audit_image`` call, so the perturbation alone speeds up by more.
 
-Prints, for every measured map (method@stage), the largest |delta| over the images of its MoRF AUC, LeRF AUC and
-ABPC and the 99th percentile of |delta AUC| (MoRF and LeRF pooled), the same over all maps, the total seconds of
-each run and their ratio; and for every gated map (``--gate``) the mean ABPC with its 95% bootstrap CI and the gate
-verdict of each run, decided by :func:`audit.verdicts.gates.evaluate_gate` as the audit decides it, and whether it
-flips.
-``--amp float32`` runs float32 twice (a control: every delta must be 0). ``--out`` writes the per-image AUCs and the
-report as JSON, also every 10 images; ``--markdown`` prints the gated maps and the overall bound as a table.
-"""
+Prints, for every measured map (method@stage), the largest |delta| over the images of its MoRF AUC, LeRF AUC and ABPC
+and the 99th percentile of |delta AUC| (MoRF and LeRF pooled), the same over all maps, the total seconds of each run and
+their ratio; and for every gated map (``--gate``) the mean ABPC with its 95% bootstrap CI and the gate verdict of each
+run, decided by :func:`audit.verdicts.gates.evaluate_gate` as the audit decides it, and whether it flips. ``--amp
+float32`` runs float32 twice (a control: every delta must be 0). ``--out`` writes the per-image AUCs and the report as
+JSON, also every 10 images; ``--markdown`` prints the gated maps and the overall bound as a table."""
 
 from __future__ import annotations
 

@@ -4,18 +4,16 @@ Example (about a minute on two cores)::
 
     python benchmarks/bench_coverage.py --replications 10000 --n-boot 2000
 
-Draws ``--replications`` image sets of n values from each distribution, bootstraps every set with the audit's own
-code (:func:`audit.measure.stats.coverage_misses`: the seeded resamples of :func:`audit.measure.stats.bootstrap_ci`),
-and prints a
-Markdown table of each method's per-side miss rate: "low" is the share of sets whose lower bound lies above the true
-mean (for a gate on the mean, a false pass), "high" the share whose upper bound lies below it (a false fail). Each
+Draws ``--replications`` image sets of n values from each distribution, bootstraps every set with the audit's own code
+(:func:`audit.measure.stats.coverage_misses`: the seeded resamples of :func:`audit.measure.stats.bootstrap_ci`), and
+prints a Markdown table of each method's per-side miss rate: "low" is the share of sets whose lower bound lies above the
+true mean (for a gate on the mean, a false pass), "high" the share whose upper bound lies below it (a false fail). Each
 should be 2.5%; the Monte-Carlo standard error of a rate near 2.5% is 0.16 points at 10,000 replications.
 
 The distributions: right-skewed (exponential, skewness 2), left-tailed (its negative: the shape of a paired ABPC
 difference, whose long tail is the images a candidate explains worse), heavy-tailed (Student's t with 3 df), and, for
 information, the harder lognormal with sigma 1 (skewness 6.2) and its negative. ``tests/test_coverage.py`` runs the
-first three.
-"""
+first three."""
 
 from __future__ import annotations
 

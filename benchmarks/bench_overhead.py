@@ -8,13 +8,11 @@ Example (the README's table: the default policy's maps on the real ViT-Ti)::
 
 Runs the steps of one image's record in the order the audit does (:func:`audit.measure.image_audit.audit_image`, then
 :func:`audit.results.schema.run_record` and the JSON text of the record) and times each: preparing the image, the
-capture
-pass, the maps of every stage, the MoRF/LeRF curves of the gated maps and ``random`` at their stages, the
-restorations of every stage, the record with its thumbnails, and its JSON. Prints the median seconds per image of
-each step and the share of the work outside the curves; start-up (imports and model load) is timed once. Then the
-bare model's best batched throughput in the same process (:func:`bench_engine.best_throughput`), and the audit's
-model passes per second of a whole record against it (the capture counted as 3 forwards).
-"""
+capture pass, the maps of every stage, the MoRF/LeRF curves of the gated maps and ``random`` at their stages, the
+restorations of every stage, the record with its thumbnails, and its JSON. Prints the median seconds per image of each
+step and the share of the work outside the curves; start-up (imports and model load) is timed once. Then the bare
+model's best batched throughput in the same process (:func:`bench_engine.best_throughput`), and the audit's model passes
+per second of a whole record against it (the capture counted as 3 forwards)."""
 
 from __future__ import annotations
 

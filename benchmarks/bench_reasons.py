@@ -7,13 +7,11 @@ Example (README's "Right for the right reasons", cost)::
         --checkpoint ../shared/models/vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors \
         --images ../shared/images/imagenet-diverse-200
 
-Times, per photo and with the default policy's gated maps (grad@0, chefer@encoder): the image's regions (a box over
-its middle half, in a CSV) mapped onto the tokens (:func:`audit.run.regions.token_regions`) and the localisation of the
-gated maps (:func:`audit.verdicts.reasons.record_localisation`), and one probe
-(:func:`audit.measure.probes.probe_image`: one
-forward and backward pass of the stamped picture and its gated maps); then the median and the largest of each over
-the photos. Run it alone: another process on the CPU slows it.
-"""
+Times, per photo and with the default policy's gated maps (grad@0, chefer@encoder): the image's regions (a box over its
+middle half, in a CSV) mapped onto the tokens (:func:`audit.run.region_geometry.token_regions`) and the localisation of
+the gated maps (:func:`audit.verdicts.reasons.record_localisation`), and one probe
+(:func:`audit.measure.probes.probe_image`: one forward and backward pass of the stamped picture and its gated maps);
+then the median and the largest of each over the photos. Run it alone: another process on the CPU slows it."""
 
 from __future__ import annotations
 
@@ -43,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     from audit.measure.probes import parse_probe, probe_image
     from audit.model.capture import capture
     from audit.model.images import normalize
-    from audit.run.regions import load_regions, token_regions
+    from audit.run.region_geometry import token_regions
+    from audit.run.regions import load_regions
     from audit.verdicts.reasons import record_localisation
 
     torch.set_num_threads(2)

@@ -6,12 +6,10 @@ Example (the README's table)::
         --images a.JPEG --images b.JPEG --images c.JPEG --layers all --results-detail full --audit-json full.json
     python benchmarks/bench_results_size.py full.json
 
-Reads a results file written at ``full`` and trims each run record exactly as the results file of a run at each level
-is assembled (:func:`audit.results.detail.trim_run`, with the run's gates), then measures the records as they are
-written
-(strict JSON without the optional spaces). Prints, per level, the mean size of a record in MB with its range, and
-the rest of the file (models, gates, summaries, checks: per run, not per image); then what a ``full`` record holds.
-"""
+Reads a results file written at ``full`` and trims each run record exactly as the results file of a run at each level is
+assembled (:func:`audit.results.detail.trim_run`, with the run's gates), then measures the records as they are written
+(strict JSON without the optional spaces). Prints, per level, the mean size of a record in MB with its range, and the
+rest of the file (models, gates, summaries, checks: per run, not per image); then what a ``full`` record holds."""
 
 from __future__ import annotations
 

@@ -14,9 +14,8 @@ For each model (timm's architecture, seeded random weights: speed does not depen
     model passes per second (a capture counts 3, every perturbed image 1) and their share of (a); and the curves'
     forwards alone (the time spent in :func:`audit.measure.curves.evaluate_curve_work`) against (a).
 
-The photos are scikit-image's (in its wheel), repeated to ``--count``, or ``--images``. One warm-up group is made
-first and not timed. The issue's target on a GPU: (b) at >= 50% of (a).
-"""
+The photos are scikit-image's (in its wheel), repeated to ``--count``, or ``--images``. One warm-up group is made first
+and not timed. The issue's target on a GPU: (b) at >= 50% of (a)."""
 
 from __future__ import annotations
 

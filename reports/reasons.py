@@ -15,8 +15,7 @@ attraction, ``paired`` by :func:`audit.verdicts.reasons.compare_probe`), ``class
   map;
 - classes: the class-agreement gate with the baseline, worst class first, and each comparison's rows per class;
 - SpRAy (Lapuschkin et al. 2019, :mod:`audit.measure.spray`), a view and not a gate: each model's first gated map
-clustered
-  per predicted class when the report is rendered, each cluster's size, mean map, where it sits and exemplars.
+  clustered per predicted class when the report is rendered, each cluster's size, mean map, where it sits and exemplars.
 
 A run without any of these has no such section (:func:`audit.reports.run_sections.reasoned`). The pictures are drawn
 under a :class:`audit.reports.sizing.ReasonsPlan`, which :mod:`audit.reports.render` steps down to fit the size limit;

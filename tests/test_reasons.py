@@ -1,6 +1,5 @@
 """Right for the right reasons (audit.verdicts.reasons, audit.verdicts.classes): the regions and probe gates and the
-class-by-class
-collapse gate, decided on records made by hand."""
+class-by-class collapse gate, decided on records made by hand."""
 
 from __future__ import annotations
 

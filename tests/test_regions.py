@@ -3,8 +3,7 @@ them.
 
 The geometry is checked against the real preprocessing: a shape is drawn into a picture, the picture goes through
 :func:`audit.model.images.prepare_image`, and the tokens the drawn shape lands on must be the tokens
-:func:`audit.run.regions.token_regions` finds for the annotation alone.
-"""
+:func:`audit.run.region_geometry.token_regions` finds for the annotation alone."""
 
 from __future__ import annotations
 
@@ -20,16 +19,8 @@ from timm.data import create_transform
 
 from audit.errors import AuditError
 from audit.model.images import prepare_image
-from audit.run.regions import (
-    ImageRegions,
-    ImageRegionsError,
-    RegionsError,
-    Shape,
-    input_geometry,
-    load_regions,
-    region_picture,
-    token_regions,
-)
+from audit.run.region_geometry import input_geometry, region_picture, token_regions
+from audit.run.regions import ImageRegions, ImageRegionsError, RegionsError, Shape, load_regions
 
 # Data configs of every resize and crop prepare_image knows: timm's eval transform in its three crop modes (a
 # non-square input among them) and Hugging Face processors (resize only; resize then center crop, both backends).

@@ -1,11 +1,9 @@
 """The state of one audit run, shared by every check: models, images, and results computed once.
 
-Set-up (loading the models, finding the images) is :mod:`audit.run.inputs`; the records computed once per
-(model, image) and per model, shared by every process of the run, are kept by :mod:`audit.run.store` and made by
+Set-up (loading the models, finding the images) is :mod:`audit.run.inputs`; the records computed once per (model, image)
+and per model, shared by every process of the run, are kept by :mod:`audit.run.store` and made by
 :mod:`audit.run.records` (the randomisation check's by :mod:`audit.measure.randomisation`). This class ties them to the
-gates and the
-baseline; :mod:`audit.run.assemble` writes them into the results file.
-"""
+gates and the baseline; :mod:`audit.run.assemble` writes them into the results file."""
 
 from __future__ import annotations
 
@@ -47,7 +45,8 @@ from .executors import executor_for
 from .inputs import checkpoint_for_workers, collect_images, load_models, load_named, model_id_for, read_labels
 from .plan import ModelPlan, map_keys, plan_lines, plan_model
 from .records import MADE_HOW, Item, RecordMaker, made_how
-from .regions import ImageRegionsError, load_regions, token_regions
+from .region_geometry import token_regions
+from .regions import ImageRegionsError, load_regions
 from .store import RecordStore
 from .work import Case, MapKey, ProbeKey, RemoteTask
 

@@ -1,17 +1,15 @@
 """Release gates: a faithfulness statistic over an image set, with its CI, against a threshold.
 
-The statistic of a gated (method, stage) is the mean ABPC (LeRF AUC - MoRF AUC) over the images, with a seeded
-95% bootstrap CI resampling images (:data:`audit.measure.stats.CI_RULE` says which interval). A random map's expected
-ABPC
+The statistic of a gated (method, stage) is the mean ABPC (LeRF AUC - MoRF AUC) over the images, with a seeded 95%
+bootstrap CI resampling images (:data:`audit.measure.stats.CI_RULE` says which interval). A random map's expected ABPC
 is exactly 0, so the default threshold 0 means "better than a random map":
 
 - pass: the CI's lower bound is above the threshold, and every optional absolute limit is met by its own CI;
 - fail: the CI's upper bound is below the threshold, or an absolute limit is broken by its whole CI;
 - inconclusive: otherwise, or with fewer than ``min_images`` images. Never a pass.
 
-Every gate also states its power: the per-image sd, the smallest distance from the threshold its CI resolves with
-80% power at its n, and the images an inconclusive gate would need.
-"""
+Every gate also states its power: the per-image sd, the smallest distance from the threshold its CI resolves with 80%
+power at its n, and the images an inconclusive gate would need."""
 from __future__ import annotations
 
 import reprlib
@@ -139,9 +137,8 @@ def _fmt(stat: _Stat) -> str:
 def power_record(values: Sequence[float], distance: float | None = None, min_images: int = 2) -> dict:
     """What a statistic over these per-image values can resolve: the per-image sd, the smallest distance from a bound
     that the 95% CI separates from it with 80% power at this n, and (with ``distance``) the images needed to resolve
-    that distance (:func:`audit.measure.stats.detectable_difference`, :func:`audit.measure.stats.images_needed`; never
-    fewer than
-    ``min_images``)."""
+    that distance (:func:`audit.measure.stats.detectable_difference`, :func:`audit.measure.stats.images_needed`;
+    never fewer than ``min_images``)."""
     data = np.asarray(values, dtype=np.float64)
     sd = float(data.std(ddof=1)) if data.size > 1 else float("nan")
     record: dict[str, float | None] = {

@@ -1,10 +1,9 @@
 """Right for the right reasons: the gates on where a model looks (regions) and on what moves it (probes).
 
 Faithfulness (MoRF/LeRF) asks whether a map describes what the model uses; these gates ask whether the model uses the
-right thing. Their per-image numbers are made by the session (``record["localisation"]`` from the maps and the
-regions, :mod:`audit.measure.localisation`; ``record["probes"]`` from the stamped copies, :mod:`audit.measure.probes`);
-here they are
-decided, with the same statistics as the other gates (:mod:`audit.measure.stats`):
+right thing. Their per-image numbers are made by the session (``record["localisation"]`` from the maps and the regions,
+:mod:`audit.measure.localisation`; ``record["probes"]`` from the stamped copies, :mod:`audit.measure.probes`); here they
+are decided, with the same statistics as the other gates (:mod:`audit.measure.stats`):
 
 - :func:`region_gate`, absolute: a gated map's mean relevance mass on the objects above chance (the objects' area
   fraction): pass when the 95% CI of mean(mass - area) is above 0, fail when below, else inconclusive.
@@ -84,9 +83,8 @@ def region_gate(runs: list[dict[str, Any]], key: str, *, min_images: int, thresh
         key: the gated map, ``method@stage``.
         min_images: fewer images with objects make it inconclusive.
         threshold: the bound on mean(mass - area) (0: above chance); None measures without gating.
-        limits: the map's :class:`audit.verdicts.gates.GateLimits`, whose ``min_object_mass`` and ``max_artefact_mass``
-        are
-            decided on the CIs of the mean masses (broken: fail; across: inconclusive).
+        limits: the map's :class:`audit.verdicts.gates.GateLimits`, whose ``min_object_mass`` and
+            ``max_artefact_mass`` are decided on the CIs of the mean masses (broken: fail; across: inconclusive).
     """
     values, means, missing = [], {}, 0
     for run in runs:
