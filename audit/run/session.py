@@ -8,6 +8,7 @@ gates and the baseline; :mod:`audit.run.assemble` writes them into the results f
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -19,7 +20,7 @@ from ..errors import AuditError
 from ..measure.precision import resolve_amp
 from ..measure.probes import attraction, parse_probe, place, probe_image
 from ..measure.randomisation import randomisation_record
-from ..model.images import prepare_image
+from ..model.images import PreparedImage, prepare_image
 from ..model.load import LoadedModel
 from ..model.restore import PatchInverse
 from ..results.schema import SCHEMA, error_run_record, model_record
@@ -276,9 +277,16 @@ class AuditSession:
         """The session's part of a record, wherever it was made: the maps of the baseline's class, and the ids."""
         loaded = self._model(case.model_id)
         if not record.get("error"):
+            prepared: list[PreparedImage] = []
+
+            def image() -> PreparedImage:  # prepared once, when the first of the two needs it
+                if not prepared:
+                    prepared.append(prepare_image(case.path, loaded.data_config, name=case.image_id))
+                return prepared[0]
+
             try:
-                self._maps_for_baseline_class(case, loaded, record)
-                self._right_reasons(case, loaded, record)
+                self._maps_for_baseline_class(case, loaded, record, image)
+                self._right_reasons(case, loaded, record, image)
             except AuditError as err:
                 record = {**error_run_record(loaded.name, case.path, str(err)), **{k: record.get(k) for k in MADE_HOW}}
         record.update(model_id=case.model_id, image_id=case.image_id)
@@ -291,7 +299,8 @@ class AuditSession:
             self._runs[case.key] = self.store.once("runs", case.key, lambda: self.finish_run(case, record))
         return self._runs[case.key]
 
-    def _maps_for_baseline_class(self, case: Case, loaded, record: dict[str, Any]) -> None:
+    def _maps_for_baseline_class(self, case: Case, loaded: LoadedModel, record: dict[str, Any],
+                                 image: Callable[[], PreparedImage]) -> None:
         """Where the baseline explained another class on this image, the gated maps of that class too (drift
         compares maps of the same class)."""
         if self.baseline is None or case.model_id not in self.models:  # the baseline's own runs compare nothing
@@ -300,12 +309,12 @@ class AuditSession:
         other = self.baseline.runs.get(entry.sha256) if entry and entry.sha256 else None
         if other is None or other.get("error") or other.get("class") in (None, record["class"]):
             return
-        prepared = prepare_image(case.path, loaded.data_config, name=case.image_id)
         record["baseline_class"] = other["class"]
-        record["baseline_class_maps"] = maps_for_class(loaded, prepared, int(other["class"]), self.gates[case.model_id],
+        record["baseline_class_maps"] = maps_for_class(loaded, image(), int(other["class"]), self.gates[case.model_id],
                                                        self.settings.act, self.settings.seed, self.device)
 
-    def _right_reasons(self, case: Case, loaded: LoadedModel, record: dict[str, Any]) -> None:
+    def _right_reasons(self, case: Case, loaded: LoadedModel, record: dict[str, Any],
+                       image: Callable[[], PreparedImage]) -> None:
         """The image's regions on the token grid and its gated maps' localisation (``--regions``), and its stamped
         copies (``--probe``): no curves, the maps and one forward and backward pass per probe."""
         keys = [f"{method}@{stage}" for method, stage in self.gates.get(case.model_id, [])]
@@ -324,9 +333,8 @@ class AuditSession:
                                          "labels": list(tokens.labels), "notes": list(tokens.notes)}
                     record["localisation"] = record_localisation(record["maps"], record["regions"], keys)
         if self.probes:
-            prepared = prepare_image(case.path, loaded.data_config, name=case.image_id)
             s = self.settings
-            record["probes"] = {probe.spec: probe_image(loaded, prepared, probe, self.gates.get(case.model_id, []),
+            record["probes"] = {probe.spec: probe_image(loaded, image(), probe, self.gates.get(case.model_id, []),
                                                         int(record["class"]), act=s.act, seed=s.seed,
                                                         device=self.device)
                                 for probe in self.probes}
