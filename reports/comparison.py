@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from . import charts
 from .run_sections import compared
-from .values import _dict, _list, _num, _records, fill_text, fmt, fmt_ci
+from .values import as_dict, as_list, as_num, as_records, fill_text, fmt, fmt_ci
 
 __all__ = ["comparison_section"]
 
@@ -30,7 +30,7 @@ class Pictures(Protocol):
 
 def _listed(values: Any) -> dict[str, Any]:
     """A list of names for the template: the first ``LISTED`` and how many more."""
-    names = [str(v) for v in _list(values)]
+    names = [str(v) for v in as_list(values)]
     return {"shown": names[:LISTED], "more": max(0, len(names) - LISTED), "count": len(names)}
 
 
@@ -59,7 +59,7 @@ def _facts(baseline: dict[str, Any]) -> dict[str, Any]:
         "model": baseline.get("model") or "n/a", "model_id": baseline.get("model_id") or "n/a",
         "checkpoint": baseline.get("checkpoint"), "checkpoint_sha256": baseline.get("checkpoint_sha256"),
         "source": baseline.get("source"), "sha256": baseline.get("sha256"), "schema": baseline.get("schema"),
-        "created": baseline.get("created"), "recipe": _recipe(_dict(baseline.get("recipe"))),
+        "created": baseline.get("created"), "recipe": _recipe(as_dict(baseline.get("recipe"))),
         "images": baseline.get("images") if isinstance(baseline.get("images"), int) else "n/a",
         "only_in_baseline": _listed(baseline.get("images_only_in_baseline")),
         "only_in_candidate": _listed(baseline.get("images_only_in_candidate")),
@@ -69,9 +69,9 @@ def _facts(baseline: dict[str, Any]) -> dict[str, Any]:
 
 def _drift(drift: dict[str, Any]) -> dict[str, Any]:
     verdict = str(drift.get("verdict") or "unknown")
-    top1 = _num(drift.get("top1_agreement"))
+    top1 = as_num(drift.get("top1_agreement"))
     changed = []
-    for item in _records(drift, "class_changed"):
+    for item in as_records(drift, "class_changed"):
         changed.append({"image": str(item.get("image")),
                         "text": (f"{_class(item.get('baseline_class_name'), item.get('baseline_class'))} → "
                                  f"{_class(item.get('candidate_class_name'), item.get('candidate_class'))}")})
@@ -91,7 +91,7 @@ def _curves(pair: dict[str, Any]) -> charts.Chart | None:
               colour, None) for order, name, colour in (("morf", "MoRF", charts.MORF), ("lerf", "LeRF", charts.LERF))]
     lines += [(f"baseline {name}, AUC {fmt(pair.get(f'baseline_{order}_auc'))}", pair.get(f"baseline_{order}"),
                colour, "4 3") for order, name, colour in (("morf", "MoRF", charts.MORF), ("lerf", "LeRF", charts.LERF))]
-    lines = [(label, [_num(v) for v in values], colour, dash) for label, values, colour, dash in lines
+    lines = [(label, [as_num(v) for v in values], colour, dash) for label, values, colour, dash in lines
              if isinstance(values, list) and values]
     if not lines:
         return None
@@ -129,16 +129,16 @@ def _row(number: int, record: dict[str, Any], builder: Pictures) -> dict[str, An
     method, stage = record.get("method"), record.get("stage")
     base_stage = record.get("baseline_stage")
     key = f"{method}@{stage}"
-    pairs = _records(record, "pairs")
+    pairs = as_records(record, "pairs")
     by_image = {p.get("image"): p for p in pairs}
-    margin = _num(record.get("margin"))
+    margin = as_num(record.get("margin"))
     points = []
     for p in pairs:
-        points.append((_num(p.get("baseline_abpc")), _num(p.get("candidate_abpc")),
+        points.append((as_num(p.get("baseline_abpc")), as_num(p.get("candidate_abpc")),
                        f"{p.get('image')}: baseline ABPC {fmt(p.get('baseline_abpc'), 3, True)}, candidate ABPC "
                        f"{fmt(p.get('candidate_abpc'), 3, True)}, d {fmt(p.get('d'), 3, True)}"))
     model = record.get("model_id") or record.get("model")
-    unpaired = [{"image": str(k), "reason": str(v)} for k, v in _dict(record.get("unpaired_images")).items()]
+    unpaired = [{"image": str(k), "reason": str(v)} for k, v in as_dict(record.get("unpaired_images")).items()]
     return {
         "anchor": f"comparison-{number}", "model": model, "model_name": record.get("model"),
         "baseline_model": record.get("baseline_model"), "key": key,
@@ -149,14 +149,14 @@ def _row(number: int, record: dict[str, Any], builder: Pictures) -> dict[str, An
         "baseline_abpc": fmt(record.get("baseline_abpc"), 3, True),
         "verdict": str(record.get("verdict") or "unknown"), "reason": record.get("reason"), "rule": record.get("rule"),
         "morf": _difference(record, "morf_auc_difference"), "lerf": _difference(record, "lerf_auc_difference"),
-        "drift": _drift(_dict(record.get("drift"))),
+        "drift": _drift(as_dict(record.get("drift"))),
         "unpaired": unpaired[:LISTED], "unpaired_more": max(0, len(unpaired) - LISTED),
         "chart": charts.paired_chart(f"paired ABPC of {key} ({model}): candidate against baseline, one point per "
                                      "image", points, margin),
         "points": sum(1 for x, y, _ in points if x is not None and y is not None),
         "seed": _known(record, "seed"), "n_boot": _known(record, "n_boot"),
-        "drops": [_drop(number, record, drop, _dict(by_image.get(drop.get("image"))), builder)
-                  for drop in _records(record, "largest_drops")],
+        "drops": [_drop(number, record, drop, as_dict(by_image.get(drop.get("image"))), builder)
+                  for drop in as_records(record, "largest_drops")],
     }
 
 
@@ -164,5 +164,5 @@ def comparison_section(results: dict[str, Any], builder: Pictures) -> dict[str, 
     """The section's context, or None when the run was not compared with a baseline (no section, no link)."""
     if not compared(results):
         return None
-    rows = [_row(i, record, builder) for i, record in enumerate(_records(results, "comparisons"))]
-    return {"facts": _facts(_dict(results.get("baseline"))), "rows": rows}
+    rows = [_row(i, record, builder) for i, record in enumerate(as_records(results, "comparisons"))]
+    return {"facts": _facts(as_dict(results.get("baseline"))), "rows": rows}

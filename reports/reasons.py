@@ -34,9 +34,9 @@ from audit.measure.spray import N_EXEMPLARS, spray_by_class
 
 from . import pictures
 from .run_sections import reasoned
-from .sections import SectionBuilder, _encoded
+from .sections import SectionBuilder, encoded
 from .sizing import ReasonsPlan, describe_reasons_cuts
-from .values import _dict, _list, _num, _records, fmt, fmt_ci
+from .values import as_dict, as_list, as_num, as_records, fmt, fmt_ci
 
 __all__ = ["ATTRACTION_ROWS", "CLASS_ROWS", "SPRAY_CLASSES", "ReasonsSection"]
 
@@ -52,20 +52,20 @@ def _class(name: Any, index: Any) -> str:
 
 
 def _percent(value: Any) -> str:
-    number = _num(value)
+    number = as_num(value)
     return "n/a" if number is None else f"{100 * number:.0f}%"
 
 
 def _percent_ci(value: Any) -> str:
-    pair = _list(value)
-    if len(pair) != 2 or _num(pair[0]) is None or _num(pair[1]) is None:
+    pair = as_list(value)
+    if len(pair) != 2 or as_num(pair[0]) is None or as_num(pair[1]) is None:
         return "n/a"
     return f"[{_percent(pair[0])}, {_percent(pair[1])}]"
 
 
 def _p(value: Any) -> str:
     """A p-value: three decimals, or three significant digits below 0.001."""
-    number = _num(value)
+    number = as_num(value)
     if number is None:
         return "n/a"
     return f"{number:.2e}" if 0 < number < 0.001 else f"{number:.3f}"
@@ -99,9 +99,9 @@ class ReasonsSection:
         self.results = results if isinstance(results, dict) else {}
         self.builder = builder
         self.shown = reasoned(self.results)
-        self.regions = _records(self.results, "regions")
-        self.probes = _records(self.results, "probes")
-        self.classes = _records(self.results, "classes")
+        self.regions = as_records(self.results, "regions")
+        self.probes = as_records(self.results, "probes")
+        self.classes = as_records(self.results, "classes")
         self.models = list(dict.fromkeys(
             [r.get("model_id") for r in builder.runs] + [r.get("model_id") for r in self.regions]
             + [p.get("model_id") for p in self.probes] + [c.get("model_id") for c in self.classes]))
@@ -116,13 +116,13 @@ class ReasonsSection:
             mine = names.setdefault(run.get("model_id"), {})
             if isinstance(run.get("class"), int) and run.get("class_name") is not None:
                 mine.setdefault(run["class"], str(run["class_name"]))
-            for entry in _dict(run.get("probes")).values():
-                entry = _dict(entry)
+            for entry in as_dict(run.get("probes")).values():
+                entry = as_dict(entry)
                 if isinstance(entry.get("stamped_class"), int) and entry.get("stamped_class_name") is not None:
                     mine.setdefault(entry["stamped_class"], str(entry["stamped_class_name"]))
         for record in self.classes:
             mine = names.setdefault(record.get("model_id"), {})
-            for row in _records(record, "classes"):
+            for row in as_records(record, "classes"):
                 if isinstance(row.get("class"), int) and row.get("class_name") is not None:
                     mine.setdefault(row["class"], str(row["class_name"]))
         return names
@@ -136,7 +136,7 @@ class ReasonsSection:
 
     def _input_note(self, run: dict[str, Any]) -> str:
         """What a missing input picture of a run reads: not kept at a lower detail, else n/a."""
-        kept = self.builder.detail == "full" or _dict(run.get("figures")).get("input")
+        kept = self.builder.detail == "full" or as_dict(run.get("figures")).get("input")
         return "n/a" if kept else "not kept"
 
     def _gate_keys(self, model_id: Any, run: dict[str, Any] | None = None) -> list[str]:
@@ -150,14 +150,14 @@ class ReasonsSection:
     # -- regions ------------------------------------------------------------------------------------------------
     @staticmethod
     def _region_row(record: dict[str, Any]) -> dict[str, Any]:
-        means = _dict(record.get("means"))
+        means = as_dict(record.get("means"))
         key = record.get("map") or f"{record.get('method')}@{record.get('stage')}"
         paired = None
         if record.get("paired") is not None:
-            other = _dict(record.get("paired"))
+            other = as_dict(record.get("paired"))
             parts = {}
             for role in ("object", "artefact"):
-                part = _dict(other.get(role))
+                part = as_dict(other.get(role))
                 parts[role] = ({"text": f"{_estimate(part)} over {part.get('n_pairs', 'n/a')} pairs",
                                 "verdict": str(part.get("verdict") or "n/a"), "badge": _badge(part.get("verdict"))}
                                if part.get("statistic") is not None else
@@ -178,22 +178,22 @@ class ReasonsSection:
 
     def _region_examples(self, model_id: Any, plan: ReasonsPlan) -> dict[str, Any] | None:
         runs = self._runs_of(model_id)
-        problems = Counter(str(_dict(run.get("regions")).get("problem")) for _, run in runs
-                           if _dict(run.get("regions")).get("problem") is not None)
-        found = [(i, run) for i, run in runs if _dict(run.get("regions")).get("object") is not None
-                 and _dict(run.get("localisation"))]
+        problems = Counter(str(as_dict(run.get("regions")).get("problem")) for _, run in runs
+                           if as_dict(run.get("regions")).get("problem") is not None)
+        found = [(i, run) for i, run in runs if as_dict(run.get("regions")).get("object") is not None
+                 and as_dict(run.get("localisation"))]
         if not found and not problems:
             return None
         first = runs[0][1] if runs else None
         gated = self._gate_keys(model_id, first)
 
         def keys_of(run: dict[str, Any]) -> list[str]:
-            measured = list(_dict(run.get("localisation")))
+            measured = list(as_dict(run.get("localisation")))
             return [k for k in gated if k in measured] + [k for k in measured if k not in gated]
 
         def mass(run: dict[str, Any]) -> float:
             keys = keys_of(run)
-            value = _num(_dict(_dict(_dict(run.get("localisation")).get(keys[0])).get("object")).get("mass")) \
+            value = as_num(as_dict(as_dict(as_dict(run.get("localisation")).get(keys[0])).get("object")).get("mass")) \
                 if keys else None
             return math.inf if value is None else value
 
@@ -201,13 +201,13 @@ class ReasonsSection:
         shown = []
         size, colours = plan.pictures, plan.colours
         for index, run in found[:plan.regions]:
-            regions = _dict(run.get("regions"))
+            regions = as_dict(run.get("regions"))
             artefact = _grid(regions.get("artefact"))
             maps = []
             for key in keys_of(run):
-                entry = _dict(_dict(run.get("localisation")).get(key))
-                on_object, on_artefact = _dict(entry.get("object")), _dict(entry.get("artefact"))
-                has_grid = _dict(_dict(run.get("maps")).get(key)).get("grid") is not None
+                entry = as_dict(as_dict(run.get("localisation")).get(key))
+                on_object, on_artefact = as_dict(entry.get("object")), as_dict(entry.get("artefact"))
+                has_grid = as_dict(as_dict(run.get("maps")).get(key)).get("grid") is not None
                 maps.append({
                     "key": key, "picture": self.builder.overlay(index, run, key, size, colours)
                     if size and has_grid else None,
@@ -222,8 +222,8 @@ class ReasonsSection:
                 "picture": self.builder.regions_picture(index, run, size, colours) if size else None,
                 "note": self._input_note(run),
                 "class": _class(run.get("class_name"), run.get("class")),
-                "labels": [str(x) for x in _list(regions.get("labels"))],
-                "notes": [str(x) for x in _list(regions.get("notes"))],
+                "labels": [str(x) for x in as_list(regions.get("labels"))],
+                "notes": [str(x) for x in as_list(regions.get("notes"))],
                 "artefacts": artefact is not None and bool((artefact > 0).any()), "maps": maps})
         return {"model": model_id, "examples": shown, "with_regions": len(found),
                 "problems": [{"text": text, "count": count} for text, count in problems.most_common(PROBLEMS_SHOWN)],
@@ -234,7 +234,7 @@ class ReasonsSection:
         keys = [(p.get("model_id"), str(p.get("probe"))) for p in self.probes if p.get("probe") is not None]
         for run in self.builder.runs:
             if not run.get("error"):
-                keys += [(run.get("model_id"), str(spec)) for spec in _dict(run.get("probes"))]
+                keys += [(run.get("model_id"), str(spec)) for spec in as_dict(run.get("probes"))]
         return list(dict.fromkeys(keys))
 
     def _bars(self, model_id: Any, candidate: list[Any], baseline: list[Any] | None) -> dict[str, Any]:
@@ -242,8 +242,8 @@ class ReasonsSection:
         count = max(len(candidate), len(baseline or []))
         rows = []
         for k in range(count):
-            mine = _num(candidate[k]) if k < len(candidate) else None
-            theirs = _num(baseline[k]) if baseline is not None and k < len(baseline) else None
+            mine = as_num(candidate[k]) if k < len(candidate) else None
+            theirs = as_num(baseline[k]) if baseline is not None and k < len(baseline) else None
             top = max(v for v in (mine, theirs, 0.0) if v is not None)
             if top > 0:
                 rows.append((top, k, mine, theirs))
@@ -256,21 +256,21 @@ class ReasonsSection:
                 "paired": baseline is not None}
 
     def _strips(self, model_id: Any, spec: str, plan: ReasonsPlan) -> tuple[list[dict[str, Any]], int]:
-        runs = [(i, run, _dict(_dict(run.get("probes")).get(spec))) for i, run in self._runs_of(model_id)
-                if isinstance(_dict(run.get("probes")).get(spec), dict)]
+        runs = [(i, run, as_dict(as_dict(run.get("probes")).get(spec))) for i, run in self._runs_of(model_id)
+                if isinstance(as_dict(run.get("probes")).get(spec), dict)]
         if not runs:
             return [], 0
         gated = self._gate_keys(model_id, runs[0][1])
 
         def key_of(entry: dict[str, Any]) -> str | None:
-            measured = list(dict.fromkeys([*_dict(entry.get("mass")), *_dict(entry.get("grids"))]))
+            measured = list(dict.fromkeys([*as_dict(entry.get("mass")), *as_dict(entry.get("grids"))]))
             keys = [k for k in gated if k in measured] + [k for k in measured if k not in gated]
             return keys[0] if keys else None
 
         def order(item: tuple[int, dict[str, Any], dict[str, Any]]) -> tuple[bool, float]:
             entry = item[2]
             key = key_of(entry)
-            mass = _num(_dict(entry.get("mass")).get(key)) if key else None
+            mass = as_num(as_dict(entry.get("mass")).get(key)) if key else None
             return not entry.get("flipped"), -(mass if mass is not None else -math.inf)
 
         runs.sort(key=order)
@@ -278,10 +278,10 @@ class ReasonsSection:
         strips = []
         for index, run, entry in runs[:plan.strips]:
             key = key_of(entry)
-            grid = _dict(entry.get("grids")).get(key) if key else None
-            clean_grid = _dict(_dict(run.get("maps")).get(key)).get("grid") if key else None
+            grid = as_dict(entry.get("grids")).get(key) if key else None
+            clean_grid = as_dict(as_dict(run.get("maps")).get(key)).get("grid") if key else None
             figure = entry.get("figure")
-            at = _list(entry.get("at"))
+            at = as_list(entry.get("at"))
             pics: dict[str, dict[str, Any] | None] = {"clean": None, "clean_map": None, "stamped": None,
                                                       "stamped_map": None}
             if size:
@@ -304,28 +304,28 @@ class ReasonsSection:
                                         stamped),
                 "stamped_prob": fmt(entry.get("stamped_prob")),
                 "clean_after": fmt(entry.get("clean_class_prob_stamped")),
-                "mass": fmt(_dict(entry.get("mass")).get(key)) if key else "n/a", "area": fmt(entry.get("area")),
+                "mass": fmt(as_dict(entry.get("mass")).get(key)) if key else "n/a", "area": fmt(entry.get("area")),
                 "at": ", ".join(str(v) for v in at) if at else "n/a"})
         return strips, len(runs)
 
     def _probe(self, number: int, model_id: Any, spec: str, plan: ReasonsPlan) -> dict[str, Any]:
         record = next((p for p in self.probes if p.get("model_id") == model_id and str(p.get("probe")) == spec), {})
-        attraction = _dict(record.get("attraction"))
-        paired_record = _dict(record.get("paired")) if record.get("paired") is not None else None
-        masses = [{"key": str(k), "value": fmt(v)} for k, v in _dict(record.get("mean_mass")).items()]
+        attraction = as_dict(record.get("attraction"))
+        paired_record = as_dict(record.get("paired")) if record.get("paired") is not None else None
+        masses = [{"key": str(k), "value": fmt(v)} for k, v in as_dict(record.get("mean_mass")).items()]
         paired = None
-        candidate = _list(attraction.get("A"))
+        candidate = as_list(attraction.get("A"))
         baseline = None
         if paired_record is not None:
-            moved = _dict(paired_record.get("attraction"))
-            candidate = _list(moved.get("candidate")) or candidate
-            baseline = _list(moved.get("baseline"))
+            moved = as_dict(paired_record.get("attraction"))
+            candidate = as_list(moved.get("candidate")) or candidate
+            baseline = as_list(moved.get("baseline"))
             paired = {
                 "verdict": str(paired_record.get("verdict") or "unknown"),
                 "badge": _badge(paired_record.get("verdict")), "reason": paired_record.get("reason"),
                 "attraction": f"{fmt(moved.get('candidate_max'))} against {fmt(moved.get('baseline_max'))}: "
                               f"{_estimate(moved)}",
-                "attraction_class": ("no class" if _num(moved.get("candidate_max")) == 0
+                "attraction_class": ("no class" if as_num(moved.get("candidate_max")) == 0
                                      else self._name(model_id, moved.get("candidate_class"))
                                      if moved.get("candidate_class") is not None else "n/a"),
                 "margin": fmt(moved.get("margin"), 3), "attraction_verdict": str(moved.get("verdict") or "n/a"),
@@ -335,29 +335,29 @@ class ReasonsSection:
                                                    f"{_estimate(m)}",
                             "margin": fmt(m.get("margin"), 3), "verdict": str(m.get("verdict") or "n/a"),
                             "badge": _badge(m.get("verdict"))}
-                           for k, m in ((k, _dict(v)) for k, v in _dict(paired_record.get("mass")).items())]}
+                           for k, m in ((k, as_dict(v)) for k, v in as_dict(paired_record.get("mass")).items())]}
         strips, probed = self._strips(model_id, spec, plan)
         verdict = str(record.get("verdict") or ("not gated" if not record else "unknown"))
         return {
             "anchor": f"probe-{number}", "model": model_id, "probe": spec,
             "n_images": attraction.get("n", record.get("n_images", probed)),
             "largest": fmt(attraction.get("max")),
-            "largest_class": ("no class: the stamp moved no image" if _num(attraction.get("max")) == 0
+            "largest_class": ("no class: the stamp moved no image" if as_num(attraction.get("max")) == 0
                               else self._name(model_id, attraction.get("argmax"))
                               if attraction.get("argmax") is not None else "n/a"),
             "flip_rate": _percent(attraction.get("flip_rate")), "masses": masses, "verdict": verdict,
             "badge": _badge(verdict), "reason": record.get("reason"),
-            "limits": [{"text": str(_dict(x).get("reason") or ""), "verdict": str(_dict(x).get("verdict") or "n/a")}
-                       for x in _list(record.get("limits"))],
+            "limits": [{"text": str(as_dict(x).get("reason") or ""), "verdict": str(as_dict(x).get("verdict") or "n/a")}
+                       for x in as_list(record.get("limits"))],
             "paired": paired, "bars": self._bars(model_id, candidate, baseline), "strips": strips, "probed": probed,
             "box": {"width": plan.pictures or 32, "height": plan.pictures or 32}}
 
     # -- classes ------------------------------------------------------------------------------------------------
     def _class_record(self, record: dict[str, Any]) -> dict[str, Any]:
-        rows = _records(record, "classes")
-        rows.sort(key=lambda r: (_num(r.get("agreement")) if _num(r.get("agreement")) is not None else math.inf,
+        rows = as_records(record, "classes")
+        rows.sort(key=lambda r: (as_num(r.get("agreement")) if as_num(r.get("agreement")) is not None else math.inf,
                                  -(cast(int, r.get("n")) if isinstance(r.get("n"), int) else 0), str(r.get("class"))))
-        worst = _dict(record.get("worst")) or (rows[0] if rows else {})
+        worst = as_dict(record.get("worst")) or (rows[0] if rows else {})
         shown = []
         for row in rows[:CLASS_ROWS]:
             verdict = str(row.get("verdict") or "not gated")
@@ -366,7 +366,7 @@ class ReasonsSection:
                           "agreement": _percent(row.get("agreement")), "ci": _percent_ci(row.get("ci95")),
                           "p": _p(row.get("p")), "p_holm": _p(row.get("p_holm")), "verdict": verdict,
                           "badge": _badge(verdict), "worst": bool(worst) and row.get("class") == worst.get("class")})
-        floor = _num(record.get("floor"))
+        floor = as_num(record.get("floor"))
         return {"model": record.get("model_id") or record.get("model"), "model_name": record.get("model"),
                 "floor": _percent(floor) if floor is not None else "not gated", "n_pairs": record.get("n_pairs", "n/a"),
                 "agreement": _percent(record.get("agreement")), "verdict": str(record.get("verdict") or "unknown"),
@@ -376,10 +376,11 @@ class ReasonsSection:
 
     @staticmethod
     def _comparison_classes(number: int, record: dict[str, Any]) -> dict[str, Any] | None:
-        rows = _records(record, "classes")
+        rows = as_records(record, "classes")
         if not rows:
             return None
-        rows.sort(key=lambda r: (_num(r.get("d")) if _num(r.get("d")) is not None else math.inf, str(r.get("class"))))
+        rows.sort(key=lambda r: (as_num(r.get("d")) if as_num(r.get("d")) is not None else math.inf,
+                                 str(r.get("class"))))
         worst = next((r for r in rows if isinstance(r.get("n"), int) and r["n"] > 1), rows[0])
         return {"model": record.get("model_id") or record.get("model"), "anchor": f"comparison-{number}",
                 "key": f"{record.get('method')}@{record.get('stage')}",
@@ -402,7 +403,7 @@ class ReasonsSection:
         items, where = [], []
         missing = 0
         for index, run in runs:
-            array = _grid(_dict(_dict(run.get("maps")).get(key)).get("grid"))
+            array = _grid(as_dict(as_dict(run.get("maps")).get(key)).get("grid"))
             label = run.get("class")
             if array is None or not isinstance(label, int) or isinstance(label, bool):
                 missing += 1
@@ -442,7 +443,7 @@ class ReasonsSection:
                 if plan.small:
                     drawn = pictures.heat_map(cluster.mean_map, plan.small)
                     rows, cols = cluster.mean_map.shape
-                    heat = _encoded(drawn, plan.colours, pictures.scaled_size((cols, rows), plan.small)) \
+                    heat = encoded(drawn, plan.colours, pictures.scaled_size((cols, rows), plan.small)) \
                         if drawn is not None else None
                 exemplars = []
                 for j, position in enumerate(cluster.exemplars[:N_EXEMPLARS]):
@@ -470,7 +471,7 @@ class ReasonsSection:
         examples = [e for e in (self._region_examples(m, plan) for m in self.models) if e is not None]
         probes = [self._probe(i, model_id, spec, plan) for i, (model_id, spec) in enumerate(self._probe_keys())]
         comparisons = [c for c in (self._comparison_classes(i, r)
-                                   for i, r in enumerate(_records(self.results, "comparisons"))) if c is not None]
+                                   for i, r in enumerate(as_records(self.results, "comparisons"))) if c is not None]
         return {
             "plan": plan, "cuts": describe_reasons_cuts(plan, full),
             "region_rows": [self._region_row(r) for r in self.regions], "region_examples": examples,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from audit.model.layout import stage_order
+
 from . import charts
-from .values import _dict, _list, _num, _pair, _records, _sorted_stages, _stage_order, fill_text, fmt, fmt_ci
+from .values import as_dict, as_list, as_num, as_pair, as_records, fill_text, fmt, fmt_ci, sorted_stages
 
 __all__ = ["aggregates", "compared", "gate_rows", "header", "overall_verdict", "reasoned"]
 
@@ -39,10 +41,10 @@ def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
     """
     if results.get("error"):
         return "fail", ["the run stopped before any check ran"]
-    gates = _records(results, "gates")
-    checks = _records(results, "checks")
-    comparisons = _records(results, "comparisons")
-    drifts = [_dict(c.get("drift")) for c in comparisons]
+    gates = as_records(results, "gates")
+    checks = as_records(results, "checks")
+    comparisons = as_records(results, "comparisons")
+    drifts = [as_dict(c.get("drift")) for c in comparisons]
     failed_gates = [g for g in gates if g.get("verdict") == "fail"]
     inconclusive = [g for g in gates if g.get("verdict") == "inconclusive"]
     failed_comparisons = [c for c in comparisons if c.get("verdict") == "fail"]
@@ -92,15 +94,15 @@ def overall_verdict(results: dict[str, Any]) -> tuple[str, list[str]]:
 def _right_reasons(results: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
     """What the regions gates, the probes and the class-agreement gates add to the overall verdict: the reasons it
     fails, is inconclusive, and passes (each empty for a run without them)."""
-    strict = bool(_dict(results.get("policy")).get("strict"))
-    regions = _records(results, "regions")
-    probes = _records(results, "probes")
-    classes = _records(results, "classes")
+    strict = bool(as_dict(results.get("policy")).get("strict"))
+    regions = as_records(results, "regions")
+    probes = as_records(results, "probes")
+    classes = as_records(results, "classes")
     # (what, absolute verdicts, paired verdicts) of each kind of record
     kinds = [("regions gate(s)", [r.get("verdict") for r in regions],
-              [_dict(r.get("paired")).get("verdict") for r in regions if r.get("paired") is not None]),
+              [as_dict(r.get("paired")).get("verdict") for r in regions if r.get("paired") is not None]),
              ("probe limit(s)", [p.get("verdict") for p in probes], []),
-             ("probe(s)", [], [_dict(p.get("paired")).get("verdict") for p in probes if p.get("paired") is not None])]
+             ("probe(s)", [], [as_dict(p.get("paired")).get("verdict") for p in probes if p.get("paired") is not None])]
     failed: list[str]
     undecided: list[str]
     passed: list[str]
@@ -136,7 +138,7 @@ def _score_text(perturbation: dict[str, Any]) -> str:
     return "softmax probability of the explained class (the clean image's top-1)"
 
 
-def _perturbation_text(perturbation: dict[str, Any]) -> str:
+def perturbation_text(perturbation: dict[str, Any]) -> str:
     """How the MoRF/LeRF curves were measured, in words: the caption of every curve and score."""
     steps = perturbation.get("steps", "?")
     unit = perturbation.get("unit", "pixel")
@@ -158,49 +160,49 @@ def compared(results: dict[str, Any]) -> bool:
 def reasoned(results: dict[str, Any]) -> bool:
     """Whether the run asked where the model looks and what moves it (``--regions``, ``--probe``, or a baseline's
     class tables): its report has a "right for the right reasons" section."""
-    if any(_records(results, key) for key in ("regions", "probes", "classes")):
+    if any(as_records(results, key) for key in ("regions", "probes", "classes")):
         return True
-    if any(run.get("regions") is not None or run.get("probes") for run in _records(results, "runs")):
+    if any(run.get("regions") is not None or run.get("probes") for run in as_records(results, "runs")):
         return True
-    return any(_records(record, "classes") for record in _records(results, "comparisons"))
+    return any(as_records(record, "classes") for record in as_records(results, "comparisons"))
 
 
 def header(results: dict[str, Any]) -> dict[str, Any]:
     """The header: verdict, interruption, models, environment, images (and files left out), policy; and the check
     counts and problems."""
-    runs = _records(results, "runs")
+    runs = as_records(results, "runs")
     verdict, reasons = overall_verdict(results)
-    checks = _records(results, "checks")
+    checks = as_records(results, "checks")
     counts: dict[str, int] = {}
     for check in checks:
         counts[str(check.get("outcome"))] = counts.get(str(check.get("outcome")), 0) + 1
-    image_count = len(_list(results.get("images"))) or len({r.get("image") for r in runs})
+    image_count = len(as_list(results.get("images"))) or len({r.get("image") for r in runs})
     left_out = [{"path": str(e.get("path") or "unknown file"), "reason": str(e.get("reason") or "left out"),
                  "same_as": None if e.get("same_as") is None else str(e["same_as"])}
-                for e in _records(results, "images_left_out")]
+                for e in as_records(results, "images_left_out")]
     return {
-        "verdict": verdict, "reasons": reasons, "environment": _dict(results.get("environment")),
-        "models": _records(results, "models"),
+        "verdict": verdict, "reasons": reasons, "environment": as_dict(results.get("environment")),
+        "models": as_records(results, "models"),
         "created": results.get("created"), "seconds": fmt(results.get("seconds"), 1),
         "schema": results.get("schema"), "image_count": image_count,
-        "errors": [r for r in runs if r.get("error")], "policy": _dict(results.get("policy")),
-        "perturbation": _dict(results.get("perturbation")), "embedded_default": results.get("embedded_default"),
+        "errors": [r for r in runs if r.get("error")], "policy": as_dict(results.get("policy")),
+        "perturbation": as_dict(results.get("perturbation")), "embedded_default": results.get("embedded_default"),
         "check_counts": counts, "run_error": results.get("error"), "interrupted": _interruption(results),
         "left_out": left_out[:LEFT_OUT_SHOWN], "left_out_count": len(left_out),
         "problems": [c for c in checks if c.get("outcome") in ("failed", "error")],
         "compared": compared(results), "reasoned": reasoned(results),
-        "detail": _dict(results.get("settings")).get("results_detail"),
+        "detail": as_dict(results.get("settings")).get("results_detail"),
     }
 
 
 def gate_rows(results: dict[str, Any], anchors: dict[tuple[Any, Any], str]) -> list[dict[str, Any]]:
     """One row per gate; ``anchors`` maps (model id, image id) to the image's section, linked from its worst images."""
     rows = []
-    for gate in _records(results, "gates"):
-        baseline = _dict(gate.get("random_baseline"))
+    for gate in as_records(results, "gates"):
+        baseline = as_dict(gate.get("random_baseline"))
         worst = []
-        for item in _list(gate.get("worst_images")):
-            item = _dict(item)
+        for item in as_list(gate.get("worst_images")):
+            item = as_dict(item)
             worst.append({"image": str(item.get("image")), "abpc": fmt(item.get("abpc"), 3, True),
                           "anchor": anchors.get((gate.get("model_id"), item.get("image")))})
         rows.append({
@@ -214,8 +216,8 @@ def gate_rows(results: dict[str, Any], anchors: dict[tuple[Any, Any], str]) -> l
             "baseline": (f"{fmt(baseline.get('statistic'), 3, True)} {fmt_ci(baseline.get('ci95'), 3, True)}, "
                          f"n={baseline.get('n_images')}" if baseline else "n/a"),
             "worst": worst, "rule": gate.get("rule"),
-            "degenerate": {str(k): str(v) for k, v in _dict(gate.get("degenerate_images")).items()},
-            "unreadable": [str(x) for x in _list(gate.get("unreadable_images"))],
+            "degenerate": {str(k): str(v) for k, v in as_dict(gate.get("degenerate_images")).items()},
+            "unreadable": [str(x) for x in as_list(gate.get("unreadable_images"))],
             "bootstrap": f"seed {gate.get('seed')}, {gate.get('n_boot')} resamples",
         })
     return rows
@@ -223,12 +225,12 @@ def gate_rows(results: dict[str, Any], anchors: dict[tuple[Any, Any], str]) -> l
 
 def _profile_line(label: str, rows: list[dict[str, Any]], name: str, colour: str, dash: str | None = None) -> tuple:
     """One series of a layer-wise profile: a summary field and its CI (``<name>_ci``) at each stage."""
-    return label, [_num(r.get(name)) for r in rows], [_pair(r.get(f"{name}_ci")) for r in rows], colour, dash
+    return label, [as_num(r.get(name)) for r in rows], [as_pair(r.get(f"{name}_ci")) for r in rows], colour, dash
 
 
 def _images_with_classes(record: dict[str, Any]) -> str:
     """The randomisation check's images, each with the class it was chosen by where the record has them."""
-    images, classes = _list(record.get("images")), _list(record.get("classes"))
+    images, classes = as_list(record.get("images")), as_list(record.get("classes"))
     if len(classes) != len(images):
         return ", ".join(str(x) for x in images) or "none"
     return ", ".join(f"{x} (class {y})" for x, y in zip(images, classes)) or "none"
@@ -237,16 +239,16 @@ def _images_with_classes(record: dict[str, Any]) -> str:
 def aggregates(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per model: the layer-wise profile of every method and the randomisation curves."""
     out = []
-    models = _records(results, "models")
-    summaries = _records(results, "summaries")
-    sanity = _records(results, "randomisation")
+    models = as_records(results, "models")
+    summaries = as_records(results, "summaries")
+    sanity = as_records(results, "randomisation")
     model_ids = list(dict.fromkeys([m.get("id") for m in models] + [s.get("model_id") for s in summaries]
                                    + [s.get("model_id") for s in sanity]))
     for model_id in model_ids:
         mine = [s for s in summaries if s.get("model_id") == model_id]
         methods = list(dict.fromkeys(str(s.get("method")) for s in mine))
         by_key = {(str(s.get("method")), str(s.get("stage"))): s for s in mine}
-        stages = _sorted_stages(str(s.get("stage")) for s in mine)
+        stages = sorted_stages(str(s.get("stage")) for s in mine)
         profiles = []
         for method in methods:
             rows = [by_key.get((method, stage), {}) for stage in stages]
@@ -265,31 +267,31 @@ def aggregates(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "n_boot": first.get("n_boot")})
         randomisation = []
         for record in (s for s in sanity if s.get("model_id") == model_id):
-            curves = {k: _dict(v) for k, v in _dict(record.get("curves")).items()}
+            curves = {k: as_dict(v) for k, v in as_dict(record.get("curves")).items()}
             by_method: dict[str, list[tuple[str, dict[str, Any]]]] = {}
             for key, curve in curves.items():
                 by_method.setdefault(str(curve.get("method") or key.split("@")[0]), []).append((key, curve))
             for method, items in by_method.items():
-                items.sort(key=lambda kc: _stage_order(str(kc[1].get("stage") or kc[0].split("@")[-1])))
-                labels = next((_list(c.get("labels")) for _, c in items if c.get("labels")), [])
+                items.sort(key=lambda kc: stage_order(str(kc[1].get("stage") or kc[0].split("@")[-1])))
+                labels = next((as_list(c.get("labels")) for _, c in items if c.get("labels")), [])
                 lines = []
                 for i, (key, curve) in enumerate(items):
                     colour = charts.PALETTE[i % len(charts.PALETTE)]
                     dash = None if i < len(charts.PALETTE) else ("4 3" if i < 2 * len(charts.PALETTE) else "1 2")
-                    lines.append((str(curve.get("stage") or key), [_num(v) for v in _list(curve.get("spearman"))],
+                    lines.append((str(curve.get("stage") or key), [as_num(v) for v in as_list(curve.get("spearman"))],
                                   colour, dash))
                 randomisation.append({
                     "method": method,
                     "chart": charts.randomisation_chart(
                         f"randomisation of {method} maps ({model_id})", [str(x) for x in labels], lines,
-                        _num(record.get("threshold"))),
+                        as_num(record.get("threshold"))),
                     "after": [{"stage": str(c.get("stage") or k), "step": c.get("dependency_step"),
                                "value": fmt(c.get("abs_spearman"), 3), "ci": fmt_ci(c.get("ci95"), 3),
                                "signed": fmt(c.get("signed_spearman"), 3, True),
                                "negative": f"{c.get('negative_images', 'n/a')}/{c.get('n_images', 'n/a')}",
                                "verdict": str(c.get("verdict") or "n/a")} for k, c in items],
                     "images": _images_with_classes(record),
-                    "seeds": ", ".join(str(x) for x in _list(record.get("seeds"))) or "n/a",
+                    "seeds": ", ".join(str(x) for x in as_list(record.get("seeds"))) or "n/a",
                     "threshold": fmt(record.get("threshold"), 2), "rule": record.get("rule")})
         out.append({"model_id": model_id, "profiles": profiles, "randomisation": randomisation})
     return out

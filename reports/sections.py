@@ -10,9 +10,9 @@ from PIL import Image
 from audit.results.detail import charted_maps
 
 from . import charts, pictures
-from .run_sections import _perturbation_text
+from .run_sections import perturbation_text
 from .sizing import Plan, describe_cuts
-from .values import _dict, _list, _num, _records, _sorted_stages, _stage_title, fmt
+from .values import as_dict, as_list, as_num, as_records, fmt, sorted_stages, stage_title
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,18 +31,18 @@ class SectionBuilder:
         self.thumbnail = thumbnail
         self.max_bytes = int(max_mb * MB)
         self.max_mb = max_mb
-        self.perturbation = _dict(self.results.get("perturbation"))
-        self.policy = _dict(self.results.get("policy"))
-        self.models = _records(self.results, "models")
-        self.runs = _records(self.results, "runs")
-        self.gates = _records(self.results, "gates")
+        self.perturbation = as_dict(self.results.get("perturbation"))
+        self.policy = as_dict(self.results.get("policy"))
+        self.models = as_records(self.results, "models")
+        self.runs = as_records(self.results, "runs")
+        self.gates = as_records(self.results, "gates")
         self.anchors: dict[tuple[Any, Any], str] = {}  # (model id, image id) -> the first section of that pair
         self.indices: dict[tuple[Any, Any], int] = {}  # (model id, image id) -> the index of that run
         for i, run in enumerate(self.runs):
             self.anchors.setdefault((run.get("model_id"), run.get("image_id")), f"img-{i}")
             self.indices.setdefault((run.get("model_id"), run.get("image_id")), i)
-        self.caption = _perturbation_text(self.perturbation)
-        detail = _dict(self.results.get("settings")).get("results_detail")
+        self.caption = perturbation_text(self.perturbation)
+        detail = as_dict(self.results.get("settings")).get("results_detail")
         self.detail = detail if isinstance(detail, str) else "full"  # a file without it kept everything
         self.not_kept = f"not kept at this detail (--results-detail {self.detail})"
         self._cache: dict[tuple, Any] = {}
@@ -62,12 +62,12 @@ class SectionBuilder:
                 if g.get("model_id") == model_id and g.get("method") and g.get("stage") is not None]
         if not keys:
             depth = self.model_of(run).get("depth")
-            for text in _list(self.policy.get("gate")):
+            for text in as_list(self.policy.get("gate")):
                 method, _, stage = str(text).partition("@")
                 if stage.lstrip("-").isdigit() and int(stage) < 0 and isinstance(depth, int):
                     stage = str(depth + int(stage))
                 keys.append((method, stage))
-        return charted_maps(_dict(run.get("maps")), keys)
+        return charted_maps(as_dict(run.get("maps")), keys)
 
     # -- pictures, cached across plans ------------------------------------------------------------------------
     def forget(self, index: int) -> None:
@@ -85,7 +85,7 @@ class SectionBuilder:
     def _input(self, index: int, run: dict[str, Any]) -> Image.Image | None:
         key = ("input-picture", index)
         if key not in self._cache:
-            self._cache[key] = pictures.decode_data_uri(_dict(run.get("figures")).get("input"))
+            self._cache[key] = pictures.decode_data_uri(as_dict(run.get("figures")).get("input"))
         return self._cache[key]
 
     def _base(self, index: int, run: dict[str, Any], size: int) -> Image.Image | None:
@@ -105,11 +105,11 @@ class SectionBuilder:
                 ) -> dict[str, Any] | None:
         def draw() -> dict[str, Any] | None:
             base = self._base(index, run, size)
-            grid = _dict(_dict(run.get("maps")).get(map_key)).get("grid")
+            grid = as_dict(as_dict(run.get("maps")).get(map_key)).get("grid")
             if base is None:  # no input picture: the map alone
                 base = Image.new("RGB", (size, size), (128, 128, 128))
             picture = pictures.map_overlay(base, grid)
-            return _encoded(picture, colours, self._shown(index, run, size)) if picture is not None else None
+            return encoded(picture, colours, self._shown(index, run, size)) if picture is not None else None
 
         return self._picture(("overlay", index, map_key, size, colours), draw)
 
@@ -131,7 +131,7 @@ class SectionBuilder:
             if base is None:
                 base = Image.new("RGB", shown, (128, 128, 128))
             picture = pictures.map_overlay(base, grid)
-            return _encoded(picture, None, shown) if picture is not None else None
+            return encoded(picture, None, shown) if picture is not None else None
 
         return self._picture((*tag[:1], -1 if index is None else index, *tag[1:], size), draw), shown
 
@@ -141,7 +141,7 @@ class SectionBuilder:
         """A run's input picture at ``size`` px (None when the run has none)."""
         def draw() -> dict[str, Any] | None:
             base = self._base(index, run, size)
-            return _encoded(base, colours, self._shown(index, run, size)) if base is not None else None
+            return encoded(base, colours, self._shown(index, run, size)) if base is not None else None
 
         return self._picture(("thumbnail", index, size, colours), draw)
 
@@ -152,8 +152,8 @@ class SectionBuilder:
             base = self._base(index, run, size)
             if base is None:
                 return None
-            picture = pictures.region_overlay(base, _dict(run.get("regions")))
-            return _encoded(picture, colours, self._shown(index, run, size)) if picture is not None else None
+            picture = pictures.region_overlay(base, as_dict(run.get("regions")))
+            return encoded(picture, colours, self._shown(index, run, size)) if picture is not None else None
 
         return self._picture(("regions", index, size, colours), draw)
 
@@ -174,7 +174,7 @@ class SectionBuilder:
                 base = pictures.map_overlay(base, grid)
                 if base is None:
                     return None
-            return _encoded(base, colours, shown)
+            return encoded(base, colours, shown)
 
         return self._picture(("stored", index, *tag, size, colours, grid is not None), draw)
 
@@ -191,17 +191,17 @@ class SectionBuilder:
     def strip(self, index: int, run: dict[str, Any], map_key: str, order: str, plan: Plan) -> dict[str, Any] | None:
         def draw() -> dict[str, Any] | None:
             model = self.model_of(run)
-            shape = _list(run.get("input_shape")) or [None, *_list(model.get("input_size"))]
-            grid_shape = _list(model.get("grid"))
-            patch = _list(model.get("patch_size"))
+            shape = as_list(run.get("input_shape")) or [None, *as_list(model.get("input_size"))]
+            grid_shape = as_list(model.get("grid"))
+            patch = as_list(model.get("patch_size"))
             if len(shape) < 3 or len(grid_shape) != 2 or len(patch) != 2:
                 return None
             size = (int(shape[-2]), int(shape[-1]))
             full = self._full(index, run, size)
-            entry = _dict(_dict(run.get("maps")).get(map_key))
+            entry = as_dict(as_dict(run.get("maps")).get(map_key))
             steps = self.perturbation.get("steps")
             if not isinstance(steps, int):
-                steps = len(_list(entry.get("morf"))) - 1
+                steps = len(as_list(entry.get("morf"))) - 1
             if full is None or steps < 1:
                 return None
             unit = self.perturbation.get("unit", "pixel")
@@ -219,12 +219,12 @@ class SectionBuilder:
                 return None
             fill = self.perturbation.get("fill", 127 / 255)
             if fill == "mean":  # the model's normalisation mean
-                fill = _dict(model.get("data_config")).get("mean") or 127 / 255
+                fill = as_dict(model.get("data_config")).get("mean") or 127 / 255
             picture = pictures.draw_strip(  # the cached removal_plan: not None here
                 full, *cast("tuple[np.ndarray, list[int]]", self._cache[key]), fill=fill, size=plan.strips)
             frame = pictures.scaled_size(full.size, plan.strips)  # a frame as shown; the strip is enlarged alike
             scale = frame[1] / picture.size[1]
-            return _encoded(picture, plan.colours, (round(picture.size[0] * scale), frame[1]))
+            return encoded(picture, plan.colours, (round(picture.size[0] * scale), frame[1]))
 
         return self._picture(("strip", index, map_key, order, plan.strips, plan.colours), draw)
 
@@ -236,7 +236,7 @@ class SectionBuilder:
             shown = pictures.scaled_size(picture.size, plan.restorations)
             if plan.colours is None and max(picture.size) <= plan.restorations:  # as the run stored it
                 return {"src": uri, "width": shown[0], "height": shown[1], "enlarged": shown[0] > picture.size[0]}
-            return _encoded(pictures.fit(picture, plan.restorations), plan.colours, shown)
+            return encoded(pictures.fit(picture, plan.restorations), plan.colours, shown)
 
         return self._picture(("restoration", index, reading, stage, plan.restorations, plan.colours), draw)
 
@@ -247,14 +247,14 @@ class SectionBuilder:
                 return None
             colours = None if plan.colours is None else max(plan.colours, 64)
             shown = pictures.scaled_size(picture.size, plan.input_size)
-            return _encoded(pictures.fit(picture, plan.input_size), colours, shown)
+            return encoded(pictures.fit(picture, plan.input_size), colours, shown)
 
         return self._picture(("input", index, plan.input_size, plan.colours), draw)
 
     # -- context -------------------------------------------------------------------------------------------------
     def image_context(self, index: int, run: dict[str, Any], plan: Plan, full: Plan) -> dict[str, Any]:
         """Everything the image section shows, drawn under ``plan``."""
-        maps = {k: _dict(v) for k, v in _dict(run.get("maps")).items()}
+        maps = {k: as_dict(v) for k, v in as_dict(run.get("maps")).items()}
         model = self.model_of(run)
         context: dict[str, Any] = {
             "anchor": f"img-{index}",
@@ -266,7 +266,7 @@ class SectionBuilder:
             context["input"] = self.input_picture(index, run, plan)
             return context
         context["input"] = self.input_picture(index, run, plan)
-        context["input_note"] = ("not kept" if self.detail != "full" and not _dict(run.get("figures")).get("input")
+        context["input_note"] = ("not kept" if self.detail != "full" and not as_dict(run.get("figures")).get("input")
                                  else "n/a")
         base = self._base(index, run, plan.maps)
         width, height = self._shown(index, run, plan.maps)
@@ -275,7 +275,7 @@ class SectionBuilder:
         width, height = self._shown(index, run, max(plan.strips, 8))
         context["big_cell"] = {"width": width, "height": height}
         methods = list(dict.fromkeys(str(m.get("method")) for m in maps.values() if m.get("method")))
-        stages = _sorted_stages(m.get("stage") for m in maps.values() if m.get("stage") is not None)
+        stages = sorted_stages(m.get("stage") for m in maps.values() if m.get("stage") is not None)
         featured = self.featured(run)
         done: set[str] = set()  # a baseline's strips are drawn once per image, with the first map of their stage
         context["featured"] = [self.featured_context(index, run, maps, method, stage, plan, done)
@@ -295,18 +295,18 @@ class SectionBuilder:
         context["encoder"] = ([self.map_cell(index, run, maps, f"{method}@encoder", plan.strips, plan.colours, method)
                                for method in methods if f"{method}@encoder" in maps] if plan.strips else [])
         # Restorations.
-        restorations = _dict(run.get("restorations"))
+        restorations = as_dict(run.get("restorations"))
         rows: list[dict[str, Any]] = []
         if plan.restorations:
             for reading in ("paper", "inverse"):
-                entries = _dict(restorations.get(reading))
+                entries = as_dict(restorations.get(reading))
                 if not entries:
                     continue
                 cells = []
-                for stage in _sorted_stages(entries):
-                    entry = _dict(entries.get(stage))
+                for stage in sorted_stages(entries):
+                    entry = as_dict(entries.get(stage))
                     cells.append({
-                        "stage": stage, "title": _stage_title(stage),
+                        "stage": stage, "title": stage_title(stage),
                         "picture": self.restoration(index, entry.get("png"), reading, stage, plan),
                         "reason": entry.get("reason"), "shape": entry.get("shape"), "finite": entry.get("finite"),
                         "psnr": ("exact" if entry.get("exact") else
@@ -321,9 +321,9 @@ class SectionBuilder:
                 else:
                     rows.append({"reading": reading, "cells": cells, "note": None, "span": len(cells)})
         context["restorations"] = rows
-        context["restoration_count"] = sum(len(_dict(v)) for v in restorations.values())
+        context["restoration_count"] = sum(len(as_dict(v)) for v in restorations.values())
         # Every measured map's scores.
-        measured_stages = _sorted_stages(m.get("stage") for m in maps.values() if m.get("morf_auc") is not None)
+        measured_stages = sorted_stages(m.get("stage") for m in maps.values() if m.get("morf_auc") is not None)
         context["scores"] = {"stages": measured_stages, "rows": [
             {"method": method, "cells": [self.score_cell(maps.get(f"{method}@{stage}")) for stage in measured_stages]}
             for method in methods]}
@@ -336,7 +336,7 @@ class SectionBuilder:
                  if entry.get("morf_auc") is not None else (entry.get("reason") or "not measured"))
         return {"text": fmt(entry.get("abpc"), 3, signed=True) if entry.get("abpc") is not None else "—",
                 "title": title, "degenerate": bool(entry.get("degenerate")),
-                "negative": (_num(entry.get("abpc")) or 0.0) < 0}
+                "negative": (as_num(entry.get("abpc")) or 0.0) < 0}
 
     def map_cell(self, index: int, run: dict[str, Any], maps: dict[str, dict[str, Any]], key: str, size: int,
                  colours: int | None, label: str | None = None) -> dict[str, Any]:
@@ -360,20 +360,20 @@ class SectionBuilder:
         key, baseline_key = f"{method}@{stage}", f"random@{stage}"
         entry, baseline = maps.get(key, {}), maps.get(baseline_key, {})
         lines: list[tuple[str, Any, str, str | None]] = [
-            (f"{method} MoRF, AUC {fmt(entry.get('morf_auc'))}", _list(entry.get("morf")), charts.MORF, None),
-            (f"{method} LeRF, AUC {fmt(entry.get('lerf_auc'))}", _list(entry.get("lerf")), charts.LERF, None),
+            (f"{method} MoRF, AUC {fmt(entry.get('morf_auc'))}", as_list(entry.get("morf")), charts.MORF, None),
+            (f"{method} LeRF, AUC {fmt(entry.get('lerf_auc'))}", as_list(entry.get("lerf")), charts.LERF, None),
         ]
         if method != "random":  # a curve that is not a list (a malformed file) is not drawn
-            lines += [(f"random MoRF, AUC {fmt(baseline.get('morf_auc'))}", _list(baseline.get("morf")), charts.MORF,
+            lines += [(f"random MoRF, AUC {fmt(baseline.get('morf_auc'))}", as_list(baseline.get("morf")), charts.MORF,
                        "4 3"),
-                      (f"random LeRF, AUC {fmt(baseline.get('lerf_auc'))}", _list(baseline.get("lerf")), charts.LERF,
+                      (f"random LeRF, AUC {fmt(baseline.get('lerf_auc'))}", as_list(baseline.get("lerf")), charts.LERF,
                        "4 3")]
         class_text = f"class {run.get('class')} ({run.get('class_name')})"
         y_label = "top-1 is the label (1/0)" if self.perturbation.get("score") == "top1" else "probability of the class"
         chart = (charts.curves_chart(f"MoRF/LeRF of {key}, {class_text}", lines, y_label=y_label)
-                 if _list(entry.get("morf")) else None)
+                 if as_list(entry.get("morf")) else None)
         strips, shown_before = [], None
-        no_input = self.detail != "full" and not _dict(run.get("figures")).get("input")  # strips are drawn on it
+        no_input = self.detail != "full" and not as_dict(run.get("figures")).get("input")  # strips are drawn on it
         if plan.strips and not no_input:
             for map_key, name in ((key, method), (baseline_key, "random")):
                 if map_key not in maps or maps[map_key].get("grid") is None:
@@ -387,7 +387,7 @@ class SectionBuilder:
                                    "picture": self.strip(index, run, map_key, order, plan)})
         steps = self.perturbation.get("steps")
         shown = min(STRIP_FRAMES, steps) if isinstance(steps, int) else STRIP_FRAMES
-        enlarged = any(_dict(s["picture"]).get("enlarged") for s in strips)
+        enlarged = any(as_dict(s["picture"]).get("enlarged") for s in strips)
         lost = [what for what, gone in (
             ("the MoRF/LeRF points", entry.get("morf_auc") is not None and not entry.get("morf")),
             ("the map grid (no removal strips)", key in maps and entry.get("applicable") is not False
@@ -401,7 +401,7 @@ class SectionBuilder:
                 "missing": key not in maps, "class_text": class_text, "shown_before": shown_before}
 
 
-def _encoded(picture: Image.Image, colours: int | None, shown: tuple[int, int] | None = None) -> dict[str, Any]:
+def encoded(picture: Image.Image, colours: int | None, shown: tuple[int, int] | None = None) -> dict[str, Any]:
     """A picture for the template: its data URI and the size it is shown at (enlarged: without smoothing)."""
     width, height = shown or picture.size
     return {"src": pictures.encode_png(picture, colours), "width": width, "height": height,

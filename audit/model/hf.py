@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ModelLoadError
-from .load import MAX_LISTED, LoadedModel, _check_finite, fit_report, read_state_dict, sha256_of
+from .load import MAX_LISTED, LoadedModel, check_finite, fit_report, read_state_dict, sha256_of
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
@@ -614,7 +614,7 @@ def load_hf_model(folder: str | os.PathLike[str], class_names: list[str] | None 
         raise CheckpointError(f"checkpoint {label!r} does not fit its config.json ({arch.architecture}): {problem}; "
                               "pass a folder whose weights and config.json were saved together")
     model.load_state_dict(from_hf_state_dict(kept, arch), strict=True)
-    _check_finite(model, label)
+    check_finite(model, label)
     names = class_names
     if names is None and arch.id2label:
         if sorted(arch.id2label) == list(range(num_classes)):

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import ImageError
 
-__all__ = ["PreparedImage", "find_images", "normalize", "prepare_image", "IMAGE_SUFFIXES"]
+__all__ = ["PreparedImage", "exif_orientation", "find_images", "normalize", "prepare_image", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -134,12 +134,12 @@ def _decoded(picture: Any, mode: str, source: str) -> Any:
         raise ImageError(f"image {source!r} is empty ({picture.size[0]}x{picture.size[1]} pixels); replace or "
                          "remove it")
     bits = _integer_bits(picture)  # before the transpose, which drops a TIFF's tags
-    if _orientation(picture) in range(2, 9):  # copy only pictures that are not upright
+    if exif_orientation(picture) in range(2, 9):  # copy only pictures that are not upright
         picture = ImageOps.exif_transpose(picture)
     return _eight_bit(picture, bits, source).convert(mode)
 
 
-def _orientation(picture: Any) -> Any:
+def exif_orientation(picture: Any) -> Any:
     """The picture's EXIF Orientation: 1 (upright) where it has none or its EXIF block is damaged."""
     try:
         return picture.getexif().get(_ORIENTATION, 1)

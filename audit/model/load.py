@@ -24,7 +24,7 @@ from .layout import TokenLayout, check_supported, layout_of
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
 
-__all__ = ["LoadedModel", "fit_report", "load_model", "read_state_dict", "sha256_of"]
+__all__ = ["LoadedModel", "check_finite", "fit_report", "load_model", "read_state_dict", "sha256_of"]
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 NESTING_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema")
@@ -219,7 +219,7 @@ def _default_class_names(model: nn.Module, num_classes: int) -> list[str] | None
     return _class_names(num_classes)
 
 
-def _check_finite(model: nn.Module, label: str) -> None:
+def check_finite(model: nn.Module, label: str) -> None:
     """Refuse weights with NaN or infinity: every number the audit computes from them would be meaningless."""
     bad = [key for key, value in model.state_dict().items()
            if value.is_floating_point() and not bool(torch.isfinite(value).all())]
@@ -329,7 +329,7 @@ def load_model(
             raise CheckpointError(f"checkpoint {label!r} does not fit model {name!r}: {problem}")
         model.load_state_dict(state_dict, strict=True)
     model.eval()
-    _check_finite(model, label or f"{name} ({'pretrained' if pretrained else 'random init'})")
+    check_finite(model, label or f"{name} ({'pretrained' if pretrained else 'random init'})")
 
     data_config = _data_config(model, name, data_config)
     classes = int(model.num_classes)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import one_line
-from ..model.images import _orientation
+from ..model.images import exif_orientation
 from .regions import ROLES, VOID, ImageRegions, ImageRegionsError, Shape
 
 __all__ = ["Geometry", "RegionPicture", "SUBSAMPLES", "TokenRegions", "input_geometry", "region_picture",
@@ -309,7 +309,7 @@ def _image_header(image: str) -> tuple[tuple[int, int], int]:
     try:
         with Image.open(image) as handle:
             size = handle.size
-            orientation = _orientation(handle)
+            orientation = exif_orientation(handle)
     except FileNotFoundError:
         raise ImageRegionsError(f"regions for image {image!r}: the image does not exist; pass an existing "
                                 "image") from None
