@@ -26,7 +26,9 @@ from conftest import nested_audit
 
 pytest_plugins = ["pytester"]
 
-FAST = ["--methods", "cam,random", "--layers", "encoder", "--steps", "5", "--gate", "cam@encoder"]
+# the randomisation check on 2 images and 1 seed: its default (10 x 3) is tests/test_sanity.py's to test
+FAST = ["--methods", "cam,random", "--layers", "encoder", "--steps", "5", "--gate", "cam@encoder",
+        "--randomisation-images", "2", "--randomisation-seeds", "1"]
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,9 @@ from conftest import nested_audit, save_tiny
 pytest_plugins = ["pytester"]
 
 PHOTOS = ("chelsea", "coffee", "astronaut")
-FAST = ["--methods", "cam,grad,random", "--layers", "encoder", "--steps", "10", "--batch-size", "32"]
+# the randomisation check on 2 images and 1 seed: its default (10 x 3) is tests/test_sanity.py's to test
+FAST = ["--methods", "cam,grad,random", "--layers", "encoder", "--steps", "10", "--batch-size", "32",
+        "--randomisation-images", "2", "--randomisation-seeds", "1"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

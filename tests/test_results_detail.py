@@ -26,7 +26,9 @@ from conftest import nested_audit
 
 pytest_plugins = ["pytester"]
 
-RECIPE = ["--methods", "cam,grad_cls,random", "--layers", "1,encoder", "--steps", "10", "--gate", "cam@encoder"]
+# the randomisation check on 2 images and 1 seed: its default (10 x 3) is tests/test_sanity.py's to test
+RECIPE = ["--methods", "cam,grad_cls,random", "--layers", "1,encoder", "--steps", "10", "--gate", "cam@encoder",
+          "--randomisation-images", "2", "--randomisation-seeds", "1"]
 TIMING_KEYS = ("seconds", "created", "duration")
 
 
