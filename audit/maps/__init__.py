@@ -22,14 +22,12 @@ from .registry import (
     needs_attention,
 )
 
-__all__ = ["ACTIVATIONS", "ATTENTION_METHODS", "BASELINES", "DEFAULT_METHODS", "INPUT_METHODS", "METHODS",
-           "PAPER_METHODS", "MapResult", "compute_maps", "finish_map", "is_constant", "needs_attention"]
+__all__ = ["ACTIVATIONS", "ATTENTION_METHODS", "DEFAULT_METHODS", "METHODS", "MapResult", "compute_maps", "finish_map",
+           "is_constant", "needs_attention"]
 
-#: The built-in methods, in registration order.
+#: The built-in methods, in registration order, and those the library computes by default (the paper's and the two
+#: baselines); ask the registry for any other selection (``names(stages="input")``, ``names(baseline=True)``, ...).
 METHODS = names()
-PAPER_METHODS = names(family="paper") + names(family="baseline")
-INPUT_METHODS = names(stages="input")
 DEFAULT_METHODS = names(default=True)
-BASELINES = names(baseline=True)
 
 load_entry_points()  # installed packages' methods, after the built-ins

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.layout import MAP_STAGE_INPUT, TokenLayout
-from .registry import InputContext, MapMethod, MapResult, finish_map, register
+from ..model.layout import TokenLayout
+from .registry import InputContext, MapMethod, register
 
-__all__ = ["IG_STEPS", "ig_result", "integrated_gradients"]
+__all__ = ["IG_STEPS", "integrated_gradients"]
 
 IG_STEPS = 32
 
@@ -43,12 +43,6 @@ def integrated_gradients(model: nn.Module, z: torch.Tensor, z0: torch.Tensor, ta
     gh, gw = layout.grid
     pooled = F.avg_pool2d(attribution[None, None, :gh * ph, :gw * pw], kernel_size=(ph, pw), stride=(ph, pw))
     return pooled[0, 0].float()
-
-
-def ig_result(values: torch.Tensor) -> MapResult:
-    """The ``ig@input`` map as a checked :class:`~audit.maps.registry.MapResult` (degenerate when constant or not
-    finite)."""
-    return finish_map(MapResult("ig", MAP_STAGE_INPUT, values))
 
 
 def _compute(ctx: InputContext) -> torch.Tensor:

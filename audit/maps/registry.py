@@ -45,8 +45,8 @@ from ..model.capture import Capture
 from ..model.layout import MAP_STAGE_INPUT, TokenLayout, normalize_stage
 
 __all__ = ["ACTIVATIONS", "ENTRY_POINTS", "READS", "STAGE_KINDS", "InputContext", "MapContext", "MapMethod",
-           "MapResult", "compute_maps", "finish_map", "get", "input_methods", "is_constant", "load_entry_points",
-           "methods_table", "names", "needs_attention", "register", "unregister"]
+           "MapResult", "compute_input_map", "compute_maps", "finish_map", "get", "input_methods", "is_constant",
+           "load_entry_points", "methods_table", "names", "needs_attention", "register", "unregister"]
 
 ACTIVATIONS = {
     "gelu": lambda t: F.gelu(t),  # exact (erf) GELU, as in the paper's eqs. 3-4
@@ -256,6 +256,11 @@ def finish_map(result: MapResult) -> MapResult:
             result.degenerate = True
             result.reason = f"map is constant ({float(result.values.flatten()[0]):.3g} everywhere)"
     return result
+
+
+def compute_input_map(method: MapMethod, ctx: InputContext) -> MapResult:
+    """An input method's checked map at its one stage, ``input`` (degenerate when constant or not finite)."""
+    return finish_map(MapResult(method.name, MAP_STAGE_INPUT, method.compute(ctx)))
 
 
 @torch.no_grad()

@@ -15,19 +15,19 @@ import torch
 from torch import nn
 
 from ..errors import AuditError, NonFiniteError
-from ..maps import DEFAULT_METHODS, MapResult, compute_maps, finish_map, needs_attention, registry
+from ..maps import DEFAULT_METHODS, MapResult, compute_maps, needs_attention, registry
 from ..maps.registry import InputContext
 from ..model.capture import Capture, capture
 from ..model.images import PreparedImage, normalize, prepare_image
-from ..model.layout import MAP_STAGE_INPUT, TokenLayout, normalize_stage
+from ..model.layout import TokenLayout, normalize_stage
 from ..model.load import LoadedModel
 from ..model.restore import PatchInverse, Restoration, restore
 from .curves import Curves, CurveWork, PerturbationConfig, batch_size_for, curve_work, evaluate_curve_work
 from .fills import fill_baseline
 from .stats import N_BOOTSTRAP, Summary, summarize
 
-__all__ = ["ImageAudit", "audit_image", "audit_group", "audit_images", "input_map", "summarize_audits", "one_thread",
-           "finite_stages", "check_capture_finite"]
+__all__ = ["ImageAudit", "audit_image", "audit_group", "audit_images", "input_context", "input_map",
+           "summarize_audits", "one_thread", "finite_stages", "check_capture_finite"]
 
 
 @dataclass
@@ -79,14 +79,21 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def input_map(method: str, model: nn.Module, pixel: torch.Tensor, config: PerturbationConfig,
-              mean: tuple[float, ...], std: tuple[float, ...], target: int, layout: TokenLayout) -> torch.Tensor:
-    """An input method's map (``ig@input``) of a pixel-space image, from the run's fill baseline
-    (:func:`audit.measure.fills.fill_baseline`) and the run's batch size for backward passes."""
+def input_context(model: nn.Module, pixel: torch.Tensor, config: PerturbationConfig, mean: tuple[float, ...],
+                  std: tuple[float, ...], target: int, layout: TokenLayout) -> InputContext:
+    """What the input methods (``ig@input``) compute from for a pixel-space image: the image and the run's fill
+    baseline (:func:`audit.measure.fills.fill_baseline`), both normalised, and the run's batch size for backward
+    passes."""
     z = normalize(pixel, mean, std)
     z0 = normalize(fill_baseline(pixel, config.fill, mean), mean, std)
     batch_size = batch_size_for(config, model, cast("tuple[int, int]", tuple(pixel.shape[-2:])), backward=True)
-    return registry.get(method).compute(InputContext(model, z, z0, target, layout, batch_size))
+    return InputContext(model, z, z0, target, layout, batch_size)
+
+
+def input_map(method: str, model: nn.Module, pixel: torch.Tensor, config: PerturbationConfig,
+              mean: tuple[float, ...], std: tuple[float, ...], target: int, layout: TokenLayout) -> torch.Tensor:
+    """An input method's map (``ig@input``) of a pixel-space image, raw (see :func:`input_context`)."""
+    return registry.get(method).compute(input_context(model, pixel, config, mean, std, target, layout))
 
 
 def audit_image(
@@ -208,11 +215,13 @@ def _start(loaded: LoadedModel, image: Any, *, methods: Sequence[str] = DEFAULT_
         check_capture_finite(cap, prepared.source)
         maps = compute_maps(model, cap, methods=methods, act=act, seed=seed, image=prepared.name)
     measured = set(cap.map_stages if stages is None else (normalize_stage(s, cap.layout.depth) for s in stages))
-    for method in registry.input_methods(methods):  # one stage, the input: measured whenever the map is asked for
-        values = input_map(method.name, model, pixel, config, loaded.mean, loaded.std, cap.target, cap.layout)
-        result = finish_map(MapResult(method.name, MAP_STAGE_INPUT, values))
-        maps[result.key] = result
-        measured.add(result.stage)
+    inputs = registry.input_methods(methods)  # one stage, the input: measured whenever the map is asked for
+    if inputs:
+        ctx = input_context(model, pixel, config, loaded.mean, loaded.std, cap.target, cap.layout)
+        for method in inputs:
+            result = registry.compute_input_map(method, ctx)
+            maps[result.key] = result
+            measured.add(result.stage)
     scored = {key: cast(torch.Tensor, m.values) for key, m in maps.items()  # rankable: values not None
               if m.stage in measured and m.rankable and (curves_for is None or key in curves_for)}
     work = curve_work(pixel, scored, cap.target, loaded.mean, loaded.std, patch=cap.layout.patch_size,

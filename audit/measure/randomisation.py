@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import ImageError
-from ..maps import MapResult, compute_maps, finish_map, needs_attention, registry
+from ..maps import MapResult, compute_maps, needs_attention, registry
 from ..maps.registry import InputContext
 from ..model.capture import capture_batch
 from ..model.images import normalize, prepare_image
@@ -188,9 +188,9 @@ def _maps_of(model: nn.Module, images: Sequence[torch.Tensor], targets: Sequence
         with one_thread():  # small tensors: see audit.measure.image_audit.one_thread
             maps = compute_maps(model, cap, methods=methods, act=act, seed=map_seed, image=f"sanity-{first + offset}")
         if baselines is not None:
+            ctx = InputContext(model, images[offset], baselines[offset], cap.target, cap.layout)
             for method in registry.input_methods(methods):
-                values = method.compute(InputContext(model, images[offset], baselines[offset], cap.target, cap.layout))
-                result = finish_map(MapResult(method.name, MAP_STAGE_INPUT, values))
+                result = registry.compute_input_map(method, ctx)
                 maps[result.key] = result
         out.append(maps)
     return [cap.target for cap in caps], out
