@@ -1,18 +1,17 @@
 """Where a run's (model, image) records are made: one after the other in this process, or as tasks on a Ray cluster.
 
-An executor is started before the checks run (a usage error when it cannot be), yields each case as its record is
-done, and is closed with the run. ``local`` makes the records with :meth:`audit.run.work.AuditSession.run`. ``ray``
-(the extra ``vit-audit[ray]``) makes every record that is neither stored nor cached as one Ray task: one GPU per
-task where the cluster has GPUs and ``--device`` allows them, one CPU otherwise. Finished records stream back as
-they finish; the session stores each in the run's records and the cache, which stay on this machine. A task whose
-worker died is run again by Ray (``max_retries``); a task that fails for good leaves its record to its check, which
-makes it in this process and reports what went wrong, as the local executor does.
+An executor is started before the checks run (a usage error when it cannot be), yields each case as its record is done,
+and is closed with the run. ``local`` makes the records with :meth:`audit.run.work.RecordWork.run`. ``ray`` (the extra
+``vit-audit[ray]``) makes every record that is neither stored nor cached as one Ray task: one GPU per task where the
+cluster has GPUs and ``--device`` allows them, one CPU otherwise. Finished records stream back as they finish; the
+session stores each in the run's records and the cache, which stay on this machine. A task whose worker died is run
+again by Ray (``max_retries``); a task that fails for good leaves its record to its check, which makes it in this
+process and reports what went wrong, as the local executor does.
 
-A task carries what its worker may not see: the image's bytes, the settings, the recipe, the plan and the label
-(read from ``--labels`` here). The checkpoint is read from the same absolute path on the worker, and one whose
-sha256 differs from this machine's gives the record a one-line error. Each worker process loads a model once and
-keeps it for its next tasks.
-"""
+A task carries what its worker may not see: the image's bytes, the settings, the recipe, the plan and the label (read
+from ``--labels`` here). The checkpoint is read from the same absolute path on the worker, and one whose sha256 differs
+from this machine's gives the record a one-line error. Each worker process loads a model once and keeps it for its next
+tasks."""
 
 from __future__ import annotations
 
@@ -59,7 +58,7 @@ class LocalExecutor:
 
     def make(self, work: RecordWork, cases: Iterable[Case]) -> Iterator[Case]:
         """Make each case's record, yielding the case when it is done. Consecutive cases of one model are made in
-        groups of ``--image-batch`` (:meth:`audit.run.work.AuditSession.run_group`). A record that raises is left for
+        groups of ``--image-batch`` (:meth:`audit.run.work.RecordWork.run_group`). A record that raises is left for
         its check to compute again and report."""
         for group in _groups(work, cases):
             try:

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import torch
 
@@ -51,9 +51,6 @@ from .regions import ImageRegionsError, load_regions
 from .store import RecordStore
 from .work import Case, MapKey, ProbeKey, RemoteTask
 
-if TYPE_CHECKING:
-    from .inputs import LoadedModels
-
 __all__ = ["AuditSession", "Case", "MapKey", "ProbeKey", "model_id_for"]
 
 BASELINE_PREFIX = "baseline-"  # the id of a baseline model audited in this run: baseline-<its model id>
@@ -81,9 +78,8 @@ class AuditSession:
         self.settings = settings = replace(settings, amp=self.precision.amp)
         # A model that cannot be loaded does not stop the others: its error is kept for its check to report. With
         # no model loaded there is nothing to audit, and the first error stops the run.
-        loaded: LoadedModels | LoadedModel  # the models, then each one
-        loaded = load_models(settings.model, settings.checkpoint)
-        self.models, self.model_errors, self.model_ids = loaded.models, loaded.errors, loaded.ids
+        found = load_models(settings.model, settings.checkpoint)
+        self.models, self.model_errors, self.model_ids = found.models, found.errors, found.ids
         self.image_set = collect_images(settings.images, keep_duplicates=settings.keep_duplicate_images)
         self.labels = read_labels(settings.labels) if settings.labels else None
         self.images = [(entry.id, entry.path) for entry in self.image_set.entries]
