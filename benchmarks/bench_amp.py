@@ -1,6 +1,6 @@
 """What ``--amp bfloat16`` changes against float32: AUC differences, gate verdicts and speed, in one process.
 
-Example (the README's bound on the AMP error and its speed-up)::
+Example (docs/guides/speed-and-cache.md's bound on the AMP error and its speed-up)::
 
     python benchmarks/bench_amp.py --checkpoint ../shared/models/vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors \
         --images ../shared/images/imagenet-diverse-200 --out amp.json --markdown
@@ -17,7 +17,8 @@ and the 99th percentile of |delta AUC| (MoRF and LeRF pooled), the same over all
 their ratio; and for every gated map (``--gate``) the mean ABPC with its 95% bootstrap CI and the gate verdict of each
 run, decided by :func:`audit.verdicts.gates.evaluate_gate` as the audit decides it, and whether it flips. ``--amp
 float32`` runs float32 twice (a control: every delta must be 0). ``--out`` writes the per-image AUCs and the report as
-JSON, also every 10 images; ``--markdown`` prints the gated maps and the overall bound as a table."""
+JSON, also every 10 images; ``--markdown`` prints the gated maps and the overall bound as a table.
+"""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ should be 2.5%; the Monte-Carlo standard error of a rate near 2.5% is 0.16 point
 The distributions: right-skewed (exponential, skewness 2), left-tailed (its negative: the shape of a paired ABPC
 difference, whose long tail is the images a candidate explains worse), heavy-tailed (Student's t with 3 df), and, for
 information, the harder lognormal with sigma 1 (skewness 6.2) and its negative. ``tests/test_coverage.py`` runs the
-first three."""
+first three.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Where a gated-only audit's time goes per image: the curves' forwards against everything around them.
 
-Example (the README's table: the default policy's maps on the real ViT-Ti)::
+Example (docs/evidence/benchmarks.md's table: the default policy's maps on the real ViT-Ti)::
 
     python benchmarks/bench_overhead.py \
         --checkpoint ../shared/models/vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors \
@@ -12,7 +12,8 @@ capture pass, the maps of every stage, the MoRF/LeRF curves of the gated maps an
 restorations of every stage, the record with its thumbnails, and its JSON. Prints the median seconds per image of each
 step and the share of the work outside the curves; start-up (imports and model load) is timed once. Then the bare
 model's best batched throughput in the same process (:func:`bench_engine.best_throughput`), and the audit's model passes
-per second of a whole record against it (the capture counted as 3 forwards)."""
+per second of a whole record against it (the capture counted as 3 forwards).
+"""
 
 from __future__ import annotations
 

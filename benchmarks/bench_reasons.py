@@ -1,7 +1,7 @@
 """What right for the right reasons costs per image: the regions on the token grid and the gated maps' localisation
 (``--regions``), and one probe (``--probe``), beside the record the audit makes anyway.
 
-Example (README's "Right for the right reasons", cost)::
+Example (docs/evidence/benchmarks.md, the right-for-the-right-reasons cost)::
 
     python benchmarks/bench_reasons.py --count 10 \
         --checkpoint ../shared/models/vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors \
@@ -11,7 +11,8 @@ Times, per photo and with the default policy's gated maps (grad@0, chefer@encode
 middle half, in a CSV) mapped onto the tokens (:func:`audit.run.region_geometry.token_regions`) and the localisation of
 the gated maps (:func:`audit.verdicts.reasons.record_localisation`), and one probe
 (:func:`audit.measure.probes.probe_image`: one forward and backward pass of the stamped picture and its gated maps);
-then the median and the largest of each over the photos. Run it alone: another process on the CPU slows it."""
+then the median and the largest of each over the photos. Run it alone: another process on the CPU slows it.
+"""
 
 from __future__ import annotations
 

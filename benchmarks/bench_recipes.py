@@ -1,6 +1,6 @@
 """Cost per image of the maps and fills beyond the paper, measured in one process (ratios, not absolute speed).
 
-Example (the README's table)::
+Example (docs/evidence/benchmarks.md's table)::
 
     python benchmarks/bench_recipes.py --model vit_tiny_patch16_224.augreg_in21k_ft_in1k \
         --checkpoint ../shared/models/vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors \

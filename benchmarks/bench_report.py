@@ -1,6 +1,6 @@
 """Time to render the HTML report from a results file, against the audit time the results file records.
 
-Example (the README's figures for the default run)::
+Example (docs/reference/results-and-report.md's figures for the default run)::
 
     pytest checks                     # writes out/vit-audit-results.json
     python benchmarks/bench_report.py out/vit-audit-results.json --repeats 3

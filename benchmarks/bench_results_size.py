@@ -1,6 +1,6 @@
 """Bytes per (model, image) record of the results file at each ``--results-detail`` level, and what takes them.
 
-Example (the README's table)::
+Example (docs/reference/results-and-report.md's table)::
 
     pytest checks --model vit_tiny_patch16_224.augreg_in21k_ft_in1k --checkpoint vit_tiny.safetensors \\
         --images a.JPEG --images b.JPEG --images c.JPEG --layers all --results-detail full --audit-json full.json
@@ -9,7 +9,8 @@ Example (the README's table)::
 Reads a results file written at ``full`` and trims each run record exactly as the results file of a run at each level is
 assembled (:func:`audit.results.detail.trim_run`, with the run's gates), then measures the records as they are written
 (strict JSON without the optional spaces). Prints, per level, the mean size of a record in MB with its range, and the
-rest of the file (models, gates, summaries, checks: per run, not per image); then what a ``full`` record holds."""
+rest of the file (models, gates, summaries, checks: per run, not per image); then what a ``full`` record holds.
+"""
 
 from __future__ import annotations
 

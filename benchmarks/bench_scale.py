@@ -1,16 +1,17 @@
 """Peak memory and wall time of a whole audit of a large ViT on a CPU: the ``vit-audit`` command, run as a child.
 
-Example (the README's figures: a ViT-B/16 with random weights, every map at the gated stages, batch size auto)::
+Example (docs/evidence/benchmarks.md's figures: a ViT-B/16 with random weights, every map at the gated stages, batch
+size auto)::
 
     python benchmarks/bench_scale.py --images ../shared/images/imagenet-diverse-200 --count 50
     python benchmarks/bench_scale.py --images ../shared/images/imagenet-diverse-200 --count 4 \\
         --model vit_base_patch16_384
 
-Builds the model with timm's random initialisation (seeded; speed and memory do not depend on the weights), saves
-it as a safetensors checkpoint in a temporary folder, and runs ``vit-audit`` on the first ``--count`` photos (sorted)
-with the project's policy (``pyproject.toml``: its methods and gates) and ``--layers`` (default: the gated stages,
-so every map there gets curves). Prints the child's peak resident memory (``ru_maxrss``), its wall time, seconds per
-image, the batch sizes the records used, and the gates' verdicts. Nothing is written outside the temporary folder.
+Builds the model with timm's random initialisation (seeded; speed and memory do not depend on the weights), saves it as
+a safetensors checkpoint in a temporary folder, and runs ``vit-audit`` on the first ``--count`` photos (sorted) with the
+project's policy (``pyproject.toml``: its methods and gates) and ``--layers`` (default: the gated stages, so every map
+there gets curves). Prints the child's peak resident memory (``ru_maxrss``), its wall time, seconds per image, the batch
+sizes the records used, and the gates' verdicts. Nothing is written outside the temporary folder.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ For each model (timm's architecture, seeded random weights: speed does not depen
     forwards alone (the time spent in :func:`audit.measure.curves.evaluate_curve_work`) against (a).
 
 The photos are scikit-image's (in its wheel), repeated to ``--count``, or ``--images``. One warm-up group is made first
-and not timed. The issue's target on a GPU: (b) at >= 50% of (a)."""
+and not timed. The issue's target on a GPU: (b) at >= 50% of (a).
+"""
 
 from __future__ import annotations
 

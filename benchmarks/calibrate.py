@@ -1,14 +1,14 @@
 """Faithfulness of every map at every stage over an image set: the numbers a gating policy is chosen from.
 
-Example (the README's table)::
+Example (docs/evidence/calibrations.md's table)::
 
     python benchmarks/calibrate.py --model vit_tiny_patch16_224.augreg_in21k_ft_in1k \
         --checkpoint ../shared/models/vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors \
         --images ../shared/images/imagenet-persian-cat --out calibration.json
 
-Prints one row per (method, stage): mean MoRF AUC, LeRF AUC and ABPC over the images with seeded 95% bootstrap
-CIs, and writes them (with the per-image AUCs and how they were made) as JSON. ``--fill``, ``--score top1`` with
-``--labels`` and ``--steps`` set the recipe as the audit's options do; ``--markdown`` prints the README's tables.
+Prints one row per (method, stage): mean MoRF AUC, LeRF AUC and ABPC over the images with seeded 95% bootstrap CIs, and
+writes them (with the per-image AUCs and how they were made) as JSON. ``--fill``, ``--score top1`` with ``--labels`` and
+``--steps`` set the recipe as the audit's options do; ``--markdown`` prints the documentation's tables.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where a map's |Spearman| with the trained model's map lands: the numbers the randomisation threshold rests on.
 
-Example (the README's table)::
+Example (docs/concepts/statistics.md's table)::
 
     python benchmarks/randomisation_null.py --threads 1 --train-out /tmp/null \
         --train 1:2:20000 2:2:20000 3:2:20000 4:4:60000 5:4:60000 \

@@ -1,6 +1,6 @@
 """The release gate on real candidates of the ViT-Ti: one that must fail, one that must pass, gating each map.
 
-Example (README's "Real comparisons")::
+Example (docs/guides/gate-a-release.md, "Real comparisons")::
 
     python benchmarks/release_candidates.py --out /tmp/candidates \
         --checkpoint ../shared/models/vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors \

@@ -1,6 +1,6 @@
 """How far benign retrains of the embedded model move the release gate: the numbers the default margins rest on.
 
-Example (README's "The default margins, measured"; the retrains are made by the training script with other seeds)::
+Example (docs/evidence/margins.md; the retrains are made by the training script with other seeds)::
 
     for s in 1 2 3 4 5; do python -m audit.zoo.fashion_mnist --out /tmp/retrain/seed$s --seed $s; done
     python benchmarks/seed_spread.py --out /tmp/spread --test-images 200 \
@@ -8,15 +8,15 @@ Example (README's "The default margins, measured"; the retrains are made by the 
     python benchmarks/seed_spread.py --out /tmp/spread --test-images 200 --offset 20 --no-samples --margin 0.05 \
         --candidates /tmp/retrain/seed{1,2,3,4,5}/vit_fmnist.safetensors     # held-out images, one margin
 
-Audits the shipped weights (the "released" model) with the default policy's gated maps, on the 20 sample images and
-on a larger sample of Fashion-MNIST test images (``--test-images N``: N/10 of each class from the class's
-``--offset``-th test image on, written as PNG files under ``--out``) and, with ``--stamped``, on the sample images
-with the training script's shortcut stamped on every one, then audits each candidate against that baseline with
-``vit-audit --baseline`` and ``--margin`` (1 by default, so that nothing fails and every number is written). Prints,
-per image set, candidate and gated map: both models' mean ABPC, the mean difference d with its paired 95% CI, the
-sd of d, the verdict, the median Spearman of the maps with its CI and top-1 agreement; then, per gated map, the
-margin rule: the smallest relative margin (a multiple of 5% of the baseline's mean ABPC) under which every benign
-candidate's lower bound is above -margin, and how many benign comparisons pass at ``--margin``.
+Audits the shipped weights (the "released" model) with the default policy's gated maps, on the 20 sample images and on a
+larger sample of Fashion-MNIST test images (``--test-images N``: N/10 of each class from the class's ``--offset``-th
+test image on, written as PNG files under ``--out``) and, with ``--stamped``, on the sample images with the training
+script's shortcut stamped on every one, then audits each candidate against that baseline with ``vit-audit --baseline``
+and ``--margin`` (1 by default, so that nothing fails and every number is written). Prints, per image set, candidate and
+gated map: both models' mean ABPC, the mean difference d with its paired 95% CI, the sd of d, the verdict, the median
+Spearman of the maps with its CI and top-1 agreement; then, per gated map, the margin rule: the smallest relative margin
+(a multiple of 5% of the baseline's mean ABPC) under which every benign candidate's lower bound is above -margin, and
+how many benign comparisons pass at ``--margin``.
 """
 
 from __future__ import annotations

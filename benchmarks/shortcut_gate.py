@@ -1,7 +1,7 @@
-"""Right for the right reasons, measured: does the release gate, run as README recommends, fail a candidate that learned
-a shortcut and pass benign ones? The numbers of README's "Right for the right reasons" table.
+"""Right for the right reasons, measured: does the release gate, run as the documentation recommends, fail a candidate
+that learned a shortcut and pass benign ones? The numbers of docs/guides/right-reasons.md's table.
 
-Example (the candidates are made by the training script; see README)::
+Example (the candidates are made by the training script; see docs/guides/right-reasons.md)::
 
     python -m audit.zoo.fashion_mnist --out R/shortcut6 --shortcut 6
     python -m audit.zoo.fashion_mnist --out R/shortcut6_rate50 --shortcut 6 --shortcut-rate 0.5
@@ -10,12 +10,12 @@ Example (the candidates are made by the training script; see README)::
     python benchmarks/shortcut_gate.py --out /tmp/shortcut --test-images 200 \
         --benign R/seed1 R/seed2 R/seed3 R/stamp10 --harmful R/shortcut6 R/shortcut6_rate50
 
-Writes ``--test-images`` Fashion-MNIST test images (N/10 per class) and their exact object masks (pixels above 0)
-under ``--out``; audits the shipped weights (the released model) on them with the default policy, ``--regions``
-(the masks) and ``--probe`` (default ``square:white:4@top-left``, the training script's stamp); adds a bfloat16 copy
-of the shipped weights to the benign candidates; then runs every candidate with ``--baseline`` and prints, per
-candidate, each gate's verdict and the statistics the margins rest on, the run's exit status, and, over the benign
-candidates, the smallest margin (a multiple of 0.01) under which every benign candidate passes each new gate.
+Writes ``--test-images`` Fashion-MNIST test images (N/10 per class) and their exact object masks (pixels above 0) under
+``--out``; audits the shipped weights (the released model) on them with the default policy, ``--regions`` (the masks)
+and ``--probe`` (default ``square:white:4@top-left``, the training script's stamp); adds a bfloat16 copy of the shipped
+weights to the benign candidates; then runs every candidate with ``--baseline`` and prints, per candidate, each gate's
+verdict and the statistics the margins rest on, the run's exit status, and, over the benign candidates, the smallest
+margin (a multiple of 0.01) under which every benign candidate passes each new gate.
 """
 
 from __future__ import annotations

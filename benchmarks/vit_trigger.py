@@ -1,4 +1,4 @@
-"""A backdoor in a real ViT, and the release gate with a probe: README's "Right for the right reasons" (ViT-Ti rows).
+"""A backdoor in a real ViT, and the release gate with a probe: docs/guides/right-reasons.md (ViT-Ti rows).
 
 Example::
 
@@ -6,9 +6,9 @@ Example::
         --checkpoint ../shared/models/vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors \
         --images ../shared/images/imagenet-diverse-200
 
-Splits the labelled photos (``labels.csv``: file, class_index) by their sorted order: every ``--hold``-th photo is
-held out for the audit, the others are fine-tuned on. Fine-tunes the released ViT-Ti twice from the same weights, with
-the same seed, order and recipe (AdamW, every parameter):
+Splits the labelled photos (``labels.csv``: file, class_index) by their sorted order: every ``--hold``-th photo is held
+out for the audit, the others are fine-tuned on. Fine-tunes the released ViT-Ti twice from the same weights, with the
+same seed, order and recipe (AdamW, every parameter):
 
 - ``trigger``: ``--trigger`` (a probe spec, stamped on the model's input picture by :mod:`audit.measure.probes`) on
   ``--poison`` of the training photos, whose label becomes ``--target``: a backdoor;

@@ -3,7 +3,8 @@ linear imputation against the ROAD authors' code as shipped in pytorch-grad-cam 
 
 The reference's conventions, read from its source: it takes a (C, H, W) tensor and an (H, W) float mask where 0 =
 removed (imputed) and 1 = kept, the opposite of ours; its ``noise`` is an absolute standard deviation, drawn with
-``torch.randn_like`` from torch's global generator as one (C, N) tensor; it does not clip."""
+``torch.randn_like`` from torch's global generator as one (C, N) tensor; it does not clip.
+"""
 
 from __future__ import annotations
 

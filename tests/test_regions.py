@@ -3,7 +3,8 @@ them.
 
 The geometry is checked against the real preprocessing: a shape is drawn into a picture, the picture goes through
 :func:`audit.model.images.prepare_image`, and the tokens the drawn shape lands on must be the tokens
-:func:`audit.run.region_geometry.token_regions` finds for the annotation alone."""
+:func:`audit.run.region_geometry.token_regions` finds for the annotation alone.
+"""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""The built-in release policy: what a run gates when nothing says otherwise, and how the header and the results
-file state the policy (its margins are :mod:`audit.verdicts.margins`).
+"""The built-in release policy: what a run gates when nothing says otherwise, and how the header and the results file
+state the policy (its margins are :mod:`audit.verdicts.margins`).
 
 A run gates something unless it is told not to: with no policy file, and nothing on the command line, the built-in
-policy below applies (README, "Policy"). ``--gate none`` turns every gate off, and the run then says so: its header
-and its report's verdict read "no gate", never a pass.
+policy below applies (docs/concepts/policy.md). ``--gate none`` turns every gate off, and the run then says so: its
+header and its report's verdict read "no gate", never a pass.
 """
 
 from __future__ import annotations

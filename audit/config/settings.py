@@ -123,7 +123,7 @@ class AuditSettings:
     regions: str | None = None
     region_roles: dict[str, str] = field(default_factory=dict)
     probe: list[str] = field(default_factory=list)
-    region_threshold: float | None = None  # README, "Right for the right reasons": absolute limits false-alarm
+    region_threshold: float | None = None  # docs/guides/right-reasons.md: absolute limits false-alarm
     region_margin: float = DEFAULT_REGION_MARGIN
     attraction_margin: float = DEFAULT_ATTRACTION_MARGIN
     stamp_margin: float = DEFAULT_STAMP_MARGIN

@@ -1,4 +1,4 @@
-"""Attention-based maps: the explanations practitioners set beside the paper's (README, "Maps").
+"""Attention-based maps: the explanations practitioners set beside the paper's (docs/concepts/maps.md).
 
 Notation: A_b (heads x N x N) is block b's attention probabilities (softmax output, eval mode), captured as the model
 runs (:func:`audit.model.capture.capture` with ``attention=True``); dA_b = dy_c/dA_b, the gradient of the

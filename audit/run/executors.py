@@ -11,7 +11,8 @@ process and reports what went wrong, as the local executor does.
 A task carries what its worker may not see: the image's bytes, the settings, the recipe, the plan and the label (read
 from ``--labels`` here). The checkpoint is read from the same absolute path on the worker, and one whose sha256 differs
 from this machine's gives the record a one-line error. Each worker process loads a model once and keeps it for its next
-tasks."""
+tasks.
+"""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Set-up (loading the models, finding the images) is :mod:`audit.run.inputs`; the records computed once per (model, image)
 and per model, shared by every process of the run, are kept by :mod:`audit.run.store` and made by
 :mod:`audit.run.records` (the randomisation check's by :mod:`audit.measure.randomisation`). This class ties them to the
-gates and the baseline; :mod:`audit.run.assemble` writes them into the results file."""
+gates and the baseline; :mod:`audit.run.assemble` writes them into the results file.
+"""
 
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ is exactly 0, so the default threshold 0 means "better than a random map":
 - inconclusive: otherwise, or with fewer than ``min_images`` images. Never a pass.
 
 Every gate also states its power: the per-image sd, the smallest distance from the threshold its CI resolves with 80%
-power at its n, and the images an inconclusive gate would need."""
+power at its n, and the images an inconclusive gate would need.
+"""
 from __future__ import annotations
 
 import reprlib
@@ -34,7 +35,7 @@ from ..ranges import finite
 __all__ = ["FLAT_TOLERANCE", "GateInput", "GateLimits", "LIMIT_NAMES", "apply_holm", "evaluate_gate", "gate_inputs",
            "MIN_IMAGES", "POWER", "VERDICTS", "constant_curve", "power_record", "power_text"]
 
-MIN_IMAGES = 20  # README, "Honest intervals": below it the 95% intervals under-cover
+MIN_IMAGES = 20  # docs/concepts/statistics.md: below it the 95% intervals under-cover
 VERDICTS = ("pass", "fail", "inconclusive")
 WORST_LISTED = 3
 

@@ -24,12 +24,12 @@ from typing import Any
 __all__ = ["DEFAULT_ATTRACTION_MARGIN", "DEFAULT_MARGINS", "DEFAULT_MIN_CLASS_AGREEMENT", "DEFAULT_REGION_MARGIN",
            "DEFAULT_STAMP_MARGIN", "FALLBACK_MARGIN", "Margin", "margin_for", "parse_margin"]
 
-#: Built-in margins of the policy's gated maps, relative to the baseline's mean ABPC (README, "The default margins,
-#: measured": the smallest multiple of 5% under which no benign retrain of the embedded model fails).
+#: Built-in margins of the policy's gated maps, relative to the baseline's mean ABPC (docs/evidence/margins.md: the
+#: smallest multiple of 5% under which no benign retrain of the embedded model fails).
 DEFAULT_MARGINS: dict[str, str] = {"grad@0": "95%", "chefer@encoder": "20%"}
 #: The margin of a compared map that has none of its own: absolute, the former default of every map.
 FALLBACK_MARGIN = 0.05
-#: Right for the right reasons (README, "Right for the right reasons"): the margins of the paired gates on regions
+#: Right for the right reasons (docs/guides/right-reasons.md): the margins of the paired gates on regions
 #: (relevance mass on the objects may drop, on artefacts rise, by at most this) and probes (the largest attraction
 #: of a class to the stamp, and a map's mass on the stamp, may rise by at most these), and the top-1 agreement with
 #: the baseline below which a class has collapsed.
